@@ -1,0 +1,90 @@
+"""Safe extraction of zip archives: no path escapes, no links, no zip bombs.
+
+Each rejected entry is reported by name; the rest of the archive is still used.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import stat
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from app.media import Problem, classify
+
+MAX_TOTAL_BYTES = 8 * 1024**3  # declared uncompressed size of one archive
+MAX_ENTRY_RATIO = 200  # uncompressed / compressed; real media compresses far less
+
+
+def _entry_problem(info: zipfile.ZipInfo) -> str | None:
+    name = info.filename
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if pure.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "absolute path in archive"
+    if any(part == ".." for part in pure.parts):
+        return "path escapes the archive folder ('..')"
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return "symbolic link in archive"
+    if info.compress_size and info.file_size / max(info.compress_size, 1) > MAX_ENTRY_RATIO:
+        return f"compression ratio {info.file_size // max(info.compress_size, 1)}x looks like a zip bomb"
+    return None
+
+
+def extract_archive(archive: Path, dest_root: Path,
+                    max_total: int = MAX_TOTAL_BYTES) -> tuple[list[Path], list[Problem], list[Problem]]:
+    """Extract the media entries of `archive` under dest_root/<stem>-<hash>/.
+
+    Returns (extracted files, failed entries, skipped non-media entries).
+    """
+    problems: list[Problem] = []
+    skipped: list[Problem] = []
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        return [], [Problem(str(archive), f"not a readable zip archive ({exc})")], []
+    with zf:
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+        declared = sum(i.file_size for i in infos)
+        if declared > max_total:
+            return [], [Problem(str(archive), f"declared uncompressed size {declared} bytes is over the "
+                                              f"limit of {max_total} bytes (zip bomb?)")], []
+        digest = hashlib.blake2b(str(archive).encode(), digest_size=4).hexdigest()
+        dest = (dest_root / f"{archive.stem}-{digest}").resolve()
+        files: list[Path] = []
+        for info in infos:
+            label = f"{archive}:{info.filename}"
+            reason = _entry_problem(info)
+            if reason is None and classify(Path(info.filename)) in (None, "archive"):
+                skipped.append(Problem(label, "not a media file (unsupported extension)"))
+                continue
+            target = (dest / info.filename).resolve()
+            if reason is None and not target.is_relative_to(dest):
+                reason = "path escapes the archive folder"
+            if reason:
+                problems.append(Problem(label, reason))
+                continue
+            try:
+                _copy_limited(zf, info, target)
+            except (OSError, zipfile.BadZipFile, ValueError) as exc:
+                problems.append(Problem(label, f"could not extract ({exc})"))
+                target.unlink(missing_ok=True)
+                continue
+            files.append(target)
+    return files, problems, skipped
+
+
+def _copy_limited(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
+    """Copy one entry, refusing to write more bytes than it declared (lying headers)."""
+    if target.exists() and target.stat().st_size == info.file_size:
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part")
+    written = 0
+    with zf.open(info) as src, open(tmp, "wb") as dst:
+        while block := src.read(1 << 20):
+            written += len(block)
+            if written > info.file_size:
+                raise ValueError("entry is larger than its declared size")
+            dst.write(block)
+    shutil.move(tmp, target)

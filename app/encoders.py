@@ -1,0 +1,125 @@
+"""Feature extractors behind one small interface: `encode_images(frames) -> (N, D)` unit vectors.
+
+CLIP comes from open_clip. Weights are resolved before any work starts, and a missing
+network becomes one clear sentence that names `--pretrained PATH`.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+DEFAULT_MODEL = "ViT-B-32"
+
+
+class WeightsUnavailable(RuntimeError):
+    """The pretrained weights could not be found locally nor downloaded."""
+
+
+def register_model_configs(path: str | os.PathLike | None) -> None:
+    """Make extra open_clip model configs (a JSON file or a folder of them) known by name."""
+    import open_clip
+
+    for p in filter(None, [path, os.environ.get("FRAMEFINDER_MODEL_CONFIG")]):
+        open_clip.add_model_config(Path(p))
+
+
+def default_pretrained(model: str) -> str:
+    """A LAION-2B tag for the model where open_clip has one, else its first tag, else 'none'."""
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    laion = [t for t in tags if t.startswith("laion2b")]
+    if laion:
+        return sorted(laion, key=lambda t: ("s34b" not in t, t))[0]
+    return tags[0] if tags else "none"
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _hub_reachable(host: str = "huggingface.co") -> bool:
+    try:
+        socket.setdefaulttimeout(3)
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+    finally:
+        socket.setdefaulttimeout(None)
+
+
+class ClipEncoder:
+    """An open_clip model and its preprocessing; fp16 on CUDA, fp32 on CPU."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, pretrained: str | None = None, device: str = "auto",
+                 batch_size: int = 32) -> None:
+        import open_clip
+
+        if model not in open_clip.list_models():
+            raise ValueError(f"unknown open_clip model '{model}' (see open_clip.list_models(), "
+                             f"or add a config with --model-config)")
+        self.model_name = model
+        self.pretrained = (pretrained or default_pretrained(model)).strip()
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        weights = None if self.pretrained.lower() == "none" else self.pretrained
+        if weights is not None and not Path(weights).is_file():
+            if weights not in open_clip.list_pretrained_tags_by_model(model):
+                raise WeightsUnavailable(f"'{weights}' is neither a pretrained tag of {model} nor a file; "
+                                         f"pass --pretrained PATH to a local checkpoint file.")
+            if not _hub_reachable():
+                import huggingface_hub.constants as hub
+
+                hub.HF_HUB_OFFLINE = True  # use the local cache only, fail at once otherwise
+        precision = "fp16" if self.device.startswith("cuda") else "fp32"
+        try:
+            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                model, pretrained=weights, device=self.device, precision=precision)
+        except RuntimeError as exc:
+            if "download" in str(exc).lower() or "hub" in str(exc).lower():
+                raise WeightsUnavailable(
+                    f"Could not download the '{weights}' weights for {model} (no network?); "
+                    f"pass --pretrained PATH to a local checkpoint file.") from exc
+            raise
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(model)
+        self.context_length = int(getattr(self.model, "context_length", 77) or 77)
+        self.dim = int(open_clip.get_model_config(model)["embed_dim"])
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """What the index must record: vectors of different models are never mixed."""
+        return self.model_name, self.pretrained
+
+    def encode_images(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
+        """RGB PIL images or RGB uint8 arrays -> float32 (N, D), each row L2-normalised."""
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            pils = [im if isinstance(im, Image.Image) else Image.fromarray(im) for im in chunk]
+            batch = torch.stack([self.preprocess(p.convert("RGB")) for p in pils]).to(self.device)
+            with torch.inference_mode():
+                feats = self.model.encode_image(batch.to(next(self.model.parameters()).dtype))
+            out.append(_normalise(feats))
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        with torch.inference_mode():
+            feats = self.model.encode_text(tokens)
+        return _normalise(feats)
+
+
+def _normalise(feats: torch.Tensor) -> np.ndarray:
+    arr = feats.float().cpu().numpy()
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    return (arr / np.maximum(norms, 1e-12)).astype(np.float32)

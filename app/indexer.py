@@ -1,0 +1,387 @@
+"""The ingest pipeline: paths in; keyframes, features, catalogue rows and a FAISS index out.
+
+Incremental (unchanged files are recognised by size+mtime, then content hash), resumable
+(each video commits on its own; the FAISS index is rebuilt whenever the catalogue no
+longer matches it) and forgiving (a bad file is reported and skipped).
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app import aic, atomic, vectors
+from app.archives import extract_archive
+from app.encoders import ClipEncoder, WeightsUnavailable, default_pretrained
+from app.media import Discovery, Problem, discover
+from app.models import Image, IndexRun, Keyframe, Setting, Video
+from app.paths import DataLayout
+from app.progress import StageProgress
+from app.store import FileState, KeyframeRecord, remove_video_files, replace_video_rows, unique_video_id, \
+    write_video_files
+from app.video_ingest import VideoError, process_video
+
+log = logging.getLogger(__name__)
+MAX_IMAGE_PIXELS = 100_000_000
+
+
+class CollectionBusy(RuntimeError):
+    """Another offline.py run holds this data directory."""
+
+
+class ModelMismatch(RuntimeError):
+    """The collection was built with another model; vectors are never mixed."""
+
+
+@dataclass
+class IndexOptions:
+    model: str = "ViT-B-32"
+    pretrained: str | None = None
+    device: str = "auto"
+    index_type: str = "auto"
+    interval_s: float = 4.0
+    keyframe_max_side: int = 1280
+    batch_size: int = 32
+    prune: bool = False
+    progress: bool | None = None
+
+
+@dataclass
+class RunSummary:
+    seen: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    pruned: int = 0
+    keyframes: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    index_size: int = 0
+    index_rebuilt: bool = False
+    failed: list[Problem] = field(default_factory=list)
+    skipped: list[Problem] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"files seen {self.seen}, added {self.added}, updated {self.updated}, "
+                f"unchanged {self.unchanged}, skipped {len(self.skipped)}, failed {len(self.failed)}, "
+                f"pruned {self.pruned}, keyframes {self.keyframes}, images {self.images}, "
+                f"index {self.index_size} vectors, {self.seconds:.1f} s")
+
+
+@contextmanager
+def collection_lock(layout: DataLayout):
+    """One writer per data directory; a second run fails at once instead of corrupting the first."""
+    layout.data_dir.mkdir(parents=True, exist_ok=True)
+    with open(layout.lock_path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CollectionBusy(f"another offline.py run is writing to {layout.data_dir}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def collection_identity(session: Session) -> tuple[str, str] | None:
+    rows = dict(session.execute(select(Setting.key, Setting.value)).tuples().all())
+    if "model" in rows:
+        return rows["model"], rows.get("pretrained", "")
+    return None
+
+
+def check_identity(session: Session, model: str, pretrained: str) -> None:
+    """Refuse to add vectors of another model (or other weights) to a non-empty collection."""
+    known = collection_identity(session)
+    if known is None:
+        return
+    has_items = session.scalar(select(func.count(Keyframe.id))) or session.scalar(select(func.count(Image.id)))
+    if has_items and known != (model, pretrained):
+        raise ModelMismatch(f"this collection was indexed with --model {known[0]} --pretrained {known[1]}; "
+                            f"refusing to mix in vectors of --model {model} --pretrained {pretrained}. "
+                            f"Use the same model, or another --data-dir.")
+
+
+def _set_identity(session: Session, model: str, pretrained: str, dim: int) -> None:
+    for key, value in (("model", model), ("pretrained", pretrained), ("dim", str(dim))):
+        session.merge(Setting(key=key, value=value))
+    session.commit()
+
+
+class Indexer:
+    """One run over a list of paths. Construct, then `run()`."""
+
+    def __init__(self, layout: DataLayout, session: Session, encoder: ClipEncoder, options: IndexOptions) -> None:
+        self.layout = layout
+        self.session = session
+        self.encoder = encoder
+        self.options = options
+        self.summary = RunSummary()
+        self.progress = StageProgress(options.progress)
+        self._transnet = None
+
+    @property
+    def transnet(self):
+        if self._transnet is None:
+            from app.shots import load_transnet
+
+            self._transnet = load_transnet(self.encoder.device)
+        return self._transnet
+
+    def run(self, paths: list[Path]) -> RunSummary:
+        start = time.monotonic()
+        found = discover(paths)
+        self._expand_archives(found)
+        self.summary.failed.extend(found.failed)
+        self.summary.skipped.extend(found.skipped)
+        _set_identity(self.session, *self.encoder.identity, self.encoder.dim)
+        try:
+            for path in found.videos:
+                self._guard(path, self._ingest_video)
+            for folder in found.aic_datasets:
+                self._ingest_aic(folder)
+            self._ingest_images(found.images)
+            if self.options.prune:
+                self._prune()
+            self._refresh_index()
+        finally:
+            self.progress.close()
+        self.summary.seconds = time.monotonic() - start
+        return self.summary
+
+    def _guard(self, path: Path, step) -> None:
+        """Run one file's step; a failure is recorded, the run goes on."""
+        self.summary.seen += 1
+        try:
+            outcome = step(path)
+        except (VideoError, aic.DatasetError, OSError, ValueError, UnidentifiedImageError,
+                PILImage.DecompressionBombError) as exc:
+            self.session.rollback()
+            self.summary.failed.append(Problem(str(path), str(exc) or type(exc).__name__))
+            log.warning("failed: %s: %s", path, exc)
+            return
+        setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
+
+    def _expand_archives(self, found: Discovery) -> None:
+        for archive in found.archives:
+            files, failed, skipped = extract_archive(archive, self.layout.archives_dir)
+            found.failed.extend(failed)
+            found.skipped.extend(skipped)
+            if files:
+                discover(files, found)
+
+    # -- videos ---------------------------------------------------------------------------
+    def _unchanged(self, row, path: Path, state: FileState) -> bool:
+        if row is None:
+            return False
+        if state.same_as(row.size, row.mtime_ns):
+            return True
+        if state.hash(path) == row.content_hash:
+            row.size, row.mtime_ns = state.size, state.mtime_ns
+            self.session.commit()
+            return True
+        return False
+
+    def _moved_video(self, path: Path, state: FileState) -> bool:
+        """The same content known under a path that is gone: a move, not a new video."""
+        for row in self.session.scalars(select(Video).where(Video.content_hash == state.hash(path))):
+            if not Path(row.path).exists():
+                row.path, row.size, row.mtime_ns = str(path), state.size, state.mtime_ns
+                self.session.commit()
+                return True
+        return False
+
+    def _ingest_video(self, path: Path) -> str:
+        state = FileState.of(path)
+        existing = self.session.scalar(select(Video).where(Video.path == str(path)))
+        if self._unchanged(existing, path, state) or (existing is None and self._moved_video(path, state)):
+            return "unchanged"
+        state.hash(path)
+        result = process_video(path, self.transnet, interval_s=self.options.interval_s,
+                               keyframe_max_side=self.options.keyframe_max_side, progress=self.progress)
+        rgb = [kf.image[:, :, ::-1] for kf in result.keyframes]
+        features = self.encoder.encode_images(rgb)
+        self.progress.update("features", len(rgb))
+        records = [KeyframeRecord(kf.frame_idx, kf.shot, bgr=kf.image) for kf in result.keyframes]
+        video_id = existing.video_id if existing else unique_video_id(self.session, self.layout, path.stem, str(path))
+        shots = [(s.start_frame, s.end_frame) for s in result.shots]
+        write_video_files(self.layout, video_id, result.fps, records, shots, features)
+        self.progress.update("keyframes", len(records))
+        replace_video_rows(self.session, self.layout, existing, video_id, str(path), state, result.fps,
+                           result.frames, (result.width, result.height), "video", records, shots)
+        self.summary.keyframes += len(records)
+        return "updated" if existing else "added"
+
+    # -- AI Challenge datasets ----------------------------------------------------------------
+    def _ingest_aic(self, folder: Path) -> None:
+        for csv_path in aic.list_videos(folder):
+            self._guard(csv_path, lambda p, folder=folder: self._ingest_aic_video(folder, p))
+
+    def _ingest_aic_video(self, folder: Path, csv_path: Path) -> str:
+        video = aic.read_video(folder, csv_path)
+        key = str(folder / "keyframes" / video.video_id)
+        state = FileState(0, 0, video.fingerprint())
+        existing = self.session.scalar(select(Video).where(Video.path == key))
+        if existing is not None and existing.content_hash == state.content_hash:
+            return "unchanged"
+        features = aic.precomputed_features(video, self.encoder.dim)
+        if features is None:
+            features = self.encoder.encode_images([PILImage.open(p).convert("RGB") for p in video.images])
+        self.progress.update("features", len(features))
+        records = [KeyframeRecord(r["frame_idx"], None, source=img) for r, img in zip(video.rows, video.images)]
+        video_id = existing.video_id if existing else unique_video_id(self.session, self.layout, video.video_id, key)
+        write_video_files(self.layout, video_id, video.fps, records, None, features)
+        self.progress.update("keyframes", len(records))
+        last = max(r["frame_idx"] for r in video.rows)
+        with PILImage.open(video.images[0]) as im:
+            size = im.size
+        replace_video_rows(self.session, self.layout, existing, video_id, key, state, video.fps, last + 1,
+                           size, "aic", records, None)
+        self.summary.keyframes += len(records)
+        return "updated" if existing else "added"
+
+    # -- images ---------------------------------------------------------------------------------
+    def _ingest_images(self, paths: list[Path]) -> None:
+        batch: list[tuple[Path, FileState, Image | None, PILImage.Image]] = []
+        for path in paths:
+            self._guard(path, lambda p: self._prepare_image(p, batch))
+            if len(batch) >= self.options.batch_size:
+                self._flush_images(batch)
+        self._flush_images(batch)
+
+    def _prepare_image(self, path: Path, batch: list) -> str:
+        state = FileState.of(path)
+        if state.size == 0:
+            raise ValueError("empty file (0 bytes)")
+        existing = self.session.scalar(select(Image).where(Image.path == str(path)))
+        if self._unchanged(existing, path, state):
+            return "unchanged"
+        state.hash(path)
+        PILImage.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+        with PILImage.open(path) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise ValueError(f"image of {im.width}x{im.height} pixels is over the limit")
+            im.load()
+            rgb = im.convert("RGB")
+        batch.append((path, state, existing, rgb))
+        return "updated" if existing else "added"
+
+    def _flush_images(self, batch: list) -> None:
+        if not batch:
+            return
+        features = self.encoder.encode_images([item[3] for item in batch])
+        self.progress.update("features", len(batch))
+        for (path, state, existing, rgb), vec in zip(batch, features):
+            atomic.save_npy(self.layout.image_feature_dir / f"{state.content_hash}.npy", vec)
+            row = existing or Image(path=str(path))
+            row.content_hash, row.size, row.mtime_ns = state.content_hash, state.size, state.mtime_ns
+            row.width, row.height = rgb.size
+            row.indexed_at = datetime.now(timezone.utc)
+            self.session.add(row)
+        self.session.commit()
+        self.summary.images += len(batch)
+        batch.clear()
+
+    # -- pruning and the FAISS index --------------------------------------------------------------
+    def _prune(self) -> None:
+        for video in self.session.scalars(select(Video)).all():
+            if not Path(video.path).exists():
+                remove_video_files(self.layout, video.video_id)
+                self.session.delete(video)
+                self.summary.pruned += 1
+        for image in self.session.scalars(select(Image)).all():
+            if not Path(image.path).exists():
+                self.session.delete(image)
+                self.summary.pruned += 1
+        self.session.commit()
+
+    def _refresh_index(self) -> None:
+        signature = catalogue_signature(self.session)
+        current = vectors.load_current(self.layout.index_dir)
+        wanted = self.options.index_type
+        if current is not None and current.meta.get("signature") == signature and (
+                wanted == "auto" or current.meta.get("params", {}).get("type") == wanted):
+            self.summary.index_size = current.size
+            return
+        self.summary.index_size = rebuild_index(self.session, self.layout, self.encoder.identity,
+                                                self.encoder.dim, wanted)
+        self.summary.index_rebuilt = True
+
+
+def catalogue_signature(session: Session) -> str:
+    """Changes whenever the set of indexed vectors changes."""
+    h = hashlib.blake2b(digest_size=16)
+    for vid, chash in session.execute(select(Video.video_id, Video.content_hash).order_by(Video.id)):
+        h.update(f"v:{vid}:{chash}\n".encode())
+    for path, chash in session.execute(select(Image.path, Image.content_hash).order_by(Image.id)):
+        h.update(f"i:{path}:{chash}\n".encode())
+    return h.hexdigest()
+
+
+def rebuild_index(session: Session, layout: DataLayout, identity: tuple[str, str], dim: int,
+                  index_type: str = "auto", params: dict | None = None) -> int:
+    """Build a FAISS generation from the per-video and per-image feature files."""
+    parts: list[np.ndarray] = []
+    ids: list[np.ndarray] = []
+    for video in session.scalars(select(Video).order_by(Video.id)):
+        kf_ids = session.scalars(select(Keyframe.id).where(Keyframe.video_pk == video.id)
+                                 .order_by(Keyframe.n)).all()
+        feats = np.load(layout.video_feature_path(video.video_id), allow_pickle=False)
+        if len(feats) != len(kf_ids):
+            raise RuntimeError(f"{video.video_id}: {len(feats)} feature rows for {len(kf_ids)} keyframes")
+        parts.append(feats)
+        ids.append(np.stack([np.full(len(kf_ids), vectors.KIND_KEYFRAME), np.array(kf_ids)], axis=1))
+    images = session.execute(select(Image.id, Image.content_hash).order_by(Image.id)).all()
+    if images:
+        parts.append(np.stack([np.load(layout.image_feature_dir / f"{h}.npy") for _, h in images]))
+        ids.append(np.array([(vectors.KIND_IMAGE, i) for i, _ in images]))
+    matrix = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, dim), np.float32)
+    id_map = np.concatenate(ids).astype(np.int64) if ids else np.zeros((0, 2), np.int64)
+    index, used = vectors.build_index(matrix, index_type, params)
+    meta = {"model": identity[0], "pretrained": identity[1], "dim": dim, "count": len(matrix),
+            "params": used, "signature": catalogue_signature(session),
+            "created": datetime.now(timezone.utc).isoformat()}
+    vectors.save_generation(layout.index_dir, index, id_map, meta)
+    return len(matrix)
+
+
+def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, session_factory,
+              encoder: ClipEncoder | None = None) -> RunSummary:
+    """Everything `offline.py index` does, with the checks made before any work."""
+    layout.ensure()
+    with collection_lock(layout), session_factory() as session:
+        pretrained = options.pretrained or default_pretrained(options.model)
+        check_identity(session, options.model, pretrained)
+        if encoder is None:
+            encoder = ClipEncoder(options.model, pretrained, options.device, options.batch_size)
+        run = IndexRun(model=encoder.model_name, pretrained=encoder.pretrained, index_type=options.index_type)
+        session.add(run)
+        session.commit()
+        try:
+            summary = Indexer(layout, session, encoder, options).run(paths)
+        except BaseException:
+            session.rollback()
+            run.status = "failed"
+            session.commit()
+            raise
+        for name in ("seen", "added", "updated", "unchanged", "pruned", "keyframes", "images", "seconds"):
+            setattr(run, "files_seen" if name == "seen" else name, getattr(summary, name))
+        run.failed, run.skipped = len(summary.failed), len(summary.skipped)
+        run.status, run.finished_at = "done", datetime.now(timezone.utc)
+        session.commit()
+        return summary
+
+
+__all__ = ["CollectionBusy", "IndexOptions", "ModelMismatch", "RunSummary", "WeightsUnavailable", "run_index",
+           "rebuild_index"]

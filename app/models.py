@@ -1,0 +1,124 @@
+"""SQLAlchemy 2.x models: the catalogue of videos, shots, keyframes, images and index runs.
+
+The schema itself is created by Alembic (migrations/); these classes are its Python view.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Video(Base):
+    """One ingested video (or one video of an imported AI Challenge dataset)."""
+
+    __tablename__ = "videos"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    video_id: Mapped[str] = mapped_column(String(255), unique=True, index=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    source: Mapped[str] = mapped_column(String(16), default="video")  # video | aic
+    content_hash: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    fps: Mapped[float] = mapped_column(Float)
+    frames: Mapped[int] = mapped_column(Integer)
+    duration: Mapped[float] = mapped_column(Float)
+    width: Mapped[int] = mapped_column(Integer, default=0)
+    height: Mapped[int] = mapped_column(Integer, default=0)
+    indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    shots: Mapped[list[Shot]] = relationship(back_populates="video", cascade="all, delete-orphan",
+                                             passive_deletes=True, order_by="Shot.shot")
+    keyframes: Mapped[list[Keyframe]] = relationship(back_populates="video", cascade="all, delete-orphan",
+                                                     passive_deletes=True, order_by="Keyframe.n")
+
+
+class Shot(Base):
+    """A shot: inclusive, 0-based frame range between two detected transitions."""
+
+    __tablename__ = "shots"
+    __table_args__ = (UniqueConstraint("video_pk", "shot"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    video_pk: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
+    shot: Mapped[int] = mapped_column(Integer)
+    start_frame: Mapped[int] = mapped_column(Integer)
+    end_frame: Mapped[int] = mapped_column(Integer)
+
+    video: Mapped[Video] = relationship(back_populates="shots")
+
+
+class Keyframe(Base):
+    """A keyframe; row n-1 of the video's feature file holds its embedding."""
+
+    __tablename__ = "keyframes"
+    __table_args__ = (UniqueConstraint("video_pk", "n"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    video_pk: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
+    n: Mapped[int] = mapped_column(Integer)
+    frame_idx: Mapped[int] = mapped_column(Integer)
+    pts_time: Mapped[float] = mapped_column(Float)
+    shot_id: Mapped[int | None] = mapped_column(ForeignKey("shots.id", ondelete="SET NULL"), nullable=True)
+    image_path: Mapped[str] = mapped_column(Text)  # relative to the data directory
+
+    video: Mapped[Video] = relationship(back_populates="keyframes")
+    shot: Mapped[Shot | None] = relationship()
+
+
+class Image(Base):
+    """A still image, kept where it is; its embedding lives in feature/images/<content_hash>.npy."""
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IndexRun(Base):
+    """One `offline.py index` run: which model built what, and what happened."""
+
+    __tablename__ = "index_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(255))
+    pretrained: Mapped[str] = mapped_column(Text)
+    index_type: Mapped[str] = mapped_column(String(32), default="flat")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | done | failed
+    files_seen: Mapped[int] = mapped_column(Integer, default=0)
+    added: Mapped[int] = mapped_column(Integer, default=0)
+    updated: Mapped[int] = mapped_column(Integer, default=0)
+    unchanged: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    pruned: Mapped[int] = mapped_column(Integer, default=0)
+    keyframes: Mapped[int] = mapped_column(Integer, default=0)
+    images: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Setting(Base):
+    """Collection-wide facts, such as the model its vectors came from (never mixed)."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,80 @@
+"""Where Framefinder keeps its data: one place that knows the on-disk layout.
+
+The layout follows the HCMC AI Challenge (keyframes/, map-keyframes/, feature/) so
+that collections can be exchanged with other tools, plus shots/ and the FAISS files.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    """Paths of one collection. `data_dir` holds media-derived files, `instance_dir` the database."""
+
+    data_dir: Path
+    instance_dir: Path
+
+    @classmethod
+    def from_data_dir(cls, data_dir: str | os.PathLike | None) -> DataLayout:
+        """Default: the project's static/ plus instance/ (as Flask does); else everything under DIR."""
+        if data_dir is None:
+            return cls(PROJECT_ROOT / "static", PROJECT_ROOT / "instance")
+        root = Path(data_dir).resolve()
+        return cls(root, root / "instance")
+
+    @property
+    def keyframes_dir(self) -> Path:
+        return self.data_dir / "keyframes"
+
+    @property
+    def map_dir(self) -> Path:
+        return self.data_dir / "map-keyframes"
+
+    @property
+    def shots_dir(self) -> Path:
+        return self.data_dir / "shots"
+
+    @property
+    def feature_dir(self) -> Path:
+        return self.data_dir / "feature"
+
+    @property
+    def image_feature_dir(self) -> Path:
+        return self.feature_dir / "images"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.feature_dir / "index"
+
+    @property
+    def archives_dir(self) -> Path:
+        return self.data_dir / "archives"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.data_dir / ".framefinder.lock"
+
+    @property
+    def database_url(self) -> str:
+        """DATABASE_URL wins (PostgreSQL in production); SQLite in the instance folder otherwise."""
+        url = os.environ.get("DATABASE_URL")
+        if url:
+            return url
+        return f"sqlite:///{self.instance_dir / 'framefinder.db'}"
+
+    def ensure(self) -> None:
+        for d in (self.keyframes_dir, self.map_dir, self.shots_dir, self.image_feature_dir,
+                  self.index_dir, self.instance_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def video_feature_path(self, video_id: str) -> Path:
+        return self.feature_dir / f"{video_id}.npy"
+
+    def keyframe_relpath(self, video_id: str, n: int) -> str:
+        """Keyframe path relative to data_dir, n zero-padded to at least 3 digits."""
+        return f"keyframes/{video_id}/{n:03d}.jpg"

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Framefinder's offline side: index folders of videos and images into a searchable collection.
+
+    python offline.py index PATH [PATH ...]     ingest videos, images, folders, zips, AI Challenge datasets
+    python offline.py demo                      make a sample collection, index it and serve it
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from app.paths import PROJECT_ROOT, DataLayout
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="ViT-B-32", help="open_clip model name (default: %(default)s)")
+    p.add_argument("--pretrained", default=None,
+                   help="open_clip pretrained tag (default: a LAION-2B tag for the model), a path to a local "
+                        "checkpoint file, or 'none' for random weights")
+    p.add_argument("--model-config", default=None, metavar="JSON",
+                   help="an extra open_clip model config (file or folder) to make its name known")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def _add_index_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None,
+                   help="collection folder (default: the project's static/ with the database in instance/)")
+    _add_model_args(p)
+    p.add_argument("--index", dest="index_type", default="auto", choices=["auto", "flat", "ivf", "hnsw", "ivfpq"],
+                   help="FAISS index type (default: auto, exact below 200k vectors)")
+    p.add_argument("--keyframe-interval", type=float, default=4.0, metavar="SECONDS",
+                   help="one more keyframe per this many seconds of a long shot (default: %(default)s)")
+    p.add_argument("--keyframe-size", type=int, default=1280, metavar="PIXELS",
+                   help="longest side of saved keyframes (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="CLIP batch size (default: %(default)s)")
+    p.add_argument("--prune", action="store_true", help="remove entries whose files are gone")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="offline.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_index = sub.add_parser("index", help="ingest videos, images, folders, zip archives, AI Challenge datasets",
+                             description="Ingest media into the collection. Unchanged files are skipped; "
+                                         "a bad file is reported and skipped; the exit status is 1 if any failed.")
+    p_index.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    _add_index_args(p_index)
+    p_demo = sub.add_parser("demo", help="make a sample collection, index it and start the server",
+                            description="Builds sample/ (synthetic videos with known cuts, and images), indexes "
+                                        "it and serves it. Without network the CLIP weights cannot be fetched: "
+                                        "the demo then says so and uses random weights.")
+    _add_index_args(p_demo)
+    p_demo.add_argument("--host", default="127.0.0.1")
+    p_demo.add_argument("--port", type=int, default=5000)
+    p_demo.add_argument("--no-serve", action="store_true", help="index only, do not start the server")
+    return parser
+
+
+def _options(args: argparse.Namespace):
+    from app.indexer import IndexOptions
+
+    return IndexOptions(model=args.model, pretrained=args.pretrained, device=args.device,
+                        index_type=args.index_type, interval_s=args.keyframe_interval,
+                        keyframe_max_side=args.keyframe_size, batch_size=args.batch_size, prune=args.prune,
+                        progress=False if args.no_progress else None)
+
+
+def _report(summary) -> int:
+    for problem in summary.skipped:
+        print(f"skipped: {problem.name}: {problem.reason}", file=sys.stderr)
+    for problem in summary.failed:
+        print(f"FAILED: {problem.name}: {problem.reason}", file=sys.stderr)
+    print(summary.line())
+    return 1 if summary.failed else 0
+
+
+def cmd_index(args: argparse.Namespace, paths: list[Path]) -> int:
+    from app.db import open_database
+    from app.encoders import register_model_configs
+    from app.indexer import run_index
+
+    register_model_configs(args.model_config)
+    layout = DataLayout.from_data_dir(args.data_dir)
+    layout.ensure()
+    return _report(run_index(layout, paths, _options(args), open_database(layout.database_url)))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from app.encoders import ClipEncoder, WeightsUnavailable, register_model_configs
+    from app.sample import build_sample_collection
+
+    register_model_configs(args.model_config)
+    sample = build_sample_collection(PROJECT_ROOT / "sample")
+    try:
+        ClipEncoder(args.model, args.pretrained, args.device)
+    except WeightsUnavailable as exc:
+        print(f"{exc}\nDemo only: continuing with random weights (--pretrained none); "
+              f"text search will not be meaningful, image search still is.", file=sys.stderr)
+        args.pretrained = "none"
+    status = cmd_index(args, [sample])
+    if args.no_serve:
+        return status
+    import server
+
+    return server.main(["--host", args.host, "--port", str(args.port)]
+                       + (["--data-dir", args.data_dir] if args.data_dir else [])
+                       + (["--model-config", args.model_config] if args.model_config else []))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    from app.encoders import WeightsUnavailable
+    from app.indexer import CollectionBusy, ModelMismatch
+
+    try:
+        if args.command == "index":
+            return cmd_index(args, args.paths)
+        return cmd_demo(args)
+    except (WeightsUnavailable, ModelMismatch, CollectionBusy) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

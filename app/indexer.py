@@ -95,7 +95,7 @@ def collection_lock(layout: DataLayout):
 
 
 def collection_identity(session: Session) -> tuple[str, str] | None:
-    rows = dict(session.execute(select(Setting.key, Setting.value)).tuples().all())
+    rows = {key: value for key, value in session.execute(select(Setting.key, Setting.value))}
     if "model" in rows:
         return rows["model"], rows.get("pretrained", "")
     return None

@@ -66,6 +66,7 @@ class KeyframeSelector:
         self._segments: dict[int, Candidate] = {}
         self._shot_start: int | None = None
         self._fallback: Candidate | None = None  # best frame seen at all, for shots made only of transition
+        self.blank_backup: ChosenKeyframe | None = None  # used only if the whole video is blank
 
     def offer(self, frame_idx: int, prob: float, quality: FrameQuality, image: np.ndarray,
               open_shot: int | None) -> None:
@@ -83,15 +84,19 @@ class KeyframeSelector:
             self._segments[segment] = cand
 
     def close(self, shot: ShotRange) -> list[ChosenKeyframe]:
-        """The shot ended: keep the good segments' frames (at least one per shot)."""
+        """The shot ended: keep its good segments' frames (at least one, unless the shot is all blank)."""
         cands = [self._segments[s] for s in sorted(self._segments)]
         fallback = self._fallback
         self._segments, self._shot_start, self._fallback = {}, None, None
         if not cands:
             if fallback is not None and shot.start_frame <= fallback.frame_idx <= shot.end_frame:
-                return [ChosenKeyframe(shot.shot, fallback.frame_idx, fallback.image)]
-            return []
+                cands = [fallback]
+            else:
+                return []
         top = max(cands, key=Candidate.rank)
+        if top.quality.blank:  # a shot of black or flat frames (a fade gap): nothing worth finding
+            self.blank_backup = self.blank_backup or ChosenKeyframe(shot.shot, top.frame_idx, top.image)
+            return []
         keep = [c for c in cands if c.clean and c.quality.sharpness >= BLUR_RATIO * top.quality.sharpness]
         if not keep:
             keep = [top]

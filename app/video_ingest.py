@@ -123,5 +123,7 @@ def process_video(path: Path, transnet: torch.nn.Module, *, interval_s: float = 
     last = tracker.finish()
     if last is not None:
         result.keyframes.extend(selector.close(last))
+    if not result.keyframes and selector.blank_backup is not None:
+        result.keyframes.append(selector.blank_backup)  # an all-blank video still gets one keyframe
     result.shots = tracker.shots
     return result

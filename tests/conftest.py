@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny open_clip model with random weights, TransNetV2, generated media.
+
+Random CLIP weights are enough for pipeline tests (an exact keyframe still finds itself);
+they say nothing about retrieval quality, and the tests that use them say so in their names.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+TINY_CONFIG = ROOT / "tests" / "data" / "framefinder-tiny.json"
+TINY_MODEL = "framefinder-tiny"
+os.environ.setdefault("FRAMEFINDER_MODEL_CONFIG", str(TINY_CONFIG))
+
+from app.sample import ShotPlan, make_image, make_video  # noqa: E402
+
+# Two videos with hard cuts and dissolves whose frames are known exactly.
+PLANS = {
+    "cuts_and_dissolve": [ShotPlan(60), ShotPlan(50), ShotPlan(70, dissolve_in=15), ShotPlan(45), ShotPlan(30),
+                          ShotPlan(40, dissolve_in=20)],
+    "long_shot": [ShotPlan(150), ShotPlan(60), ShotPlan(55, dissolve_in=18)],
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder():
+    from app.encoders import ClipEncoder, register_model_configs
+
+    register_model_configs(TINY_CONFIG)
+    return ClipEncoder(TINY_MODEL, "none", "cpu")
+
+
+@pytest.fixture(scope="session")
+def transnet():
+    from app.shots import load_transnet
+
+    return load_transnet("cpu")
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    """videos/*.mp4 with ground truth, images/*.jpg; never modified by tests (copy before changing)."""
+    root = tmp_path_factory.mktemp("media")
+    truths = {}
+    for seed, (name, plan) in enumerate(PLANS.items(), start=1):
+        truths[name] = make_video(root / "videos" / f"{name}.mp4", plan, seed=seed)
+    for i in range(3):
+        make_image(root / "images" / f"still_{i}.jpg", i)
+    media_dir_truths[str(root)] = truths
+    return root
+
+
+media_dir_truths: dict[str, dict] = {}
+
+
+@pytest.fixture(scope="session")
+def truths(media_dir):
+    return media_dir_truths[str(media_dir)]
+
+
+def index_args(data_dir: Path) -> list[str]:
+    return ["--data-dir", str(data_dir), "--model", TINY_MODEL, "--model-config", str(TINY_CONFIG),
+            "--pretrained", "none", "--device", "cpu", "--no-progress"]

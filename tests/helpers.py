@@ -1,0 +1,41 @@
+"""Small helpers shared by the tests: run offline.py in-process, read the catalogue."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
+
+import offline
+from app import vectors
+from app.models import Image, Keyframe, Video
+from app.paths import DataLayout
+from tests.conftest import index_args
+
+
+def run_offline(capsys, data_dir: Path, *paths: Path, extra: tuple[str, ...] = ()) -> tuple[int, str, str]:
+    code = offline.main(["index", *map(str, paths), *index_args(data_dir), *extra])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def catalogue_counts(data_dir: Path) -> dict[str, int]:
+    engine = create_engine(DataLayout.from_data_dir(data_dir).database_url)
+    with Session(engine) as s:
+        counts = {"videos": s.scalar(select(func.count(Video.id))),
+                  "keyframes": s.scalar(select(func.count(Keyframe.id))),
+                  "images": s.scalar(select(func.count(Image.id)))}
+    engine.dispose()
+    return counts
+
+
+def current_index(data_dir: Path) -> vectors.IndexBundle:
+    bundle = vectors.load_current(DataLayout.from_data_dir(data_dir).index_dir)
+    assert bundle is not None, "no loadable index"
+    return bundle
+
+
+def copy_media(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

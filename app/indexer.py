@@ -12,7 +12,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +28,14 @@ from app.media import Discovery, Problem, discover
 from app.models import Image, IndexRun, Keyframe, Setting, Video
 from app.paths import DataLayout
 from app.progress import StageProgress
-from app.store import FileState, KeyframeRecord, remove_video_files, replace_video_rows, unique_video_id, \
-    write_video_files
+from app.store import (
+    FileState,
+    KeyframeRecord,
+    remove_video_files,
+    replace_video_rows,
+    unique_video_id,
+    write_video_files,
+)
 from app.video_ingest import VideoError, process_video
 
 log = logging.getLogger(__name__)
@@ -239,7 +245,8 @@ class Indexer:
         if features is None:
             features = self.encoder.encode_images([PILImage.open(p).convert("RGB") for p in video.images])
         self.progress.update("features", len(features))
-        records = [KeyframeRecord(r["frame_idx"], None, source=img) for r, img in zip(video.rows, video.images)]
+        records = [KeyframeRecord(r["frame_idx"], None, source=img)
+                   for r, img in zip(video.rows, video.images, strict=True)]
         video_id = existing.video_id if existing else unique_video_id(self.session, self.layout, video.video_id, key)
         write_video_files(self.layout, video_id, video.fps, records, None, features)
         self.progress.update("keyframes", len(records))
@@ -282,12 +289,12 @@ class Indexer:
             return
         features = self.encoder.encode_images([item[3] for item in batch])
         self.progress.update("features", len(batch))
-        for (path, state, existing, rgb), vec in zip(batch, features):
+        for (path, state, existing, rgb), vec in zip(batch, features, strict=False):
             atomic.save_npy(self.layout.image_feature_dir / f"{state.content_hash}.npy", vec)
             row = existing or Image(path=str(path))
             row.content_hash, row.size, row.mtime_ns = state.content_hash, state.size, state.mtime_ns
             row.width, row.height = rgb.size
-            row.indexed_at = datetime.now(timezone.utc)
+            row.indexed_at = datetime.now(UTC)
             self.session.add(row)
         self.session.commit()
         self.summary.images += len(batch)
@@ -351,7 +358,7 @@ def rebuild_index(session: Session, layout: DataLayout, identity: tuple[str, str
     index, used = vectors.build_index(matrix, index_type, params)
     meta = {"model": identity[0], "pretrained": identity[1], "dim": dim, "count": len(matrix),
             "params": used, "signature": catalogue_signature(session),
-            "created": datetime.now(timezone.utc).isoformat()}
+            "created": datetime.now(UTC).isoformat()}
     vectors.save_generation(layout.index_dir, index, id_map, meta)
     return len(matrix)
 
@@ -378,7 +385,7 @@ def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, sess
         for name in ("seen", "added", "updated", "unchanged", "pruned", "keyframes", "images", "seconds"):
             setattr(run, "files_seen" if name == "seen" else name, getattr(summary, name))
         run.failed, run.skipped = len(summary.failed), len(summary.skipped)
-        run.status, run.finished_at = "done", datetime.now(timezone.utc)
+        run.status, run.finished_at = "done", datetime.now(UTC)
         session.commit()
         return summary
 

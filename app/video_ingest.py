@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import torch
 
-from app.progress import StageProgress
 from app.keyframes import ChosenKeyframe, KeyframeSelector, frame_quality
+from app.progress import StageProgress
 from app.shots import ShotRange, ShotTracker, StreamingShotDetector
 
 TRUNCATION_TOLERANCE = 0.05  # decoded frames may fall this short of the container's count

@@ -1,7 +1,6 @@
 """Crash safety (a real SIGKILL mid-run) and the AI Challenge dataset import."""
 from __future__ import annotations
 
-
 import shutil
 import signal
 import subprocess

@@ -14,7 +14,7 @@ from tests.conftest import PLANS
 
 def boundary_scores(predicted, truth, tolerance: int = 2) -> tuple[float, float]:
     """Precision and recall of transitions; a predicted gap matches a true one when they overlap."""
-    pred = [(a.end_frame, b.start_frame) for a, b in zip(predicted, predicted[1:])]
+    pred = [(a.end_frame, b.start_frame) for a, b in zip(predicted, predicted[1:], strict=False)]
     matched_true = set()
     hits = 0
     for p0, p1 in pred:

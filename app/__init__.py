@@ -1,0 +1,85 @@
+"""Framefinder's Flask application: `create_app(config)` builds it (Flask's app-factory pattern)."""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from flask import Flask, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException
+
+from app.paths import PROJECT_ROOT, DataLayout
+
+csrf = CSRFProtect()
+
+
+def _secret_key(instance_dir: Path) -> str:
+    """A random key kept in the instance folder, so sessions survive restarts."""
+    path = instance_dir / "secret_key"
+    if not path.exists():
+        instance_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Config: DATA_DIR, MODEL_CONFIG, DEVICE, MAX_CONTENT_LENGTH...; also instance/config.py and
+    FRAMEFINDER_* environment variables. ENCODER may hand in an already loaded encoder."""
+    app = Flask(__name__, template_folder=str(PROJECT_ROOT / "templates"),
+                static_folder=str(PROJECT_ROOT / "static"), instance_relative_config=True)
+    app.config.update(DATA_DIR=None, MODEL_CONFIG=None, DEVICE="auto", MAX_CONTENT_LENGTH=20 * 1024 * 1024,
+                      RESULTS_PER_PAGE=50, INDEX_CHECK_SECONDS=1.0, WTF_CSRF_TIME_LIMIT=None)
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.from_prefixed_env("FRAMEFINDER")
+    app.config.update(config or {})
+    layout = DataLayout.from_data_dir(app.config["DATA_DIR"])
+    layout.ensure()
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = _secret_key(layout.instance_dir)
+    app.extensions["layout"] = layout
+    csrf.init_app(app)
+
+    from app.services import init_services
+
+    init_services(app, layout)
+
+    from app.views import api, media, search
+
+    app.register_blueprint(search.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(media.bp)
+    csrf.exempt(api.bp)  # read-only JSON queries; state-changing APIs get their own protection
+    _register_errors(app)
+    logging.getLogger("framefinder").setLevel(logging.INFO)
+    return app
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(CSRFError)
+    def csrf_error(exc: CSRFError):
+        return _error(400, f"The form is missing a valid CSRF token ({exc.description}). Reload the page.")
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        messages = {413: f"The upload is larger than the limit of "
+                         f"{app.config['MAX_CONTENT_LENGTH'] // (1024 * 1024)} MB."}
+        return _error(exc.code or 500, messages.get(exc.code, exc.description))
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        app.logger.exception("unexpected error")
+        return _error(500, "Something went wrong on the server; the error was logged.")
+
+
+def _error(status: int, message: str):
+    if _wants_json():
+        return jsonify({"error": message, "status": status}), status
+    return render_template("error.html", status=status, message=message), status

@@ -1,0 +1,102 @@
+"""The served collection: the current FAISS generation plus a catalogue aligned with its ids.
+
+Loaded once and swapped atomically when offline.py publishes a new generation, so
+queries never touch a half-written index and never wait on the database per result.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import vectors
+from app.models import Image, Keyframe, Video
+from app.paths import DataLayout
+
+
+@dataclass
+class Entry:
+    """What a result shows; video fields are None for plain images."""
+
+    kind: int
+    db_id: int
+    video_id: str | None
+    n: int | None
+    frame_idx: int | None
+    pts_time: float | None
+    shot_id: int | None
+    rel_path: str | None  # keyframe path relative to the data directory
+    source_path: str  # the original video or image file
+    feature_key: str = ""  # video id (row n-1 of feature/<id>.npy) or image content hash
+
+
+@dataclass
+class Snapshot:
+    bundle: vectors.IndexBundle
+    entries: list[Entry]
+    video_of_row: np.ndarray  # (N,) video id string per FAISS row ('' for images)
+    folder_of_row: np.ndarray  # (N,) source folder per FAISS row
+
+
+def _load_entries(session: Session, ids: np.ndarray) -> list[Entry]:
+    kf_rows = {row.id: row for row in session.execute(
+        select(Keyframe.id, Keyframe.n, Keyframe.frame_idx, Keyframe.pts_time, Keyframe.shot_id,
+               Keyframe.image_path, Video.video_id, Video.path).join(Video, Keyframe.video_pk == Video.id))}
+    img_rows = {row.id: row for row in session.execute(select(Image.id, Image.path, Image.content_hash))}
+    entries = []
+    for kind, db_id in ids.tolist():
+        if kind == vectors.KIND_KEYFRAME and db_id in kf_rows:
+            r = kf_rows[db_id]
+            entries.append(Entry(kind, db_id, r.video_id, r.n, r.frame_idx, r.pts_time, r.shot_id, r.image_path,
+                                 r.path, r.video_id))
+        elif kind == vectors.KIND_IMAGE and db_id in img_rows:
+            r = img_rows[db_id]
+            entries.append(Entry(kind, db_id, None, None, None, None, None, None, r.path, r.content_hash))
+        else:  # catalogue changed under an older index: keep alignment, never show it
+            entries.append(Entry(-1, db_id, None, None, None, None, None, None, ""))
+    return entries
+
+
+class Collection:
+    """Thread-safe access to the newest complete index generation."""
+
+    def __init__(self, layout: DataLayout, sessions: sessionmaker, check_every_s: float = 1.0) -> None:
+        self.layout = layout
+        self.sessions = sessions
+        self.check_every_s = check_every_s
+        self._lock = threading.Lock()
+        self._snapshot: Snapshot | None = None
+        self._checked = 0.0
+
+    def snapshot(self) -> Snapshot | None:
+        now = time.monotonic()
+        if now - self._checked >= self.check_every_s or self._snapshot is None:
+            self._checked = now
+            generation = vectors.current_generation(self.layout.index_dir)
+            if generation and (self._snapshot is None or self._snapshot.bundle.generation != generation):
+                with self._lock:
+                    if self._snapshot is None or self._snapshot.bundle.generation != generation:
+                        self._snapshot = self._load()
+        return self._snapshot
+
+    def _load(self) -> Snapshot | None:
+        bundle = vectors.load_current(self.layout.index_dir)
+        if bundle is None:
+            return None
+        with self.sessions() as session:
+            entries = _load_entries(session, bundle.ids)
+        videos = np.array([e.video_id or "" for e in entries], dtype=object)
+        folders = np.array([str(Path(e.source_path).parent) if e.source_path else "" for e in entries], dtype=object)
+        return Snapshot(bundle, entries, videos, folders)
+
+    def stored_vector(self, entry: Entry) -> np.ndarray:
+        """The stored feature of an entry ("more like this"), from the inspectable .npy files."""
+        if entry.kind == vectors.KIND_KEYFRAME:
+            feats = np.load(self.layout.video_feature_path(entry.feature_key), mmap_mode="r")
+            return np.asarray(feats[entry.n - 1], dtype=np.float32).reshape(1, -1)
+        return np.load(self.layout.image_feature_dir / f"{entry.feature_key}.npy").reshape(1, -1)

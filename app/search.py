@@ -1,0 +1,229 @@
+"""Query logic: text, image, region, combined and sequence queries over the served collection.
+
+Everything here works on unit vectors and FAISS rows; the web layer only parses input
+and renders what comes back.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+from PIL import Image
+
+from app.collection import Collection, Entry, Snapshot
+from app.encoders import ClipEncoder
+
+MAX_K = 1000
+MAX_QUERY_CHARS = 2000
+
+
+class QueryError(ValueError):
+    """Bad query input: shown to the user as a 4xx with this message."""
+
+
+@dataclass
+class Hit:
+    row: int
+    score: float
+    entry: Entry
+
+
+@dataclass
+class Moment:
+    """A sequence match: one hit per event, in order, in one video."""
+
+    video_id: str
+    hits: list[Hit]
+    score: float
+
+
+@dataclass
+class Options:
+    k: int = 100
+    min_score: float = 0.0  # percent
+    relative: bool = False  # min_score relative to the best score of this query
+    video: str | None = None
+    folder: str | None = None
+    group_by_video: bool = False
+    collapse_shots: bool = False
+
+
+@dataclass
+class Outcome:
+    hits: list[Hit] = field(default_factory=list)
+    moments: list[Moment] = field(default_factory=list)
+    timing_ms: dict[str, float] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+    filtered_out: bool = False  # results existed but none passed min_score
+
+
+def parse_k(raw: str | int | None, default: int = 100) -> int:
+    try:
+        k = int(raw) if raw not in (None, "") else default
+    except (TypeError, ValueError):
+        raise QueryError("k must be a whole number") from None
+    if not 1 <= k <= MAX_K:
+        raise QueryError(f"k must be between 1 and {MAX_K}")
+    return k
+
+
+def parse_min_score(raw: str | float | None) -> float:
+    try:
+        value = float(raw) if raw not in (None, "") else 0.0
+    except (TypeError, ValueError):
+        raise QueryError("min_score must be a number (percent)") from None
+    if not 0 <= value <= 100:
+        raise QueryError("min_score must be between 0 and 100 (percent)")
+    return value
+
+
+def parse_box(raw: str | None, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """'x,y,w,h' in the image's own pixels; must lie inside the image with a positive size."""
+    if not raw:
+        return None
+    try:
+        x, y, w, h = (int(round(float(v))) for v in raw.split(","))
+    except ValueError:
+        raise QueryError("box must be four numbers: x,y,w,h") from None
+    if w <= 0 or h <= 0:
+        raise QueryError("box must have a positive width and height")
+    if x < 0 or y < 0 or x + w > width or y + h > height:
+        raise QueryError(f"box {x},{y},{w},{h} lies outside the {width}x{height} image")
+    return x, y, w, h
+
+
+class Searcher:
+    def __init__(self, collection: Collection, encoder: ClipEncoder) -> None:
+        self.collection = collection
+        self.encoder = encoder
+        self._text_cache: dict[str, np.ndarray] = {}
+
+    # -- encoding -----------------------------------------------------------------------------
+    def encode_text(self, text: str, notices: list[str]) -> np.ndarray:
+        text = (text or "").strip()
+        if not text:
+            raise QueryError("the query is empty")
+        if len(text) > MAX_QUERY_CHARS:
+            raise QueryError(f"the query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}")
+        tokenizer = self.encoder.tokenizer
+        if hasattr(tokenizer, "encode") and len(tokenizer.encode(text)) + 2 > self.encoder.context_length:
+            notices.append(f"The query is longer than the model's {self.encoder.context_length} tokens; "
+                           f"only its beginning was used.")
+        if text not in self._text_cache:
+            if len(self._text_cache) > 512:
+                self._text_cache.clear()
+            self._text_cache[text] = self.encoder.encode_text([text])
+        return self._text_cache[text]
+
+    def encode_image(self, image: Image.Image, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        if box is not None:
+            x, y, w, h = box
+            image = image.crop((x, y, x + w, y + h))
+        return self.encoder.encode_images([image.convert("RGB")])
+
+    @staticmethod
+    def combine(text_vec: np.ndarray | None, image_vec: np.ndarray | None, text_weight: float) -> np.ndarray:
+        """Weighted sum of the normalised embeddings, normalised again."""
+        if text_vec is None:
+            return image_vec
+        if image_vec is None:
+            return text_vec
+        mixed = text_weight * text_vec + (1 - text_weight) * image_vec
+        return (mixed / max(float(np.linalg.norm(mixed)), 1e-12)).astype(np.float32)
+
+    # -- searching ------------------------------------------------------------------------------
+    def _snapshot(self) -> Snapshot:
+        snap = self.collection.snapshot()
+        if snap is None:
+            raise QueryError("the collection has no index yet: run `python offline.py index PATH` first")
+        if snap.bundle.meta.get("dim") != self.encoder.dim:
+            raise QueryError("the index was built with another model than the server's; restart the server")
+        return snap
+
+    def _selector(self, snap: Snapshot, opts: Options) -> faiss.SearchParameters | None:
+        """Filters restrict the search itself, so a filtered query still gets K results."""
+        if not opts.video and not opts.folder:
+            return None
+        mask = np.ones(len(snap.entries), dtype=bool)
+        if opts.video:
+            mask &= snap.video_of_row == opts.video
+        if opts.folder:
+            folder = opts.folder.rstrip("/")
+            mask &= np.array([f == folder or f.startswith(folder + "/") for f in snap.folder_of_row])
+        allowed = np.flatnonzero(mask).astype(np.int64)
+        params = faiss.SearchParameters()
+        params.sel = faiss.IDSelectorBatch(allowed)
+        return params
+
+    def search(self, query: np.ndarray, opts: Options, outcome: Outcome) -> Outcome:
+        snap = self._snapshot()
+        t0 = time.perf_counter()
+        fetch = min(snap.bundle.size, opts.k * (4 if opts.collapse_shots else 1))
+        params = self._selector(snap, opts)
+        if fetch == 0:
+            scores, rows = np.zeros((1, 0)), np.zeros((1, 0), np.int64)
+        elif params is not None:
+            scores, rows = snap.bundle.index.search(query, fetch, params=params)
+        else:
+            scores, rows = snap.bundle.index.search(query, fetch)
+        outcome.timing_ms["search"] = (time.perf_counter() - t0) * 1000
+        hits = [Hit(int(r), float(s), snap.entries[r]) for s, r in zip(scores[0], rows[0], strict=True)
+                if r >= 0 and snap.entries[r].kind >= 0]
+        outcome.hits = self._shape(hits, opts, outcome)
+        return outcome
+
+    def _shape(self, hits: list[Hit], opts: Options, outcome: Outcome) -> list[Hit]:
+        if opts.collapse_shots:
+            seen: set = set()
+            kept = []
+            for h in hits:
+                key = ("shot", h.entry.shot_id) if h.entry.shot_id is not None else ("row", h.row)
+                if key not in seen:
+                    seen.add(key)
+                    kept.append(h)
+            hits = kept
+        hits = hits[:opts.k]
+        if opts.min_score > 0 and hits:
+            floor = opts.min_score / 100 * (hits[0].score if opts.relative else 1.0)
+            passed = [h for h in hits if h.score >= floor]
+            outcome.filtered_out = not passed
+            hits = passed
+        if opts.group_by_video:
+            order: dict[str, int] = {}
+            for h in hits:
+                order.setdefault(h.entry.video_id or h.entry.source_path, len(order))
+            hits = sorted(hits, key=lambda h: order[h.entry.video_id or h.entry.source_path])
+        return hits
+
+    def sequence(self, queries: list[np.ndarray], max_gap_s: float, opts: Options, outcome: Outcome) -> Outcome:
+        """Event A then event B (then C...) in one video, each within max_gap_s of the previous."""
+        if len(queries) < 2:
+            raise QueryError("a sequence needs at least two events")
+        if not 0 < max_gap_s <= 3600:
+            raise QueryError("the maximum gap must be between 0 and 3600 seconds")
+        per_event = []
+        wide = Options(k=min(MAX_K * 2, max(opts.k * 10, 200)), video=opts.video, folder=opts.folder)
+        t0 = time.perf_counter()
+        for vec in queries:
+            found = self.search(vec, wide, Outcome()).hits
+            per_event.append([h for h in found if h.entry.video_id is not None])
+        chains: list[Moment] = [Moment(h.entry.video_id, [h], h.score) for h in per_event[0]]
+        for hits in per_event[1:]:
+            by_video: dict[str, list[Hit]] = {}
+            for h in hits:
+                by_video.setdefault(h.entry.video_id, []).append(h)
+            extended = []
+            for chain in chains:
+                t_prev = chain.hits[-1].entry.pts_time
+                nexts = [h for h in by_video.get(chain.video_id, [])
+                         if t_prev < h.entry.pts_time <= t_prev + max_gap_s]
+                if nexts:
+                    best = max(nexts, key=lambda h: h.score)
+                    extended.append(Moment(chain.video_id, chain.hits + [best], chain.score + best.score))
+            chains = extended
+        chains.sort(key=lambda m: -m.score)
+        outcome.moments = chains[:opts.k]
+        outcome.timing_ms["search"] = (time.perf_counter() - t0) * 1000
+        return outcome

@@ -1,0 +1,51 @@
+"""The long-lived objects of a running server: database sessions, the collection, the model."""
+from __future__ import annotations
+
+import threading
+
+from flask import Flask, current_app
+
+from app.collection import Collection
+from app.db import open_database
+from app.paths import DataLayout
+from app.search import Searcher
+
+
+def init_services(app: Flask, layout: DataLayout) -> None:
+    sessions = open_database(layout.database_url)
+    app.extensions["sessions"] = sessions
+    app.extensions["collection"] = Collection(layout, sessions, app.config["INDEX_CHECK_SECONDS"])
+    app.extensions["searcher_lock"] = threading.Lock()
+    if app.config.get("ENCODER") is not None:
+        app.extensions["searcher"] = Searcher(app.extensions["collection"], app.config["ENCODER"])
+
+
+def searcher() -> Searcher:
+    """The model named by the index, loaded once on first use (it is the slow part of start-up)."""
+    ext = current_app.extensions
+    if "searcher" not in ext:
+        with ext["searcher_lock"]:
+            if "searcher" not in ext:
+                ext["searcher"] = Searcher(ext["collection"], load_encoder_for_index(current_app))
+    return ext["searcher"]
+
+
+def load_encoder_for_index(app: Flask):
+    from app.encoders import ClipEncoder, register_model_configs
+
+    register_model_configs(app.config.get("MODEL_CONFIG"))
+    snap = app.extensions["collection"].snapshot()
+    if snap is None:
+        from app.search import QueryError
+
+        raise QueryError("the collection has no index yet: run `python offline.py index PATH` first")
+    meta = snap.bundle.meta
+    return ClipEncoder(meta["model"], meta["pretrained"], app.config.get("DEVICE", "auto"))
+
+
+def collection() -> Collection:
+    return current_app.extensions["collection"]
+
+
+def sessions():
+    return current_app.extensions["sessions"]

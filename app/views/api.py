@@ -1,0 +1,39 @@
+"""JSON API used by the pages' JavaScript, the tests and other tools. Errors are JSON 4xx."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from app.search import QueryError
+from app.views.query import hit_json, keyframe_record, run_query
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+def submission_csv(hits: list) -> str:
+    """AI Challenge submission lines: video_id,frame_idx, no header (video keyframes only)."""
+    return "".join(f"{h.entry.video_id},{h.entry.frame_idx}\n" for h in hits if h.entry.video_id is not None)
+
+
+@bp.route("/search", methods=["GET", "POST"])
+def search():
+    try:
+        outcome, info = run_query()
+    except QueryError as exc:
+        return jsonify({"error": str(exc), "status": 400}), 400
+    if request.values.get("format") == "csv":
+        return Response(submission_csv(outcome.hits), mimetype="text/csv",
+                        headers={"Content-Disposition": "attachment; filename=submission.csv"})
+    body = {"results": [hit_json(h) for h in outcome.hits], "timing_ms": outcome.timing_ms,
+            "notices": outcome.notices, "kind": info.kind}
+    if info.kind == "sequence":
+        body["moments"] = [{"video_id": m.video_id, "score": round(m.score, 6), "hits": [hit_json(h) for h in m.hits]}
+                           for m in outcome.moments]
+    return jsonify(body)
+
+
+@bp.get("/keyframes/<video_id>/<int:n>")
+def keyframe(video_id: str, n: int):
+    try:
+        return jsonify(keyframe_record(video_id, n))
+    except LookupError as exc:
+        return jsonify({"error": str(exc), "status": 404}), 404

@@ -1,0 +1,59 @@
+"""Serving keyframes, images and videos: always looked up in the catalogue, never a user path."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, abort, current_app, render_template, send_file
+from sqlalchemy import select
+
+from app import services
+from app.models import Image, Keyframe, Video
+from app.views.query import keyframe_record
+
+bp = Blueprint("media", __name__)
+CACHE_SECONDS = 7 * 24 * 3600
+
+
+def _inside(base: Path, relative: str) -> Path:
+    path = (base / relative).resolve()
+    if not path.is_relative_to(base.resolve()) or not path.is_file():
+        abort(404, description="no such file")
+    return path
+
+
+@bp.get("/keyframes/<video_id>/<int:n>.jpg")
+def keyframe_image(video_id: str, n: int):
+    with services.sessions()() as session:
+        rel = session.scalar(select(Keyframe.image_path).join(Video).where(Video.video_id == video_id,
+                                                                           Keyframe.n == n))
+    if rel is None:
+        abort(404, description=f"no keyframe {n} in video '{video_id}'")
+    return send_file(_inside(current_app.extensions["layout"].data_dir, rel), max_age=CACHE_SECONDS)
+
+
+@bp.get("/images/<int:image_id>")
+def image_file(image_id: int):
+    with services.sessions()() as session:
+        row = session.get(Image, image_id)
+    if row is None or not Path(row.path).is_file():
+        abort(404, description="no such image")
+    return send_file(row.path, max_age=CACHE_SECONDS)
+
+
+@bp.get("/video/<video_id>")
+def video_file(video_id: str):
+    """The source video, with HTTP Range support (conditional=True) so players can seek."""
+    with services.sessions()() as session:
+        row = session.scalar(select(Video).where(Video.video_id == video_id))
+    if row is None or row.source != "video" or not Path(row.path).is_file():
+        abort(404, description=f"no playable video '{video_id}'")
+    return send_file(row.path, conditional=True, max_age=CACHE_SECONDS)
+
+
+@bp.get("/keyframe/<video_id>/<int:n>")
+def keyframe_page(video_id: str, n: int):
+    try:
+        record = keyframe_record(video_id, n)
+    except LookupError as exc:
+        abort(404, description=str(exc))
+    return render_template("keyframe.html", kf=record)

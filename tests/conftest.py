@@ -25,6 +25,8 @@ PLANS = {
                           ShotPlan(40, dissolve_in=20)],
     "long_shot": [ShotPlan(150), ShotPlan(60), ShotPlan(55, dissolve_in=18)],
 }
+# VP8 WebM plays in Chromium (the browser tests play it); MPEG-4 Part 2 .mp4 covers the usual container.
+VIDEO_FILES = {"cuts_and_dissolve": "cuts_and_dissolve.mp4", "long_shot": "long_shot.webm"}
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +50,7 @@ def media_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("media")
     truths = {}
     for seed, (name, plan) in enumerate(PLANS.items(), start=1):
-        truths[name] = make_video(root / "videos" / f"{name}.mp4", plan, seed=seed)
+        truths[name] = make_video(root / "videos" / VIDEO_FILES[name], plan, seed=seed)
     for i in range(3):
         make_image(root / "images" / f"still_{i}.jpg", i)
     media_dir_truths[str(root)] = truths
@@ -66,3 +68,33 @@ def truths(media_dir):
 def index_args(data_dir: Path) -> list[str]:
     return ["--data-dir", str(data_dir), "--model", TINY_MODEL, "--model-config", str(TINY_CONFIG),
             "--pretrained", "none", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def indexed(tmp_path_factory, media_dir, tiny_encoder) -> Path:
+    """A collection indexed from the test videos and images (tiny random-weight CLIP)."""
+    from app.db import open_database
+    from app.indexer import IndexOptions, run_index
+    from app.paths import DataLayout
+
+    data = tmp_path_factory.mktemp("collection")
+    layout = DataLayout.from_data_dir(data)
+    layout.ensure()
+    summary = run_index(layout, [media_dir], IndexOptions(model=TINY_MODEL, pretrained="none", device="cpu",
+                                                           interval_s=2.0, progress=False),
+                        open_database(layout.database_url), encoder=tiny_encoder)
+    assert not summary.failed
+    return data
+
+
+@pytest.fixture(scope="session")
+def app(indexed, tiny_encoder):
+    from app import create_app
+
+    application = create_app({"DATA_DIR": str(indexed), "ENCODER": tiny_encoder, "TESTING": True})
+    return application
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()

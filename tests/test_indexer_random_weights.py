@@ -82,7 +82,7 @@ def test_bad_inputs_are_reported_by_name_and_the_rest_is_indexed(tmp_path, media
     bad = tmp_path / "bad"
     bad.mkdir()
     good_image = (media_dir / "images" / "still_0.jpg").read_bytes()
-    video = (media_dir / "videos" / "long_shot.mp4").read_bytes()
+    video = (media_dir / "videos" / "cuts_and_dissolve.mp4").read_bytes()
     (bad / "corrupt.mp4").write_bytes(os.urandom(50_000))
     (bad / "empty.mkv").write_bytes(b"")
     (bad / "truncated.mp4").write_bytes(video[: len(video) // 2])

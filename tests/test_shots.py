@@ -9,7 +9,7 @@ import torch
 from app.sample import render
 from app.shots import StreamingShotDetector
 from app.video_ingest import process_video
-from tests.conftest import PLANS
+from tests.conftest import PLANS, VIDEO_FILES
 
 
 def boundary_scores(predicted, truth, tolerance: int = 2) -> tuple[float, float]:
@@ -31,7 +31,7 @@ def boundary_scores(predicted, truth, tolerance: int = 2) -> tuple[float, float]
 @pytest.mark.parametrize("name", sorted(PLANS))
 def test_every_shot_gets_a_keyframe_and_none_lies_on_a_transition(name, media_dir, truths, transnet):
     truth = truths[name]
-    result = process_video(media_dir / "videos" / f"{name}.mp4", transnet, interval_s=2.0)
+    result = process_video(media_dir / "videos" / VIDEO_FILES[name], transnet, interval_s=2.0)
     assert result.frames == truth.frames
     frames = [kf.frame_idx for kf in result.keyframes]
     for start, end in truth.shots:
@@ -44,7 +44,7 @@ def test_every_shot_gets_a_keyframe_and_none_lies_on_a_transition(name, media_di
 
 
 def test_long_shot_gets_several_keyframes(media_dir, transnet):
-    result = process_video(media_dir / "videos" / "long_shot.mp4", transnet, interval_s=2.0)
+    result = process_video(media_dir / "videos" / VIDEO_FILES["long_shot"], transnet, interval_s=2.0)
     first_shot = [kf for kf in result.keyframes if kf.shot == 0]
     assert len(first_shot) >= 2  # 150 frames at 25 fps, one keyframe per 2 s
 

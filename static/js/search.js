@@ -69,7 +69,7 @@ document.addEventListener("DOMContentLoaded", () => {
     out.textContent = `${pct}%`;
     if (!cards.length) return;
     const best = Math.max(...cards.map((c) => Number(c.dataset.score)));
-    const floor = (pct / 100) * (mode.value === "rel" ? best : 1);
+    const floor = pct === 0 ? -Infinity : (pct / 100) * (mode.value === "rel" ? best : 1);
     let visible = 0, passing = 0;
     cards.forEach((c) => {
       const ok = Number(c.dataset.score) >= floor;

@@ -1,0 +1,123 @@
+"""Real-browser tests: Debian's headless Chromium driven by Playwright, against a live server."""
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from app.paths import DataLayout
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+
+
+@pytest.fixture(scope="module")
+def live_url(app):
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                    "--disable-component-update", "--no-first-run", "--disable-sync"])
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    pg = context.new_page()
+    yield pg
+    context.close()
+
+
+def test_type_a_query_and_see_results_then_screenshot(page, live_url):
+    page.goto(live_url)
+    page.fill("#q", "a red bus in the rain")
+    page.click("#search-button")
+    page.wait_for_selector("#results .card")
+    assert page.locator("#results .card:visible").count() > 0
+    assert "encode" in page.inner_text("#timing") and "search" in page.inner_text("#timing")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "results.png"), full_page=False)
+
+
+def test_upload_a_keyframe_and_see_it_ranked_first(page, live_url, indexed):
+    page.goto(live_url)
+    kf = DataLayout.from_data_dir(indexed).keyframes_dir / "cuts_and_dissolve" / "002.jpg"
+    page.set_input_files("#image", str(kf))
+    page.click("#search-button")
+    page.wait_for_selector("#results .card")
+    assert page.locator("#results .card").first.get_attribute("data-item") == "cuts_and_dissolve/2"
+
+
+def test_draw_a_region_on_the_upload_and_search_it(page, live_url, indexed):
+    page.goto(live_url)
+    kf = DataLayout.from_data_dir(indexed).keyframes_dir / "long_shot" / "001.jpg"
+    page.set_input_files("#image", str(kf))
+    canvas = page.locator("#preview-canvas")
+    canvas.wait_for(state="visible")
+    page.wait_for_function("document.getElementById('preview-canvas').getBoundingClientRect().width > 50")
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + 10, box["y"] + 10)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
+    value = page.input_value("#box")
+    x, y, w, h = map(int, value.split(","))
+    assert x >= 0 and y >= 0 and w > 20 and h > 20
+    page.click("#search-button")
+    page.wait_for_selector("#results .card")
+    assert page.locator("#results .card").count() > 0
+
+
+def test_draw_a_region_on_a_keyframe_page(page, live_url):
+    page.goto(f"{live_url}/keyframe/long_shot/2")
+    page.wait_for_function("document.getElementById('frame').naturalWidth > 0")
+    assert page.locator("#region-search").is_disabled()
+    box = page.locator("#region-canvas").bounding_box()
+    page.mouse.move(box["x"] + 20, box["y"] + 20)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 150, box["y"] + 100, steps=5)
+    page.mouse.up()
+    assert page.locator("#region-search").is_enabled()
+    page.click("#region-search")
+    page.wait_for_selector("#results .card")
+
+
+def test_slider_until_no_result_then_download_csv(page, live_url, tmp_path):
+    page.goto(f"{live_url}/?q=mountains&k=20")
+    page.wait_for_selector("#results .card")
+    assert page.locator("#no-result").is_hidden()
+    page.locator("#min_score").fill("100")
+    page.locator("#no-result").wait_for(state="visible")
+    assert "No result above 100%" in page.inner_text("#no-result")
+    page.locator("#min_score").fill("0")
+    with page.expect_download() as info:
+        page.click("#download-csv")
+    target = tmp_path / "submission.csv"
+    shutil.copy(info.value.path(), target)
+    lines = target.read_text().strip().splitlines()
+    assert 0 < len(lines) <= 20
+    assert all(len(ln.split(",")) == 2 and ln.split(",")[1].isdigit() for ln in lines)
+
+
+def test_keyframe_page_shows_frame_neighbours_and_video(page, live_url):
+    page.goto(f"{live_url}/keyframe/long_shot/2")
+    assert page.locator(".strip a").count() >= 1
+    src = page.get_attribute("#player", "src")
+    assert "/video/long_shot#t=" in src
+    page.wait_for_function("document.getElementById('player').readyState >= 1")

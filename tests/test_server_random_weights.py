@@ -1,0 +1,199 @@
+"""Flask test-client tests of every route and every bad input (tiny random-weight CLIP)."""
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+from PIL import Image
+
+from app.paths import DataLayout
+
+
+def _jpeg(indexed, video="long_shot", n=1) -> bytes:
+    return (DataLayout.from_data_dir(indexed).keyframes_dir / video / f"{n:03d}.jpg").read_bytes()
+
+
+def _csrf(client) -> str:
+    return re.search(r'name="csrf-token" content="([^"]+)"', client.get("/").get_data(as_text=True)).group(1)
+
+
+def test_text_search_api_returns_documented_fields(client):
+    r = client.get("/api/search?q=a+dog+on+a+beach&k=5")
+    assert r.status_code == 200
+    body = r.get_json()
+    assert len(body["results"]) == 5
+    first = body["results"][0]
+    for key in ("video_id", "n", "frame_idx", "pts_time", "score", "keyframe_url", "image_path"):
+        assert key in first
+    assert set(body["timing_ms"]) >= {"encode", "search"}
+    scores = [x["score"] for x in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_exact_keyframe_as_image_query_comes_back_first_via_api(client, indexed):
+    r = client.post("/api/search", data={"image": (io.BytesIO(_jpeg(indexed, n=2)), "q.jpg"), "k": "3"},
+                    content_type="multipart/form-data")
+    assert r.status_code == 200
+    top = r.get_json()["results"][0]
+    assert (top["video_id"], top["n"]) == ("long_shot", 2)
+    assert top["score"] > 0.99
+
+
+def test_exact_keyframe_upload_through_the_page_is_rank_one(client, indexed):
+    r = client.post("/", data={"csrf_token": _csrf(client), "image": (io.BytesIO(_jpeg(indexed, n=3)), "q.jpg")},
+                    content_type="multipart/form-data")
+    assert r.status_code == 200
+    first_card = re.search(r'data-item="([^"]+)"', r.get_data(as_text=True)).group(1)
+    assert first_card == "long_shot/3"
+
+
+def test_page_form_without_csrf_token_is_refused(client, indexed):
+    r = client.post("/", data={"image": (io.BytesIO(_jpeg(indexed)), "q.jpg")}, content_type="multipart/form-data")
+    assert r.status_code == 400 and b"CSRF" in r.data
+
+
+def test_region_query_crops_before_encoding(client, indexed):
+    jpeg = _jpeg(indexed, n=1)
+    w, h = Image.open(io.BytesIO(jpeg)).size
+    full = client.post("/api/search", data={"image": (io.BytesIO(jpeg), "q.jpg"), "k": "1"}).get_json()
+    crop = client.post("/api/search", data={"image": (io.BytesIO(jpeg), "q.jpg"), "k": "1",
+                                            "box": f"0,0,{w // 3},{h // 3}"}).get_json()
+    assert full["results"][0]["score"] > 0.99
+    assert crop["results"][0]["score"] < full["results"][0]["score"] - 1e-3
+
+
+def test_combined_text_and_image_and_more_like_this(client, indexed):
+    r = client.post("/api/search", data={"image": (io.BytesIO(_jpeg(indexed, n=2)), "q.jpg"), "q": "night",
+                                         "text_weight": "0.2"})
+    assert r.get_json()["kind"] == "combined"
+    like = client.get("/api/search?like=long_shot/2&k=1").get_json()
+    assert (like["results"][0]["video_id"], like["results"][0]["n"]) == ("long_shot", 2)
+    assert client.get("/?like=long_shot/2").status_code == 200
+
+
+def test_filters_apply_before_top_k(client, media_dir):
+    r = client.get("/api/search?q=anything&k=3&video=cuts_and_dissolve").get_json()
+    assert len(r["results"]) == 3 and {x["video_id"] for x in r["results"]} == {"cuts_and_dissolve"}
+    images = client.get("/api/search", query_string={"q": "x", "k": 50, "folder": str(media_dir / "images")})
+    assert len(images.get_json()["results"]) == 3
+    assert all(x["video_id"] is None for x in images.get_json()["results"])
+    partial = client.get("/api/search?q=anything&k=50&folder=images").get_json()
+    assert partial["results"] == []  # a folder is a real path prefix, not a substring
+
+
+def test_min_score_absolute_and_relative(client):
+    everything = client.get("/api/search?q=x&k=100").get_json()["results"]
+    best = everything[0]["score"]
+    passed = client.get("/api/search?like=long_shot/2&k=100&min_score=99.99").get_json()["results"]
+    assert passed and len(passed) < len(everything) and all(r["score"] * 100 >= 99.99 for r in passed)
+    rel = client.get("/api/search?q=x&k=100&min_score=100&score_mode=rel").get_json()["results"]
+    assert [r["score"] for r in rel] == [best] * len(rel)
+    page = client.get("/?q=x&min_score=100")
+    assert b"No result above" in page.data
+
+
+def test_group_by_video_and_one_per_shot(client):
+    grouped = client.get("/api/search?q=x&k=30&group=1").get_json()["results"]
+    order = [r["video_id"] or r["image_path"] for r in grouped]
+    assert all(order.index(v) == i or order[i - 1] == v for i, v in enumerate(order))
+    collapsed = client.get("/api/search?q=x&k=100&collapse=1&video=long_shot").get_json()["results"]
+    assert len(collapsed) == len({(r["video_id"], r["frame_idx"]) for r in collapsed})
+
+
+def test_sequence_query_finds_ordered_moments_within_the_gap(client):
+    body = client.get("/api/search?q1=first+event&q2=second+event&gap=3&k=10").get_json()
+    assert body["kind"] == "sequence" and body["moments"]
+    for m in body["moments"]:
+        a, b = m["hits"]
+        assert a["video_id"] == b["video_id"] and 0 < b["pts_time"] - a["pts_time"] <= 3
+
+
+def test_csv_export_is_submission_format(client):
+    r = client.get("/api/search?q=x&k=7&format=csv")
+    lines = r.get_data(as_text=True).strip().splitlines()
+    assert 0 < len(lines) <= 7 and all(re.fullmatch(r"[A-Za-z0-9_.-]+,\d+", ln) for ln in lines)
+
+
+def test_keyframe_record_page_neighbours_and_video_range(client):
+    rec = client.get("/api/keyframes/long_shot/2").get_json()
+    assert rec["n"] == 2 and rec["previous"][0]["n"] == 1 and rec["shot"] is not None
+    page = client.get("/keyframe/long_shot/2")
+    assert page.status_code == 200 and b"#t=" in page.data
+    img = client.get(rec["keyframe_url"])
+    assert img.status_code == 200 and img.mimetype == "image/jpeg" and "max-age" in img.headers["Cache-Control"]
+    part = client.get(rec["video"]["url"], headers={"Range": "bytes=10-29"})
+    assert part.status_code == 206 and len(part.data) == 20
+
+
+def test_long_query_is_truncated_with_a_notice(client):
+    body = client.get("/api/search?q=" + "word " * 200).get_json()
+    assert body["results"] and "only its beginning was used" in body["notices"][0]
+
+
+def _bomb_png() -> bytes:
+    # a real PNG header declaring 20000x20000 pixels; PIL must refuse it before decoding
+    import struct
+    import zlib
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    idat = chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
+
+
+def test_bad_inputs_get_clear_4xx_and_server_keeps_serving(client, indexed):
+    jpeg = _jpeg(indexed)
+    cases = [
+        client.get("/api/search?q="),
+        client.get("/api/search?q=" + "x" * 100_000),
+        client.post("/api/search", data={"image": (io.BytesIO(b"not an image at all"), "a.jpg")}),
+        client.post("/api/search", data={"image": (io.BytesIO(jpeg[: len(jpeg) // 2]), "t.jpg")}),
+        client.post("/api/search", data={"image": (io.BytesIO(_bomb_png()), "bomb.png")}),
+        client.post("/api/search", data={"image": (io.BytesIO(jpeg), "a.jpg"), "box": "0,0,99999,5"}),
+        client.post("/api/search", data={"image": (io.BytesIO(jpeg), "a.jpg"), "box": "5,5,-3,4"}),
+        client.get("/api/search?q=x&k=-1"),
+        client.get("/api/search?q=x&k=99999999"),
+        client.get("/api/search?q=x&k=abc"),
+        client.get("/api/search?like=nope/1"),
+    ]
+    for r in cases:
+        assert r.status_code == 400, r.get_data(as_text=True)
+        assert r.get_json()["error"]
+    for r in (client.get("/api/keyframes/no_such_video/1"), client.get("/keyframes/..%2F..%2Fetc/1.jpg"),
+              client.get("/keyframes/../../etc/passwd"), client.get("/video/nope"),
+              client.get("/keyframe/no_such_video/1")):
+        assert r.status_code == 404
+    assert b"Traceback" not in client.get("/keyframe/nope/1").data
+    page = client.get("/?q=x&k=-5")
+    assert page.status_code == 400 and b"k must be between" in page.data
+    assert client.get("/api/search?q=still+serving").status_code == 200
+
+
+def test_upload_over_the_size_limit_is_413_with_message(app, indexed):
+    app.config["MAX_CONTENT_LENGTH"] = 1000
+    try:
+        r = app.test_client().post("/api/search", data={"image": (io.BytesIO(b"x" * 5000), "big.jpg")})
+    finally:
+        app.config["MAX_CONTENT_LENGTH"] = 20 * 1024 * 1024
+    assert r.status_code == 413 and "limit" in r.get_json()["error"]
+
+
+def test_server_picks_up_a_new_index_without_restart(app, indexed, tiny_encoder):
+    from sqlalchemy.orm import sessionmaker
+
+    from app.db import make_engine
+    from app.indexer import rebuild_index
+
+    client = app.test_client()
+    before = client.get("/api/search?q=x&k=1000").get_json()["results"]
+    layout = DataLayout.from_data_dir(indexed)
+    with sessionmaker(make_engine(layout.database_url))() as s:
+        rebuild_index(s, layout, tiny_encoder.identity, tiny_encoder.dim, "hnsw")
+    app.extensions["collection"]._checked = 0.0
+    after = client.get("/api/search?q=x&k=1000").get_json()["results"]
+    assert app.extensions["collection"].snapshot().bundle.meta["params"]["type"] == "hnsw"
+    assert len(after) == len(before)
+    np.testing.assert_allclose(sorted(r["score"] for r in after), sorted(r["score"] for r in before), atol=1e-4)

@@ -49,7 +49,8 @@ def main() -> None:
     decode_s, clip_s = t1 - t0, t2 - t1
     total = t2 - t0
     video_s = result.frames / args.fps
-    row = {"bench": "ingest", "device": encoder.device, "model": args.model, "resolution": f"{args.width}x{args.height}",
+    row = {"bench": "ingest", "device": encoder.device, "model": args.model,
+           "resolution": f"{args.width}x{args.height}",
            "video_seconds": round(video_s, 1), "frames": result.frames, "shots": len(result.shots),
            "keyframes": len(feats), "decode_shots_s": round(decode_s, 2),
            "decode_shots_fps": round(result.frames / decode_s, 1), "clip_s": round(clip_s, 2),

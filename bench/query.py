@@ -7,7 +7,6 @@ encode and search. Prints a table and, last, one JSON line.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import tempfile

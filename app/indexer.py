@@ -220,7 +220,7 @@ class Indexer:
         features = self.encoder.encode_images(rgb)
         self.progress.update("features", len(rgb))
         records = [KeyframeRecord(kf.frame_idx, kf.shot, bgr=kf.image) for kf in result.keyframes]
-        video_id = existing.video_id if existing else unique_video_id(self.session, self.layout, path.stem, str(path))
+        video_id = existing.video_id if existing else unique_video_id(self.session, path.stem, str(path))
         shots = [(s.start_frame, s.end_frame) for s in result.shots]
         write_video_files(self.layout, video_id, result.fps, records, shots, features)
         self.progress.update("keyframes", len(records))
@@ -247,7 +247,7 @@ class Indexer:
         self.progress.update("features", len(features))
         records = [KeyframeRecord(r["frame_idx"], None, source=img)
                    for r, img in zip(video.rows, video.images, strict=True)]
-        video_id = existing.video_id if existing else unique_video_id(self.session, self.layout, video.video_id, key)
+        video_id = existing.video_id if existing else unique_video_id(self.session, video.video_id, key)
         write_video_files(self.layout, video_id, video.fps, records, None, features)
         self.progress.update("keyframes", len(records))
         last = max(r["frame_idx"] for r in video.rows)

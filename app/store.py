@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from hashlib import blake2b
 from pathlib import Path
 
 import cv2
@@ -52,14 +53,11 @@ class FileState:
         return self.content_hash
 
 
-def unique_video_id(session: Session, layout: DataLayout, stem: str, path: str) -> str:
+def unique_video_id(session: Session, stem: str, path: str) -> str:
     """The file's stem as id (like L01_V001); a short path hash is added on a clash."""
     base = safe_id(stem)
-    candidate = base
-    if session.scalar(select(Video.id).where(Video.video_id == candidate)) is None:
-        return candidate
-    from hashlib import blake2b
-
+    if session.scalar(select(Video.id).where(Video.video_id == base)) is None:
+        return base
     return f"{base}_{blake2b(path.encode(), digest_size=3).hexdigest()}"
 
 

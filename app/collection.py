@@ -34,13 +34,37 @@ class Entry:
     source_path: str  # the original video or image file
     feature_key: str = ""  # video id (row n-1 of feature/<id>.npy) or image content hash
 
+    @property
+    def item(self) -> str:
+        """How pages and the API name an item: '<video_id>/<n>' or 'image:<id>'."""
+        return f"image:{self.db_id}" if self.video_id is None else f"{self.video_id}/{self.n}"
+
 
 @dataclass
 class Snapshot:
     bundle: vectors.IndexBundle
     entries: list[Entry]
     video_of_row: np.ndarray  # (N,) video id string per FAISS row ('' for images)
-    folder_of_row: np.ndarray  # (N,) source folder per FAISS row
+    folders: np.ndarray  # distinct source folders
+    folder_of_row: np.ndarray  # (N,) index into `folders` per FAISS row
+
+    def find(self, item: str) -> Entry | None:
+        """The live entry named by `item` ('<video_id>/<n>' or 'image:<id>')."""
+        if item.startswith("image:"):
+            candidates = np.flatnonzero(self.video_of_row == "")
+        else:
+            candidates = np.flatnonzero(self.video_of_row == item.rpartition("/")[0])
+        for row in candidates:
+            entry = self.entries[row]
+            if entry.kind >= 0 and entry.item == item:
+                return entry
+        return None
+
+    def rows_in_folder(self, folder: str) -> np.ndarray:
+        """FAISS rows whose source file lies in `folder` or below (a path prefix, not a substring)."""
+        folder = folder.rstrip("/")
+        wanted = [i for i, f in enumerate(self.folders) if f == folder or f.startswith(folder + "/")]
+        return np.isin(self.folder_of_row, wanted)
 
 
 def _load_entries(session: Session, ids: np.ndarray) -> list[Entry]:
@@ -91,8 +115,10 @@ class Collection:
         with self.sessions() as session:
             entries = _load_entries(session, bundle.ids)
         videos = np.array([e.video_id or "" for e in entries], dtype=object)
-        folders = np.array([str(Path(e.source_path).parent) if e.source_path else "" for e in entries], dtype=object)
-        return Snapshot(bundle, entries, videos, folders)
+        folders, folder_of_row = np.unique(
+            np.array([str(Path(e.source_path).parent) if e.source_path else "" for e in entries], dtype=object),
+            return_inverse=True)
+        return Snapshot(bundle, entries, videos, folders, folder_of_row)
 
     def stored_vector(self, entry: Entry) -> np.ndarray:
         """The stored feature of an entry ("more like this"), from the inspectable .npy files."""

@@ -289,7 +289,7 @@ class Indexer:
             return
         features = self.encoder.encode_images([item[3] for item in batch])
         self.progress.update("features", len(batch))
-        for (path, state, existing, rgb), vec in zip(batch, features, strict=False):
+        for (path, state, existing, rgb), vec in zip(batch, features, strict=True):
             atomic.save_npy(self.layout.image_feature_dir / f"{state.content_hash}.npy", vec)
             row = existing or Image(path=str(path))
             row.content_hash, row.size, row.mtime_ns = state.content_hash, state.size, state.mtime_ns

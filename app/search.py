@@ -150,8 +150,7 @@ class Searcher:
         if opts.video:
             mask &= snap.video_of_row == opts.video
         if opts.folder:
-            folder = opts.folder.rstrip("/")
-            mask &= np.array([f == folder or f.startswith(folder + "/") for f in snap.folder_of_row])
+            mask &= snap.rows_in_folder(opts.folder)
         allowed = np.flatnonzero(mask).astype(np.int64)
         params = faiss.SearchParameters()
         params.sel = faiss.IDSelectorBatch(allowed)

@@ -76,7 +76,7 @@ class StreamingShotDetector:
         del self._padded[:n_windows * STEP]
         take = min(len(single), self._frames_in - self._probs_out)
         self._probs_out += take
-        return list(zip(single[:take].tolist(), many[:take].tolist(), strict=False))
+        return list(zip(single[:take].tolist(), many[:take].tolist(), strict=True))
 
 
 @dataclass

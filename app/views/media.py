@@ -3,32 +3,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, abort, current_app, render_template, send_file
+from flask import Blueprint, abort, render_template, send_file
 from sqlalchemy import select
 
 from app import services
-from app.models import Image, Keyframe, Video
-from app.views.query import keyframe_record
+from app.models import Image, Video
+from app.views.query import keyframe_file, keyframe_record
 
 bp = Blueprint("media", __name__)
 CACHE_SECONDS = 7 * 24 * 3600
 
 
-def _inside(base: Path, relative: str) -> Path:
-    path = (base / relative).resolve()
-    if not path.is_relative_to(base.resolve()) or not path.is_file():
-        abort(404, description="no such file")
-    return path
-
-
 @bp.get("/keyframes/<video_id>/<int:n>.jpg")
 def keyframe_image(video_id: str, n: int):
-    with services.sessions()() as session:
-        rel = session.scalar(select(Keyframe.image_path).join(Video).where(Video.video_id == video_id,
-                                                                           Keyframe.n == n))
-    if rel is None:
+    path = keyframe_file(video_id, n)
+    if path is None:
         abort(404, description=f"no keyframe {n} in video '{video_id}'")
-    return send_file(_inside(current_app.extensions["layout"].data_dir, rel), max_age=CACHE_SECONDS)
+    return send_file(path, max_age=CACHE_SECONDS)
 
 
 @bp.get("/images/<int:image_id>")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from flask import current_app, request, url_for
 from PIL import Image as PILImage
@@ -47,11 +48,10 @@ def _like_vector(like: str):
     snap = services.collection().snapshot()
     if snap is None:
         raise QueryError("the collection has no index yet")
-    for entry in snap.entries:
-        key = f"image:{entry.db_id}" if entry.video_id is None else f"{entry.video_id}/{entry.n}"
-        if entry.kind >= 0 and key == like:
-            return services.collection().stored_vector(entry)
-    raise QueryError(f"unknown item '{like}' for 'more like this'")
+    entry = snap.find(like)
+    if entry is None:
+        raise QueryError(f"unknown item '{like}' for 'more like this'")
+    return services.collection().stored_vector(entry)
 
 
 def has_query() -> bool:
@@ -125,7 +125,7 @@ def hit_json(hit: Hit) -> dict:
     return {"video_id": e.video_id, "n": e.n, "frame_idx": e.frame_idx, "pts_time": e.pts_time,
             "timestamp": format_time(e.pts_time), "score": round(hit.score, 6), "keyframe_url": url,
             "image_path": e.rel_path if e.video_id is not None else e.source_path,
-            "item": f"{e.video_id}/{e.n}" if e.video_id is not None else f"image:{e.db_id}"}
+            "item": e.item}
 
 
 def keyframe_record(video_id: str, n: int) -> dict:
@@ -154,17 +154,23 @@ def keyframe_record(video_id: str, n: int) -> dict:
                 "previous": [brief(k) for k in near if k.n < n], "next": [brief(k) for k in near if k.n > n]}
 
 
+def keyframe_file(video_id: str, n: int) -> Path | None:
+    """A keyframe's JPEG, found through the catalogue and kept inside the data directory."""
+    with services.sessions()() as session:
+        rel = session.scalar(select(Keyframe.image_path).join(Video).where(Video.video_id == video_id,
+                                                                           Keyframe.n == n))
+    if rel is None:
+        return None
+    base = current_app.extensions["layout"].data_dir.resolve()
+    path = (base / rel).resolve()
+    return path if path.is_relative_to(base) and path.is_file() else None
+
+
 def keyframe_pixels(item: str) -> PILImage.Image:
     """The stored keyframe '<video_id>/<n>', for a region drawn on it."""
     video_id, _, n = item.rpartition("/")
-    with services.sessions()() as session:
-        rel = session.scalar(select(Keyframe.image_path).join(Video).where(
-            Video.video_id == video_id, Keyframe.n == (int(n) if n.isdigit() else -1)))
-    if rel is None:
-        raise QueryError(f"unknown keyframe '{item}'")
-    base = current_app.extensions["layout"].data_dir.resolve()
-    path = (base / rel).resolve()
-    if not path.is_relative_to(base):
+    path = keyframe_file(video_id, int(n)) if n.isdigit() else None
+    if path is None:
         raise QueryError(f"unknown keyframe '{item}'")
     with PILImage.open(path) as im:
         return im.convert("RGB")

@@ -2,6 +2,7 @@
 """Framefinder's offline side: index folders of videos and images into a searchable collection.
 
     python offline.py index PATH [PATH ...]     ingest videos, images, folders, zips, AI Challenge datasets
+    python offline.py evaluate GT_PATH          score retrieval against ground truth (mAP, P@k, R@k)
     python offline.py demo                      make a sample collection, index it and serve it
 """
 from __future__ import annotations
@@ -48,6 +49,27 @@ def build_parser() -> argparse.ArgumentParser:
                                          "a bad file is reported and skipped; the exit status is 1 if any failed.")
     p_index.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     _add_index_args(p_index)
+    p_eval = sub.add_parser("evaluate", help="score retrieval against a ground-truth set",
+                            description="Scores the collection against ground truth: an Oxford/Paris folder of "
+                                        "*_query.txt/_good/_ok/_junk files, a Revisited gnd_*.pkl, a folder of "
+                                        "<label>/ image subfolders, or a video-moments CSV. Prints the same "
+                                        "numbers as the /evaluation page and, last, one JSON line.")
+    p_eval.add_argument("gt_path", type=Path, metavar="GT_PATH")
+    p_eval.add_argument("--data-dir", default=None, help="collection folder (default: the project's static/)")
+    p_eval.add_argument("--protocol", default=None,
+                        help="headline protocol: standard|good|ok|junk (Oxford), easy|medium|hard (Revisited; "
+                             "default medium)")
+    p_eval.add_argument("--queries-dir", type=Path, default=None,
+                        help="folder of query images kept outside the indexed collection")
+    p_eval.add_argument("--model", default="clip",
+                        help="clip (the served index, default), tv:vgg16 (fc6) or tv:resnet50 (pooled)")
+    p_eval.add_argument("--baseline-weights", default=None, metavar="PATH",
+                        help="local torchvision checkpoint (file, or folder holding torchvision's file name) for "
+                             "tv:* models; 'none' for random weights")
+    p_eval.add_argument("--depth", type=int, default=None,
+                        help="ranking depth (default: whole collection up to 10,000 items, else 1,000)")
+    p_eval.add_argument("--model-config", default=None, metavar="JSON", help="extra open_clip model config")
+    p_eval.add_argument("--device", default="auto")
     p_demo = sub.add_parser("demo", help="make a sample collection, index it and start the server",
                             description="Builds sample/ (synthetic videos with known cuts, and images), indexes "
                                         "it and serves it. Without network the CLIP weights cannot be fetched: "
@@ -88,6 +110,38 @@ def cmd_index(args: argparse.Namespace, paths: list[Path]) -> int:
     return _report(run_index(layout, paths, _options(args), open_database(layout.database_url)))
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from app import eval_runs, groundtruth
+    from app.collection import Collection
+    from app.db import open_database
+    from app.encoders import ClipEncoder, register_model_configs
+
+    register_model_configs(args.model_config)
+    layout = DataLayout.from_data_dir(args.data_dir)
+    sessions = open_database(layout.database_url)
+    snap = Collection(layout, sessions).snapshot()
+    if snap is None:
+        print("error: the collection has no index yet: run `python offline.py index PATH` first", file=sys.stderr)
+        return 2
+    try:
+        gt = groundtruth.load(args.gt_path, allow_pickle=True)
+        config = eval_runs.configuration(snap, args.model, args.baseline_weights)
+        config.depth = args.depth
+        meta = snap.bundle.meta
+        run_id, result = eval_runs.execute(
+            layout, sessions, snap, gt, config, lambda: ClipEncoder(meta["model"], meta["pretrained"], args.device),
+            protocol=args.protocol, queries_dir=args.queries_dir, baseline_weights=args.baseline_weights,
+            device=args.device)
+    except (groundtruth.GroundTruthError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(eval_runs.describe(result))
+    print(eval_runs.format_table(result.summary, result.gt_format))
+    print(f"run {run_id} saved; headline protocol: {result.protocol}")
+    print(result.json_line())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from app.encoders import ClipEncoder, WeightsUnavailable, register_model_configs
     from app.sample import build_sample_collection
@@ -119,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "index":
             return cmd_index(args, args.paths)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
         return cmd_demo(args)
     except (WeightsUnavailable, ModelMismatch, CollectionBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -20,9 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="collection folder given to offline.py (default: static/)")
     parser.add_argument("--model-config", default=None, help="extra open_clip model config, as for offline.py")
     parser.add_argument("--device", default="auto", help="cpu, cuda ... (default: cuda if available)")
+    parser.add_argument("--baseline-weights", default=None, metavar="PATH",
+                        help="folder (or file) with torchvision's vgg16/resnet50 checkpoints for the evaluation "
+                             "page's baselines (default: torchvision's cache, else download)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = create_app({"DATA_DIR": args.data_dir, "MODEL_CONFIG": args.model_config, "DEVICE": args.device})
+    app = create_app({"DATA_DIR": args.data_dir, "MODEL_CONFIG": args.model_config, "DEVICE": args.device,
+                      "BASELINE_WEIGHTS": args.baseline_weights})
     from app.encoders import WeightsUnavailable
     from app.search import QueryError
     from app.services import searcher

@@ -32,7 +32,7 @@ def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__, template_folder=str(PROJECT_ROOT / "templates"),
                 static_folder=str(PROJECT_ROOT / "static"), instance_relative_config=True)
     app.config.update(DATA_DIR=None, MODEL_CONFIG=None, DEVICE="auto", MAX_CONTENT_LENGTH=20 * 1024 * 1024,
-                      RESULTS_PER_PAGE=50, INDEX_CHECK_SECONDS=1.0, WTF_CSRF_TIME_LIMIT=None)
+                      RESULTS_PER_PAGE=50, INDEX_CHECK_SECONDS=1.0, BASELINE_WEIGHTS=None, WTF_CSRF_TIME_LIMIT=None)
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env("FRAMEFINDER")
     app.config.update(config or {})
@@ -47,9 +47,10 @@ def create_app(config: dict | None = None) -> Flask:
 
     init_services(app, layout)
 
-    from app.views import api, media, search
+    from app.views import api, evaluation, media, search
 
     app.register_blueprint(search.bp)
+    app.register_blueprint(evaluation.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(media.bp)
     csrf.exempt(api.bp)  # read-only JSON queries; state-changing APIs get their own protection

@@ -8,6 +8,7 @@ import hashlib
 import shutil
 import stat
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from app.media import Problem, classify
@@ -31,9 +32,13 @@ def _entry_problem(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
-def extract_archive(archive: Path, dest_root: Path,
-                    max_total: int = MAX_TOTAL_BYTES) -> tuple[list[Path], list[Problem], list[Problem]]:
-    """Extract the media entries of `archive` under dest_root/<stem>-<hash>/.
+def is_media(path: Path) -> bool:
+    return classify(path) not in (None, "archive")
+
+
+def extract_archive(archive: Path, dest_root: Path, max_total: int = MAX_TOTAL_BYTES,
+                    accept: Callable[[Path], bool] = is_media) -> tuple[list[Path], list[Problem], list[Problem]]:
+    """Extract the entries `accept` wants (media by default) under dest_root/<stem>-<hash>/.
 
     Returns (extracted files, failed entries, skipped non-media entries).
     """
@@ -55,8 +60,8 @@ def extract_archive(archive: Path, dest_root: Path,
         for info in infos:
             label = f"{archive}:{info.filename}"
             reason = _entry_problem(info)
-            if reason is None and classify(Path(info.filename)) in (None, "archive"):
-                skipped.append(Problem(label, "not a media file (unsupported extension)"))
+            if reason is None and not accept(Path(info.filename)):
+                skipped.append(Problem(label, "not a wanted file type (unsupported extension)"))
                 continue
             target = (dest / info.filename).resolve()
             if reason is None and not target.is_relative_to(dest):

@@ -109,17 +109,17 @@ class ClipEncoder:
             batch = torch.stack([self.preprocess(p.convert("RGB")) for p in pils]).to(self.device)
             with torch.inference_mode():
                 feats = self.model.encode_image(batch.to(next(self.model.parameters()).dtype))
-            out.append(_normalise(feats))
+            out.append(normalise_rows(feats))
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         tokens = self.tokenizer(list(texts)).to(self.device)
         with torch.inference_mode():
             feats = self.model.encode_text(tokens)
-        return _normalise(feats)
+        return normalise_rows(feats)
 
 
-def _normalise(feats: torch.Tensor) -> np.ndarray:
+def normalise_rows(feats: torch.Tensor) -> np.ndarray:
     arr = feats.float().cpu().numpy()
     norms = np.linalg.norm(arr, axis=1, keepdims=True)
     return (arr / np.maximum(norms, 1e-12)).astype(np.float32)

@@ -122,3 +122,26 @@ class Setting(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class EvaluationRun(Base):
+    """One evaluation: which ground truth, which model and index, when, and every number it gave."""
+
+    __tablename__ = "evaluation_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    gt_name: Mapped[str] = mapped_column(String(255))
+    gt_format: Mapped[str] = mapped_column(String(16))
+    gt_source: Mapped[str] = mapped_column(Text)
+    protocol: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(255))
+    pretrained: Mapped[str] = mapped_column(Text)
+    index_type: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | done | failed
+    message: Mapped[str] = mapped_column(Text, default="")
+    map_value: Mapped[float | None] = mapped_column(Float, nullable=True)  # headline mAP, for listing
+    n_queries: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    summary_json: Mapped[str] = mapped_column(Text, default="{}")
+    queries_json: Mapped[str] = mapped_column(Text, default="[]")

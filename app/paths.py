@@ -60,6 +60,16 @@ class DataLayout:
         return self.data_dir / ".framefinder.lock"
 
     @property
+    def groundtruth_dir(self) -> Path:
+        """Ground-truth sets the evaluation page offers (the operator's, and uploads below uploads/)."""
+        return self.data_dir / "groundtruth"
+
+    @property
+    def baseline_feature_dir(self) -> Path:
+        """Cached features of the torchvision baselines, one .npz per model and weights."""
+        return self.feature_dir / "baselines"
+
+    @property
     def database_url(self) -> str:
         """DATABASE_URL wins (PostgreSQL in production); SQLite in the instance folder otherwise."""
         url = os.environ.get("DATABASE_URL")

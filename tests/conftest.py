@@ -98,3 +98,26 @@ def app(indexed, tiny_encoder):
 @pytest.fixture()
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_encoder) -> Path:
+    """The tiny model's random weights saved as a checkpoint file, so every process that loads
+    `--pretrained <this file>` (CLI, server) gets the very same network."""
+    import torch
+
+    path = tmp_path_factory.mktemp("weights") / "framefinder-tiny-random.pt"
+    torch.save(tiny_encoder.model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def eval_collection(tmp_path_factory, media_dir, tiny_checkpoint) -> Path:
+    """The test media indexed with the tiny checkpoint through `offline.py index` (for evaluations)."""
+    import offline
+
+    data = tmp_path_factory.mktemp("eval-collection")
+    args = index_args(data)
+    args[args.index("--pretrained") + 1] = str(tiny_checkpoint)
+    assert offline.main(["index", str(media_dir), *args]) == 0
+    return data

@@ -116,12 +116,17 @@ def format_time(seconds: float | None) -> str:
     return f"{int(h):02d}:{int(m):02d}:{s:04.1f}"
 
 
+def item_url(item: str) -> str:
+    """The picture of an item named '<video_id>/<n>' or 'image:<id>'."""
+    if item.startswith("image:"):
+        return url_for("media.image_file", image_id=int(item.split(":", 1)[1]))
+    video_id, _, n = item.rpartition("/")
+    return url_for("media.keyframe_image", video_id=video_id, n=int(n))
+
+
 def hit_json(hit: Hit) -> dict:
     e = hit.entry
-    if e.video_id is not None:
-        url = url_for("media.keyframe_image", video_id=e.video_id, n=e.n)
-    else:
-        url = url_for("media.image_file", image_id=e.db_id)
+    url = item_url(e.item)
     return {"video_id": e.video_id, "n": e.n, "frame_idx": e.frame_idx, "pts_time": e.pts_time,
             "timestamp": format_time(e.pts_time), "score": round(hit.score, 6), "keyframe_url": url,
             "image_path": e.rel_path if e.video_id is not None else e.source_path,

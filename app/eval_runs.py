@@ -1,0 +1,157 @@
+"""Running an evaluation end to end and keeping it: the one path both the page and the CLI take.
+
+`execute` resolves the configuration (the served CLIP index, or a torchvision baseline
+computed over the same items), evaluates, and stores the run with every number, so runs
+can be listed and compared later. `format_table` is the text the CLI prints.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+
+from app import metrics
+from app.baselines import TorchvisionEncoder, is_baseline
+from app.collection import Snapshot
+from app.evaluation import Config, EvalResult, Progress, baseline_features, evaluate
+from app.groundtruth import PROTOCOL_HELP, GroundTruth
+from app.models import EvaluationRun
+from app.paths import DataLayout
+
+
+def configuration(snap: Snapshot, model: str, baseline_weights: str | None) -> Config:
+    """'clip' (or the index's own model name) means the served index; 'tv:...' a baseline."""
+    meta = snap.bundle.meta
+    if is_baseline(model):
+        return Config(model=model, pretrained=baseline_weights or "torchvision default", index_type="flat (exact)")
+    if model not in ("clip", meta.get("model")):
+        raise ValueError(f"the collection is indexed with {meta.get('model')}; evaluate it with --model clip, "
+                         f"or a baseline (tv:vgg16, tv:resnet50)")
+    return Config(model=meta.get("model", "clip"), pretrained=meta.get("pretrained", ""),
+                  index_type=meta.get("params", {}).get("type", "flat"))
+
+
+def start(sessions: sessionmaker, gt: GroundTruth, config: Config, protocol: str) -> int:
+    with sessions.begin() as session:
+        run = EvaluationRun(gt_name=gt.name, gt_format=gt.format, gt_source=gt.source, protocol=protocol,
+                            model=config.model, pretrained=config.pretrained, index_type=config.index_type)
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def finish(sessions: sessionmaker, run_id: int, result: EvalResult) -> None:
+    with sessions.begin() as session:
+        run = session.get(EvaluationRun, run_id)
+        run.status, run.seconds, run.n_queries = "done", result.seconds, len(result.queries)
+        head = result.headline["mAP"]
+        run.map_value = None if math.isnan(head) else head
+        run.pretrained, run.index_type = result.config.pretrained, result.config.index_type
+        run.summary_json = json.dumps(_jsonable(result.summary))
+        run.queries_json = json.dumps(result.queries)
+
+
+def fail(sessions: sessionmaker, run_id: int, message: str) -> None:
+    with sessions.begin() as session:
+        run = session.get(EvaluationRun, run_id)
+        run.status, run.message = "failed", message
+
+
+def execute(layout: DataLayout, sessions: sessionmaker, snap: Snapshot, gt: GroundTruth, config: Config,
+            clip_encoder_factory: Callable[[], object], protocol: str | None = None,
+            queries_dir: Path | None = None, baseline_weights: str | None = None, device: str = "auto",
+            progress: Progress | None = None, run_id: int | None = None) -> tuple[int, EvalResult]:
+    """Evaluate and store. Errors mark the stored run failed (with the message) and propagate."""
+    protocol = protocol or gt.protocols[0]
+    run_id = run_id or start(sessions, gt, config, protocol)
+    try:
+        features = None
+        if is_baseline(config.model):
+            encoder = TorchvisionEncoder(config.model, baseline_weights, device)
+            config.pretrained = encoder.pretrained
+            features = baseline_features(encoder, snap, layout)
+        else:
+            encoder = clip_encoder_factory()
+        result = evaluate(gt, snap, layout, encoder, config, protocol, queries_dir, features, progress)
+    except Exception as exc:
+        fail(sessions, run_id, str(exc))
+        raise
+    finish(sessions, run_id, result)
+    return run_id, result
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def load(sessions: sessionmaker, run_id: int) -> dict | None:
+    """A stored run as plain data for the pages: its fields, summary and per-query records."""
+    with sessions() as session:
+        run = session.get(EvaluationRun, run_id)
+        if run is None:
+            return None
+        data = {c.name: getattr(run, c.name) for c in EvaluationRun.__table__.columns}
+    data["summary"] = json.loads(data.pop("summary_json") or "{}")
+    data["queries"] = json.loads(data.pop("queries_json") or "[]")
+    return data
+
+
+def listing(sessions: sessionmaker, limit: int = 200) -> list[EvaluationRun]:
+    with sessions() as session:
+        rows = session.scalars(select(EvaluationRun).order_by(EvaluationRun.id.desc()).limit(limit)).all()
+        session.expunge_all()
+        return list(rows)
+
+
+def compare(a: dict, b: dict) -> list[dict]:
+    """Per-query AP of two runs on the same ground truth (headline protocol of the first),
+    largest change first."""
+    protocol = a["protocol"]
+    ap_b = {q["qid"]: q["ap"].get(protocol) for q in b["queries"]}
+    rows = []
+    for q in a["queries"]:
+        x, y = q["ap"].get(protocol), ap_b.get(q["qid"])
+        rows.append({"qid": q["qid"], "query": q["query"], "a": x, "b": y,
+                     "diff": None if x is None or y is None else y - x})
+    rows.sort(key=lambda r: (r["diff"] is None, -abs(r["diff"] or 0.0), r["qid"]))
+    return rows
+
+
+def _cell(v) -> str:
+    return "    -" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def summary_columns(gt_format: str) -> list[str]:
+    cols = ["mAP"] + [f"P@{k}" for k in metrics.KS] + [f"R@{k}" for k in metrics.KS]
+    if gt_format == "moments":
+        cols += ["MRR"] + [f"hit@{k}" for k in metrics.KS]
+    return cols
+
+
+def format_table(summary: dict[str, dict], gt_format: str) -> str:
+    """The summary as aligned text: one row per protocol, as the page shows it."""
+    cols = summary_columns(gt_format)
+    lines = ["protocol  " + " ".join(f"{c:>7}" for c in cols) + "  queries  left out  meaning"]
+    for protocol, row in summary.items():
+        lines.append(f"{protocol:<9} " + " ".join(f"{_cell(row.get(c)):>7}" for c in cols)
+                     + f"  {row['n_queries']:>7}  {row['n_empty']:>8}  {PROTOCOL_HELP.get(protocol, '')}")
+    return "\n".join(lines)
+
+
+def describe(result: EvalResult) -> str:
+    c = result.config
+    return (f"{result.gt_name} ({result.gt_format}, {len(result.queries)} queries) · model {c.model} "
+            f"[{c.pretrained}] · index {c.index_type} · depth {c.depth} · "
+            f"{result.seconds:.1f} s · {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+

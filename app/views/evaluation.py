@@ -1,0 +1,172 @@
+"""/evaluation: choose a ground-truth set and a configuration, run, read the numbers, inspect failures.
+
+A run executes in a background thread (one at a time) through the same
+app.eval_runs.execute as `offline.py evaluate`; the page polls its progress.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, url_for
+
+from app import eval_runs, gt_sets, services
+from app.baselines import BASELINES
+from app.groundtruth import PROTOCOL_HELP, PROTOCOLS, GroundTruthError
+from app.metrics import RECALL_POINTS
+from app.views.query import item_url
+
+bp = Blueprint("evaluation", __name__, url_prefix="/evaluation")
+STARTED = time.time()
+
+
+class _Jobs:
+    """Runs in flight in this process and their progress (done, total)."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluation")
+        self.progress: dict[int, tuple[int, int]] = {}
+        self.lock = threading.Lock()
+
+    def update(self, run_id: int, done: int, total: int) -> None:
+        with self.lock:
+            self.progress[run_id] = (done, total)
+
+
+def _jobs() -> _Jobs:
+    ext = current_app.extensions
+    if "evaluation_jobs" not in ext:
+        ext["evaluation_jobs"] = _Jobs()
+    return ext["evaluation_jobs"]
+
+
+def _root():
+    return current_app.extensions["layout"].groundtruth_dir
+
+
+def _configurations() -> list[tuple[str, str]]:
+    snap = services.collection().snapshot()
+    clip = "clip: no index yet"
+    if snap is not None:
+        meta = snap.bundle.meta
+        clip = f"{meta.get('model')} [{meta.get('pretrained')}] · {meta.get('params', {}).get('type', 'flat')} index"
+    return [("clip", clip)] + [(b, f"{b} baseline (image queries only, exact search)") for b in BASELINES]
+
+
+def _page(error: str | None = None, status: int = 200):
+    runs = eval_runs.listing(services.sessions())
+    return render_template("evaluation.html", sets=list(gt_sets.available(_root())), configs=_configurations(),
+                           protocols=PROTOCOLS, protocol_help=PROTOCOL_HELP, runs=runs, error=error), status
+
+
+@bp.get("")
+def index():
+    return _page()
+
+
+@bp.post("")
+def start():
+    """Start a run from a chosen set or an upload; the run page then shows its progress."""
+    app = current_app._get_current_object()
+    snap = services.collection().snapshot()
+    if snap is None:
+        return _page("The collection has no index yet: run `python offline.py index PATH` first.", 409)
+    try:
+        upload = request.files.get("gt_file")
+        name = request.form.get("gt", "")
+        if upload is not None and upload.filename:
+            name = gt_sets.save_upload(_root(), upload.filename, upload.read())
+        if not name:
+            raise GroundTruthError("choose a ground-truth set or upload one")
+        gt = gt_sets.load_named(_root(), name)
+        model = request.form.get("model", "clip")
+        if model != "clip" and model not in BASELINES:
+            raise GroundTruthError(f"unknown configuration '{model}'")
+        config = eval_runs.configuration(snap, model, app.config.get("BASELINE_WEIGHTS"))
+        protocol = request.form.get("protocol") or gt.protocols[0]
+        if protocol not in gt.protocols:
+            protocol = gt.protocols[0]
+        if gt.format == "moments" and model != "clip":
+            raise GroundTruthError(f"{model} answers image queries only; '{name}' holds text queries")
+    except (GroundTruthError, ValueError) as exc:
+        return _page(str(exc), 400)
+    sessions = services.sessions()
+    run_id = eval_runs.start(sessions, gt, config, protocol)
+    jobs = _jobs()
+    jobs.update(run_id, 0, len(gt.queries))
+
+    def work() -> None:
+        with app.app_context():
+            try:
+                eval_runs.execute(app.extensions["layout"], sessions, snap, gt, config,
+                                  lambda: services.searcher().encoder, protocol=protocol,
+                                  baseline_weights=app.config.get("BASELINE_WEIGHTS"),
+                                  device=app.config.get("DEVICE", "auto"),
+                                  progress=lambda d, t: jobs.update(run_id, d, t), run_id=run_id)
+            except Exception:  # noqa: BLE001 - stored on the run and shown on its page
+                app.logger.exception("evaluation run %s failed", run_id)
+
+    jobs.pool.submit(work)
+    return redirect(url_for("evaluation.run_page", run_id=run_id), 303)
+
+
+def _run_or_404(run_id: int) -> dict:
+    run = eval_runs.load(services.sessions(), run_id)
+    if run is None:
+        abort(404, description=f"no evaluation run {run_id}")
+    if run["status"] == "running" and run_id not in _jobs().progress and run["created_at"].timestamp() < STARTED:
+        run["status"], run["message"] = "failed", "interrupted: the server stopped during the run"
+    return run
+
+
+@bp.get("/runs/<int:run_id>/progress")
+def progress(run_id: int):
+    run = _run_or_404(run_id)
+    done, total = _jobs().progress.get(run_id, (run["n_queries"], run["n_queries"]))
+    return jsonify({"status": run["status"], "done": done, "total": total, "message": run["message"]})
+
+
+@bp.get("/runs/<int:run_id>.json")
+def run_json(run_id: int):
+    run = _run_or_404(run_id)
+    run["created_at"] = run["created_at"].isoformat()
+    return jsonify(run)
+
+
+@bp.get("/runs/<int:run_id>")
+def run_page(run_id: int):
+    run = _run_or_404(run_id)
+    curves = [(p, row.get("pr_curve") or []) for p, row in run["summary"].items() if p != "junk"]
+    return render_template("eval_run.html", run=run, columns=eval_runs.summary_columns(run["gt_format"]),
+                           protocol_help=PROTOCOL_HELP, recall_points=RECALL_POINTS.tolist(), curves=curves)
+
+
+@bp.get("/runs/<int:run_id>/queries/<int:i>")
+def query_page(run_id: int, i: int):
+    run = _run_or_404(run_id)
+    if not 0 <= i < len(run["queries"]):
+        abort(404, description=f"run {run_id} has no query {i}")
+    q = run["queries"][i]
+    return render_template("eval_query.html", run=run, q=q, i=i, item_url=item_url)
+
+
+@bp.get("/compare")
+def compare():
+    try:
+        a_id, b_id = int(request.args.get("a", "")), int(request.args.get("b", ""))
+    except ValueError:
+        abort(400, description="choose two runs to compare (a and b)")
+    a, b = _run_or_404(a_id), _run_or_404(b_id)
+    if a["gt_name"] != b["gt_name"]:
+        abort(400, description=f"runs {a_id} and {b_id} used different ground truth ({a['gt_name']} vs "
+                               f"{b['gt_name']}); compare runs of one set")
+    return render_template("eval_compare.html", a=a, b=b, rows=eval_runs.compare(a, b),
+                           columns=eval_runs.summary_columns(a["gt_format"]))
+
+
+@bp.app_template_filter("metric")
+def metric_filter(value) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+

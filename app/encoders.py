@@ -5,6 +5,7 @@ network becomes one clear sentence that names `--pretrained PATH`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Sequence
@@ -61,7 +62,7 @@ class ClipEncoder:
     """An open_clip model and its preprocessing; fp16 on CUDA, fp32 on CPU."""
 
     def __init__(self, model: str = DEFAULT_MODEL, pretrained: str | None = None, device: str = "auto",
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, precision: str = "auto") -> None:
         import open_clip
 
         if model not in open_clip.list_models():
@@ -71,6 +72,7 @@ class ClipEncoder:
         self.pretrained = (pretrained or default_pretrained(model)).strip()
         self.device = resolve_device(device)
         self.batch_size = batch_size
+        self.precision = precision  # 'auto': bf16 autocast on CPUs with native bf16 (see shots.fast_precision)
         weights = None if self.pretrained.lower() == "none" else self.pretrained
         if weights is not None and not Path(weights).is_file():
             if weights not in open_clip.list_pretrained_tags_by_model(model):
@@ -95,6 +97,13 @@ class ClipEncoder:
         self.context_length = int(getattr(self.model, "context_length", 77) or 77)
         self.dim = int(open_clip.get_model_config(model)["embed_dim"])
 
+    def _autocast(self):
+        """CUDA weights are already fp16; on the CPU, bf16 autocast where the CPU has it
+        (measured on 2 cores: image 31 -> 38 img/s, text 34 -> 29 ms, top-10 overlap 0.998)."""
+        from app.shots import fast_precision
+
+        return contextlib.nullcontext() if self.device.startswith("cuda") else fast_precision("cpu", self.precision)
+
     @property
     def identity(self) -> tuple[str, str]:
         """What the index must record: vectors of different models are never mixed."""
@@ -107,14 +116,14 @@ class ClipEncoder:
             chunk = images[start:start + self.batch_size]
             pils = [im if isinstance(im, Image.Image) else Image.fromarray(im) for im in chunk]
             batch = torch.stack([self.preprocess(p.convert("RGB")) for p in pils]).to(self.device)
-            with torch.inference_mode():
+            with torch.inference_mode(), self._autocast():
                 feats = self.model.encode_image(batch.to(next(self.model.parameters()).dtype))
             out.append(normalise_rows(feats))
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         tokens = self.tokenizer(list(texts)).to(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             feats = self.model.encode_text(tokens)
         return normalise_rows(feats)
 

@@ -7,6 +7,7 @@ holding the whole video in memory.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,31 @@ def load_transnet(device: str = "cpu") -> torch.nn.Module:
     return model.eval()
 
 
+def cpu_has_bf16() -> bool:
+    """Native bfloat16 (AVX512-BF16 or AMX): there, bf16 autocast roughly doubles TransNetV2 and CLIP
+    on the CPU; elsewhere it is emulated and slower, so it is never used."""
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool((probe and probe()) or (amx and amx()))
+
+
+def fast_precision(device: torch.device | str, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """Autocast for inference: fp16 on CUDA, bf16 on CPUs with native bf16, else plain fp32.
+
+    precision: 'auto' or 'fp32' (exact reference numbers, used by tests that compare with the package).
+    """
+    device = torch.device(device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "auto":
+        raise ValueError(f"precision must be 'auto' or 'fp32', not '{precision}'")
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    if device.type == "cpu" and cpu_has_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 class StreamingShotDetector:
     """Push 27x48x3 uint8 RGB frames; get back per-frame (single, many_hot) probabilities, in order.
 
@@ -35,10 +61,14 @@ class StreamingShotDetector:
     `many_hot` covers every frame of a gradual transition (used to keep keyframes off dissolves).
     """
 
-    def __init__(self, model: torch.nn.Module, windows_per_batch: int = 4) -> None:
+    def __init__(self, model: torch.nn.Module, windows_per_batch: int | None = None,
+                 precision: str = "auto") -> None:
         self.model = model
         self.device = next(model.parameters()).device
-        self.windows_per_batch = windows_per_batch
+        # One window at a time is fastest on a CPU (measured: 118 fps vs 92 for 4, 65 for 8, on 2 cores);
+        # a GPU wants batches.
+        self.windows_per_batch = windows_per_batch or (1 if self.device.type == "cpu" else 16)
+        self.precision = precision
         self._padded: list[np.ndarray] = []  # padded stream not yet consumed
         self._frames_in = 0
         self._probs_out = 0
@@ -69,7 +99,7 @@ class StreamingShotDetector:
 
     def _run(self, n_windows: int) -> list[tuple[float, float]]:
         batch = np.stack([np.stack(self._padded[i * STEP:i * STEP + WINDOW]) for i in range(n_windows)])
-        with torch.inference_mode():
+        with torch.inference_mode(), fast_precision(self.device, self.precision):
             logits, extra = self.model(torch.from_numpy(batch).to(self.device))
             single = torch.sigmoid(logits[:, CONTEXT:CONTEXT + STEP, 0]).reshape(-1).float().cpu().numpy()
             many = torch.sigmoid(extra["many_hot"][:, CONTEXT:CONTEXT + STEP, 0]).reshape(-1).float().cpu().numpy()

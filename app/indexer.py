@@ -359,7 +359,8 @@ def rebuild_index(session: Session, layout: DataLayout, identity: tuple[str, str
     meta = {"model": identity[0], "pretrained": identity[1], "dim": dim, "count": len(matrix),
             "params": used, "signature": catalogue_signature(session),
             "created": datetime.now(UTC).isoformat()}
-    vectors.save_generation(layout.index_dir, index, id_map, meta)
+    vectors.save_generation(layout.index_dir, index, id_map, meta,
+                            rerank=matrix if used["type"] == "ivfpq" else None)
     return len(matrix)
 
 

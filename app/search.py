@@ -8,10 +8,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import faiss
 import numpy as np
 from PIL import Image
 
+from app import vectors
 from app.collection import Collection, Entry, Snapshot
 from app.encoders import ClipEncoder
 
@@ -48,6 +48,7 @@ class Options:
     folder: str | None = None
     group_by_video: bool = False
     collapse_shots: bool = False
+    index_params: dict | None = None  # per-query nprobe / efSearch / rerank overrides
 
 
 @dataclass
@@ -142,7 +143,7 @@ class Searcher:
             raise QueryError("the index was built with another model than the server's; restart the server")
         return snap
 
-    def _selector(self, snap: Snapshot, opts: Options) -> faiss.SearchParameters | None:
+    def _allowed(self, snap: Snapshot, opts: Options) -> np.ndarray | None:
         """Filters restrict the search itself, so a filtered query still gets K results."""
         if not opts.video and not opts.folder:
             return None
@@ -151,22 +152,13 @@ class Searcher:
             mask &= snap.video_of_row == opts.video
         if opts.folder:
             mask &= snap.rows_in_folder(opts.folder)
-        allowed = np.flatnonzero(mask).astype(np.int64)
-        params = faiss.SearchParameters()
-        params.sel = faiss.IDSelectorBatch(allowed)
-        return params
+        return np.flatnonzero(mask).astype(np.int64)
 
     def search(self, query: np.ndarray, opts: Options, outcome: Outcome) -> Outcome:
         snap = self._snapshot()
         t0 = time.perf_counter()
         fetch = min(snap.bundle.size, opts.k * (4 if opts.collapse_shots else 1))
-        params = self._selector(snap, opts)
-        if fetch == 0:
-            scores, rows = np.zeros((1, 0)), np.zeros((1, 0), np.int64)
-        elif params is not None:
-            scores, rows = snap.bundle.index.search(query, fetch, params=params)
-        else:
-            scores, rows = snap.bundle.index.search(query, fetch)
+        scores, rows = vectors.search(snap.bundle, query, fetch, self._allowed(snap, opts), opts.index_params)
         outcome.timing_ms["search"] = (time.perf_counter() - t0) * 1000
         hits = [Hit(int(r), float(s), snap.entries[r]) for s, r in zip(scores[0], rows[0], strict=True)
                 if r >= 0 and snap.entries[r].kind >= 0]

@@ -36,11 +36,32 @@ def _flag(name: str) -> bool:
     return request.values.get(name, "").lower() in ("1", "on", "true", "yes")
 
 
+# Query-time index knobs (IVF lists probed, HNSW breadth, IVF-PQ candidates re-ranked) and their bounds.
+INDEX_KNOBS = {"nprobe": ("nprobe", 1, 65536), "ef": ("efSearch", 1, 4096), "rerank": ("rerank", 0, 10000)}
+
+
+def read_index_params() -> dict | None:
+    params = {}
+    for name, (key, low, high) in INDEX_KNOBS.items():
+        raw = request.values.get(name)
+        if raw in (None, ""):
+            continue
+        try:
+            value = int(raw)
+        except ValueError:
+            raise QueryError(f"{name} must be a whole number") from None
+        if not low <= value <= high:
+            raise QueryError(f"{name} must be between {low} and {high}")
+        params[key] = value
+    return params or None
+
+
 def read_options() -> Options:
     return Options(k=parse_k(request.values.get("k")), min_score=parse_min_score(request.values.get("min_score")),
                    relative=request.values.get("score_mode", "abs") == "rel",
                    video=request.values.get("video") or None, folder=request.values.get("folder") or None,
-                   group_by_video=_flag("group"), collapse_shots=_flag("collapse"))
+                   group_by_video=_flag("group"), collapse_shots=_flag("collapse"),
+                   index_params=read_index_params())
 
 
 def _like_vector(like: str):

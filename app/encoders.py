@@ -82,10 +82,10 @@ class ClipEncoder:
                 import huggingface_hub.constants as hub
 
                 hub.HF_HUB_OFFLINE = True  # use the local cache only, fail at once otherwise
-        precision = "fp16" if self.device.startswith("cuda") else "fp32"
+        weights_precision = "fp16" if self.device.startswith("cuda") and precision == "auto" else "fp32"
         try:
             self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-                model, pretrained=weights, device=self.device, precision=precision)
+                model, pretrained=weights, device=self.device, precision=weights_precision)
         except RuntimeError as exc:
             if "download" in str(exc).lower() or "hub" in str(exc).lower():
                 raise WeightsUnavailable(

@@ -10,6 +10,8 @@ import fcntl
 import hashlib
 import logging
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +42,7 @@ from app.video_ingest import VideoError, process_video
 
 log = logging.getLogger(__name__)
 MAX_IMAGE_PIXELS = 100_000_000
+PREFETCH_VIDEOS = 2  # decoded ahead; each holds its candidate keyframes in memory
 
 
 class CollectionBusy(RuntimeError):
@@ -153,8 +156,7 @@ class Indexer:
         self.summary.skipped.extend(found.skipped)
         _set_identity(self.session, *self.encoder.identity, self.encoder.dim)
         try:
-            for path in found.videos:
-                self._guard(path, self._ingest_video)
+            self._ingest_videos(found.videos)
             for folder in found.aic_datasets:
                 self._ingest_aic(folder)
             self._ingest_images(found.images)
@@ -166,9 +168,9 @@ class Indexer:
         self.summary.seconds = time.monotonic() - start
         return self.summary
 
-    def _guard(self, path: Path, step) -> None:
+    def _guard(self, path: Path, step, count: bool = True) -> None:
         """Run one file's step; a failure is recorded, the run goes on."""
-        self.summary.seen += 1
+        self.summary.seen += count
         try:
             outcome = step(path)
         except (VideoError, aic.DatasetError, OSError, ValueError, UnidentifiedImageError,
@@ -177,7 +179,8 @@ class Indexer:
             self.summary.failed.append(Problem(str(path), str(exc) or type(exc).__name__))
             log.warning("failed: %s: %s", path, exc)
             return
-        setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
+        if outcome != "queued":
+            setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
 
     def _expand_archives(self, found: Discovery) -> None:
         for archive in found.archives:
@@ -208,14 +211,41 @@ class Indexer:
                 return True
         return False
 
-    def _ingest_video(self, path: Path) -> str:
+    def _ingest_videos(self, paths: list[Path]) -> None:
+        """Decode and shot detection of the next videos run in a worker thread while this thread
+        encodes, writes and commits the current one, so the slowest stage sets the pace."""
+        todo: list[tuple[Path, FileState, Video | None]] = []
+        for path in paths:
+            self._guard(path, lambda p: self._check_video(p, todo))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+            ahead: deque = deque()
+            queue_iter = iter(todo)
+            for _ in range(PREFETCH_VIDEOS):
+                self._submit(pool, ahead, queue_iter)
+            while ahead:
+                path, state, existing, future = ahead.popleft()
+                self._submit(pool, ahead, queue_iter)
+                self._guard(path, lambda p, f=future, s=state, e=existing: self._finish_video(p, s, e, f.result()),
+                            count=False)
+
+    def _submit(self, pool: ThreadPoolExecutor, ahead: deque, todo) -> None:
+        item = next(todo, None)
+        if item is not None:
+            path = item[0]
+            future = pool.submit(process_video, path, self.transnet, interval_s=self.options.interval_s,
+                                 keyframe_max_side=self.options.keyframe_max_side, progress=self.progress)
+            ahead.append((*item, future))
+
+    def _check_video(self, path: Path, todo: list) -> str:
         state = FileState.of(path)
         existing = self.session.scalar(select(Video).where(Video.path == str(path)))
         if self._unchanged(existing, path, state) or (existing is None and self._moved_video(path, state)):
             return "unchanged"
         state.hash(path)
-        result = process_video(path, self.transnet, interval_s=self.options.interval_s,
-                               keyframe_max_side=self.options.keyframe_max_side, progress=self.progress)
+        todo.append((path, state, existing))
+        return "queued"
+
+    def _finish_video(self, path: Path, state: FileState, existing: Video | None, result) -> str:
         rgb = [kf.image[:, :, ::-1] for kf in result.keyframes]
         features = self.encoder.encode_images(rgb)
         self.progress.update("features", len(rgb))
@@ -315,7 +345,7 @@ class Indexer:
 
     def _refresh_index(self) -> None:
         signature = catalogue_signature(self.session)
-        current = vectors.load_current(self.layout.index_dir)
+        current = vectors.load_current(self.layout.index_dir, use_gpu=False)
         wanted = self.options.index_type
         if current is not None and current.meta.get("signature") == signature and (
                 wanted == "auto" or current.meta.get("params", {}).get("type") == wanted):

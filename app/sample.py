@@ -66,50 +66,58 @@ class Scene:
         return img
 
 
-def render(plan: list[ShotPlan], fps: float = 25.0, size: tuple[int, int] = (320, 180), seed: int = 0):
-    """Yield BGR frames for the plan and fill a GroundTruth as it goes."""
-    truth = GroundTruth(fps=fps, frames=0)
-    scenes = [Scene(seed * 1000 + i, size) for i in range(len(plan))]
-    frames: list[np.ndarray] = []
+def iter_frames(plan: list[ShotPlan], truth: GroundTruth, size: tuple[int, int] = (320, 180), seed: int = 0):
+    """Yield BGR frames for the plan one at a time (long videos never sit in memory), filling `truth`."""
     start = 0
+    prev = None
     for i, shot in enumerate(plan):
-        scene = scenes[i]
+        scene = Scene(seed * 1000 + i, size)
         d = shot.dissolve_in if i > 0 else 0
         if d:
-            prev, prev_len = scenes[i - 1], plan[i - 1].frames
+            prev_len = plan[i - 1].frames
             for k in range(d):
                 a = (k + 1) / (d + 1)
-                mixed = cv2.addWeighted(prev.frame(prev_len + k), 1 - a, scene.frame(k), a, 0)
-                frames.append(mixed)
+                yield cv2.addWeighted(prev.frame(prev_len + k), 1 - a, scene.frame(k), a, 0)
             truth.dissolves.append((start, start + d - 1))
             truth.transitions.append((start - 1, start + d))
             start += d
         elif i > 0:
             truth.transitions.append((start - 1, start))
         for t in range(shot.frames):
-            frames.append(scene.frame(d + t))
+            yield scene.frame(d + t)
         truth.shots.append((start, start + shot.frames - 1))
         start += shot.frames
-    truth.frames = len(frames)
+        truth.frames = start
+        prev = scene
+
+
+def render(plan: list[ShotPlan], fps: float = 25.0, size: tuple[int, int] = (320, 180), seed: int = 0):
+    """All BGR frames of the plan, and its GroundTruth."""
+    truth = GroundTruth(fps=fps, frames=0)
+    frames = list(iter_frames(plan, truth, size, seed))
     return frames, truth
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
+def write_video(path: Path, frames, fps: float) -> None:
+    """Write BGR frames (any iterable) with a codec OpenCV has for the file's extension."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fourcc = {".avi": "MJPG", ".webm": "VP80"}.get(path.suffix.lower(), "mp4v")
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write {path.suffix} video here")
+    writer = None
     for f in frames:
+        if writer is None:
+            h, w = f.shape[:2]
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+            if not writer.isOpened():
+                raise RuntimeError(f"OpenCV cannot write {path.suffix} video here")
         writer.write(f)
-    writer.release()
+    if writer is not None:
+        writer.release()
 
 
 def make_video(path: Path, plan: list[ShotPlan], fps: float = 25.0, size: tuple[int, int] = (320, 180),
                seed: int = 0) -> GroundTruth:
-    frames, truth = render(plan, fps, size, seed)
-    write_video(path, frames, fps)
+    truth = GroundTruth(fps=fps, frames=0)
+    write_video(path, iter_frames(plan, truth, size, seed), fps)
     return truth
 
 

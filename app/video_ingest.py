@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,10 +50,12 @@ def _fit(frame: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
 
 
-def _reader(cap: cv2.VideoCapture, out: queue.Queue, stop: threading.Event) -> None:
+def _reader(cap: cv2.VideoCapture, out: queue.Queue, stop: threading.Event, timings: dict[str, float]) -> None:
     try:
         while not stop.is_set():
+            t0 = time.perf_counter()
             ok, frame = cap.read()
+            timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0
             if not ok:
                 break
             out.put(frame)
@@ -64,8 +67,12 @@ def _reader(cap: cv2.VideoCapture, out: queue.Queue, stop: threading.Event) -> N
 
 def process_video(path: Path, transnet: torch.nn.Module, *, interval_s: float = 4.0,
                   keyframe_max_side: int = 1280, threshold: float = 0.5,
-                  progress: StageProgress | None = None) -> VideoResult:
-    """Decode, detect shots and choose keyframes. Raises VideoError for unusable files."""
+                  progress: StageProgress | None = None, timings: dict[str, float] | None = None) -> VideoResult:
+    """Decode, detect shots and choose keyframes. Raises VideoError for unusable files.
+
+    `timings` (if given) accumulates busy seconds per stage: decode, prepare, shots, keyframes.
+    """
+    timings = {} if timings is None else timings
     if path.stat().st_size == 0:
         raise VideoError("empty file (0 bytes)")
     cap = cv2.VideoCapture(str(path))
@@ -76,7 +83,7 @@ def process_video(path: Path, transnet: torch.nn.Module, *, interval_s: float = 
     declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     frames_q: queue.Queue = queue.Queue(maxsize=64)
     stop = threading.Event()
-    reader = threading.Thread(target=_reader, args=(cap, frames_q, stop), daemon=True)
+    reader = threading.Thread(target=_reader, args=(cap, frames_q, stop, timings), daemon=True)
     reader.start()
 
     detector = StreamingShotDetector(transnet)
@@ -85,15 +92,22 @@ def process_video(path: Path, transnet: torch.nn.Module, *, interval_s: float = 
     pending: deque = deque()  # frames waiting for their transition probability
     result = VideoResult(fps=fps, frames=0, width=0, height=0)
 
+    def add(stage: str, since: float) -> float:
+        now = time.perf_counter()
+        timings[stage] = timings.get(stage, 0.0) + now - since
+        return now
+
     def settle(probs: list[tuple[float, float]]) -> None:
         if progress is not None and probs:
             progress.update("shots", len(probs))
+        t0 = time.perf_counter()
         for single, many in probs:
             idx, quality, image = pending.popleft()
             closed = tracker.feed(idx, single)
             if closed is not None:
                 result.keyframes.extend(selector.close(closed))
             selector.offer(idx, max(single, many), quality, image, tracker.open_shot)
+        add("keyframes", t0)
 
     try:
         while (item := frames_q.get()) is not None:
@@ -101,13 +115,20 @@ def process_video(path: Path, transnet: torch.nn.Module, *, interval_s: float = 
                 raise VideoError(f"decoding failed: {item}")
             if result.frames == 0:
                 result.height, result.width = item.shape[:2]
+            t0 = time.perf_counter()
             small = cv2.cvtColor(cv2.resize(item, (48, 27), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
             pending.append((result.frames, frame_quality(item), _fit(item, keyframe_max_side)))
             result.frames += 1
-            settle(detector.push(small))
+            t0 = add("prepare", t0)
+            probs = detector.push(small)
+            add("shots", t0)
+            settle(probs)
             if progress is not None:
                 progress.update("decode", 1)
-        settle(detector.finish())
+        t0 = time.perf_counter()
+        probs = detector.finish()
+        add("shots", t0)
+        settle(probs)
     finally:
         stop.set()
         while reader.is_alive():

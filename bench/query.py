@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""End-to-end query latency through the HTTP API on a served collection (sample videos + images).
+"""End-to-end query latency through the HTTP API on a served collection (sample videos + images,
+plus `--synthetic-keyframes N` catalogued keyframes with clustered vectors, for scale).
 
 Text and image queries, p50/p95 of wall time per request, and the server's own split into
 encode and search. Prints a table and, last, one JSON line.
+
+    python bench/query.py --synthetic-keyframes 1000000
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ from werkzeug.serving import make_server  # noqa: E402
 from app import create_app  # noqa: E402
 from app.db import open_database  # noqa: E402
 from app.encoders import ClipEncoder, register_model_configs  # noqa: E402
-from app.indexer import IndexOptions, run_index  # noqa: E402
+from app.indexer import IndexOptions, rebuild_index, run_index  # noqa: E402
+from app.models import Keyframe, Video  # noqa: E402
 from app.paths import DataLayout  # noqa: E402
 from app.sample import build_sample_collection  # noqa: E402
 
@@ -39,6 +43,32 @@ def _post_image(url: str, data: bytes) -> dict:
     return json.load(urllib.request.urlopen(req))
 
 
+def add_synthetic_videos(layout: DataLayout, sessions, n_keyframes: int, identity: tuple[str, str], dim: int,
+                         per_video: int = 600) -> int:
+    """Catalogue rows and feature files for n_keyframes keyframes in videos of per_video keyframes
+    (like 20-30 minute news videos), vectors from bench/search.py's clustered generator; then the
+    index is rebuilt as `offline.py index` would (auto picks the type)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from search import clustered
+
+    made = 0
+    with sessions() as session:
+        for v in range((n_keyframes + per_video - 1) // per_video):
+            count = min(per_video, n_keyframes - made)
+            vid = f"SYN_{v:05d}"
+            video = Video(video_id=vid, path=f"synthetic://{vid}", source="aic", content_hash=vid, size=0,
+                          mtime_ns=0, fps=25.0, frames=count * 60, duration=count * 2.4)
+            session.add(video)
+            session.flush()
+            session.execute(Keyframe.__table__.insert(), [
+                {"video_pk": video.id, "n": n, "frame_idx": (n - 1) * 60, "pts_time": (n - 1) * 2.4,
+                 "shot_id": None, "image_path": layout.keyframe_relpath(vid, n)} for n in range(1, count + 1)])
+            np.save(layout.video_feature_path(vid), clustered(count, dim, 2000, seed=v, chunk=count))
+            made += count
+        session.commit()
+        return rebuild_index(session, layout, identity, dim, "auto")
+
+
 def _stats(walls: list[float], parts: list[dict]) -> dict:
     return {"p50_ms": round(float(np.percentile(walls, 50)), 1), "p95_ms": round(float(np.percentile(walls, 95)), 1),
             "encode_p50_ms": round(float(np.median([p["encode"] for p in parts])), 1),
@@ -47,7 +77,9 @@ def _stats(walls: list[float], parts: list[dict]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--synthetic-keyframes", type=int, default=0, metavar="N",
+                   help="add N catalogued keyframes with clustered vectors (e.g. 1000000)")
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--pretrained", default="none", help="weights do not change speed; 'none' runs offline")
     p.add_argument("--model-config", default=None)
@@ -61,7 +93,18 @@ def main() -> None:
         summary = run_index(layout, [sample], IndexOptions(model=args.model, pretrained=args.pretrained,
                                                            progress=False), open_database(layout.database_url),
                             encoder=encoder)
+        vectors_n = summary.index_size
+        build_s = 0.0
+        if args.synthetic_keyframes:
+            t0 = time.perf_counter()
+            vectors_n = add_synthetic_videos(layout, open_database(layout.database_url), args.synthetic_keyframes,
+                                             encoder.identity, encoder.dim)
+            build_s = time.perf_counter() - t0
         app = create_app({"DATA_DIR": str(layout.data_dir), "ENCODER": encoder})
+        t0 = time.perf_counter()
+        snapshot = app.extensions["collection"].snapshot()
+        load_s = time.perf_counter() - t0
+        index_type = snapshot.bundle.meta["params"]["type"]
         server = make_server("127.0.0.1", 0, app, threaded=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{server.server_port}/api/search"
@@ -82,9 +125,11 @@ def main() -> None:
             img_walls.append((time.perf_counter() - t0) * 1000)
             img_parts.append(body["timing_ms"])
         server.shutdown()
-    row = {"bench": "query", "model": args.model, "device": encoder.device, "collection_vectors": summary.index_size,
+    row = {"bench": "query", "model": args.model, "device": encoder.device, "collection_vectors": vectors_n,
+           "index": index_type, "catalogue_and_index_build_s": round(build_s, 1), "server_load_s": round(load_s, 1),
            "queries": args.queries, "text": _stats(text_walls, text_parts), "image": _stats(img_walls, img_parts)}
-    print(f"collection: {summary.index_size} vectors, model {args.model} on {encoder.device}")
+    print(f"collection: {vectors_n} vectors ({index_type} index, built in {build_s:.0f} s, loaded by the server in "
+          f"{load_s:.1f} s), model {args.model} on {encoder.device}")
     for kind in ("text", "image"):
         print(f"{kind:>6}: " + ", ".join(f"{k} {v}" for k, v in row[kind].items()))
     print(json.dumps(row))

@@ -197,3 +197,11 @@ def test_server_picks_up_a_new_index_without_restart(app, indexed, tiny_encoder)
     assert app.extensions["collection"].snapshot().bundle.meta["params"]["type"] == "hnsw"
     assert len(after) == len(before)
     np.testing.assert_allclose(sorted(r["score"] for r in after), sorted(r["score"] for r in before), atol=1e-4)
+
+
+def test_index_knobs_are_checked_and_accepted(client):
+    r = client.get("/api/search?q=a%20dog&nprobe=0")
+    assert r.status_code == 400 and "nprobe must be between 1 and 65536" in r.get_json()["error"]
+    r = client.get("/api/search?q=a%20dog&ef=lots")
+    assert r.status_code == 400 and "ef must be a whole number" in r.get_json()["error"]
+    assert client.get("/api/search?q=a%20dog&ef=200&nprobe=8&rerank=500").status_code == 200

@@ -2,8 +2,9 @@
 """CLIP encoder speed per precision: image throughput and single text-query latency, and whether
 the faster precision ranks like fp32 (top-10 overlap of text queries over encoded images).
 
-'auto' is what Framefinder uses: fp16 weights on CUDA, bf16 autocast on CPUs with native bf16
-(AVX512-BF16/AMX), plain fp32 elsewhere. Prints a table and, last, one JSON line.
+On CUDA 'auto' (fp16 weights, what Framefinder uses there) is compared with fp32; on the CPU,
+where Framefinder uses fp32, bf16 autocast (CPUs with AVX512-BF16/AMX) is compared with it.
+Prints a table and, last, one JSON line.
 
     python bench/encoders.py                  # CPU
     python bench/encoders.py --device cuda --batch 256
@@ -76,11 +77,11 @@ def main() -> None:
     if base.device.startswith("cuda"):  # fp16 weights: a second model
         torch.manual_seed(0)
         variants.append(("auto", ClipEncoder(args.model, args.pretrained, args.device, precision="auto")))
-    else:  # the same weights under bf16 autocast
+    elif cpu_has_bf16():  # the same weights under bf16 autocast (opt-in on the CPU)
         fast = ClipEncoder.__new__(ClipEncoder)
         fast.__dict__.update(base.__dict__)
-        fast.precision = "auto"
-        variants.append(("auto", fast))
+        fast.precision = "bf16"
+        variants.append(("bf16", fast))
     for name, enc in variants:
         rows[name] = measure(enc, images, texts, args.batch)
     ref = rows["fp32"]

@@ -3,6 +3,7 @@
 
     python offline.py index PATH [PATH ...]     ingest videos, images, folders, zips, AI Challenge datasets
     python offline.py evaluate GT_PATH          score retrieval against ground truth (mAP, P@k, R@k)
+    python offline.py users add NAME --role R   accounts: add | list | remove | passwd | token
     python offline.py demo                      make a sample collection, index it and serve it
 """
 from __future__ import annotations
@@ -70,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ranking depth (default: whole collection up to 10,000 items, else 1,000)")
     p_eval.add_argument("--model-config", default=None, metavar="JSON", help="extra open_clip model config")
     p_eval.add_argument("--device", default="auto")
+    p_users = sub.add_parser("users", help="manage accounts: add, list, remove, passwd, token",
+                             description="Accounts for the web pages and the API. Roles: admin (users, "
+                                         "evaluations), annotator (own boxes), viewer (search only).")
+    p_users.add_argument("action", choices=["add", "list", "remove", "passwd", "token"])
+    p_users.add_argument("name", nargs="?")
+    p_users.add_argument("--role", default="annotator", choices=["admin", "annotator", "viewer"])
+    p_users.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p_users.add_argument("--revoke", action="store_true", help="with token: revoke the token instead")
+    p_users.add_argument("--data-dir", default=None, help="collection folder (default: the project's static/)")
     p_demo = sub.add_parser("demo", help="make a sample collection, index it and start the server",
                             description="Builds sample/ (synthetic videos with known cuts, and images), indexes "
                                         "it and serves it. Without network the CLIP weights cannot be fetched: "
@@ -142,6 +152,49 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    import getpass
+
+    first = getpass.getpass(f"password for {args.name}: ")
+    if getpass.getpass("again: ") != first:
+        raise ValueError("the passwords differ")
+    return first
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    from app import accounts
+    from app.db import open_database
+
+    layout = DataLayout.from_data_dir(args.data_dir)
+    layout.ensure()
+    sessions = open_database(layout.database_url)
+    with sessions() as session:
+        if args.action == "list":
+            for user in accounts.listing(session):
+                print(f"{user.name}\t{user.role}\ttoken {'set' if user.token_hash else 'none'}\t"
+                      f"created {user.created_at:%Y-%m-%d}")
+            return 0
+        if not args.name:
+            raise ValueError(f"users {args.action} needs a NAME")
+        if args.action == "add":
+            accounts.add(session, args.name, _password(args), args.role)
+            print(f"added {args.name} ({args.role})")
+        elif args.action == "remove":
+            accounts.remove(session, args.name)
+            print(f"removed {args.name}")
+        elif args.action == "passwd":
+            accounts.set_password(session, args.name, _password(args))
+            print(f"password of {args.name} changed")
+        elif args.revoke:
+            accounts.revoke_token(session, args.name)
+            print(f"token of {args.name} revoked")
+        else:
+            print(accounts.issue_token(session, args.name))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from app.encoders import ClipEncoder, WeightsUnavailable, register_model_configs
     from app.sample import build_sample_collection
@@ -175,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_index(args, args.paths)
         if args.command == "evaluate":
             return cmd_evaluate(args)
+        if args.command == "users":
+            return cmd_users(args)
         return cmd_demo(args)
-    except (WeightsUnavailable, ModelMismatch, CollectionBusy) as exc:
+    except (WeightsUnavailable, ModelMismatch, CollectionBusy, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -27,12 +27,14 @@ def _secret_key(instance_dir: Path) -> str:
 
 
 def create_app(config: dict | None = None) -> Flask:
-    """Config: DATA_DIR, MODEL_CONFIG, DEVICE, MAX_CONTENT_LENGTH...; also instance/config.py and
+    """Config: DATA_DIR, DATABASE_URL, MODEL_CONFIG, DEVICE, MAX_CONTENT_LENGTH...; also instance/config.py and
     FRAMEFINDER_* environment variables. ENCODER may hand in an already loaded encoder."""
     app = Flask(__name__, template_folder=str(PROJECT_ROOT / "templates"),
                 static_folder=str(PROJECT_ROOT / "static"), instance_relative_config=True)
     app.config.update(DATA_DIR=None, MODEL_CONFIG=None, DEVICE="auto", MAX_CONTENT_LENGTH=20 * 1024 * 1024,
-                      RESULTS_PER_PAGE=50, INDEX_CHECK_SECONDS=1.0, BASELINE_WEIGHTS=None, WTF_CSRF_TIME_LIMIT=None)
+                      RESULTS_PER_PAGE=50, INDEX_CHECK_SECONDS=1.0, BASELINE_WEIGHTS=None,
+                      LOGIN_RATE_LIMIT="10 per minute", SEARCH_REQUIRES_LOGIN=False,
+                      SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", WTF_CSRF_TIME_LIMIT=None)
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env("FRAMEFINDER")
     app.config.update(config or {})
@@ -47,16 +49,35 @@ def create_app(config: dict | None = None) -> Flask:
 
     init_services(app, layout)
 
-    from app.views import api, evaluation, media, search
+    from app.views import annotate, annotations_api, api, auth, evaluation, media, search
 
+    auth.init_auth(app)
+    app.register_blueprint(auth.bp)
     app.register_blueprint(search.bp)
     app.register_blueprint(evaluation.bp)
+    app.register_blueprint(annotate.bp)
+    app.register_blueprint(annotations_api.bp)
+    csrf.exempt(annotations_api.bp)  # checked per call: session calls need the token, bearer-token calls do not
+    _search_login_gate(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(media.bp)
     csrf.exempt(api.bp)  # read-only JSON queries; state-changing APIs get their own protection
     _register_errors(app)
     logging.getLogger("framefinder").setLevel(logging.INFO)
     return app
+
+
+def _search_login_gate(app: Flask) -> None:
+    """Searching is open to anyone unless SEARCH_REQUIRES_LOGIN is set."""
+    @app.before_request
+    def gate():
+        from flask_login import current_user
+
+        if not app.config["SEARCH_REQUIRES_LOGIN"] or current_user.is_authenticated:
+            return None
+        if request.endpoint in ("auth.login", "static") or request.endpoint is None:
+            return None
+        return app.login_manager.unauthorized()
 
 
 def _wants_json() -> bool:
@@ -71,7 +92,8 @@ def _register_errors(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         messages = {413: f"The upload is larger than the limit of "
-                         f"{app.config['MAX_CONTENT_LENGTH'] // (1024 * 1024)} MB."}
+                         f"{app.config['MAX_CONTENT_LENGTH'] // (1024 * 1024)} MB.",
+                    429: f"Too many attempts ({exc.description}); wait a minute and try again."}
         return _error(exc.code or 500, messages.get(exc.code, exc.description))
 
     @app.errorhandler(Exception)

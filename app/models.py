@@ -145,3 +145,67 @@ class EvaluationRun(Base):
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
     summary_json: Mapped[str] = mapped_column(Text, default="{}")
     queries_json: Mapped[str] = mapped_column(Text, default="[]")
+
+
+class User(Base):
+    """An account: admin (users, evaluations), annotator (own boxes), viewer (search only)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), default="viewer")
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)  # sha256 of the token
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    # Flask-Login's user interface
+    is_authenticated = True
+    is_active = True
+    is_anonymous = False
+
+    def get_id(self) -> str:
+        return str(self.id)
+
+
+class Label(Base):
+    """A box label; the table feeds autocomplete and per-label pages."""
+
+    __tablename__ = "labels"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+
+
+class Annotation(Base):
+    """A box on a keyframe ('<video_id>/<n>') or an image (its path), in that image's own pixels.
+
+    Targets are named, not foreign keys, so re-indexing a video never deletes its boxes;
+    `version` makes an edit of a box someone else changed meanwhile fail instead of overwrite.
+    """
+
+    __tablename__ = "annotations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    video_id: Mapped[str | None] = mapped_column(String(255), index=True, nullable=True)
+    n: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    image_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    x: Mapped[int] = mapped_column(Integer)
+    y: Mapped[int] = mapped_column(Integer)
+    w: Mapped[int] = mapped_column(Integer)
+    h: Mapped[int] = mapped_column(Integer)
+    label_id: Mapped[int] = mapped_column(ForeignKey("labels.id"), index=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    label: Mapped[Label] = relationship(lazy="joined")
+    author: Mapped[User] = relationship(lazy="joined")
+
+    __mapper_args__ = {"version_id_col": version}
+
+    @property
+    def target(self) -> str:
+        return f"{self.video_id}/{self.n}" if self.video_id is not None else self.image_path or ""

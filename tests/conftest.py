@@ -161,3 +161,71 @@ def page(browser):
     pg = context.new_page()
     yield pg
     context.close()
+
+
+PASSWORD = "correct horse battery"
+USERS = {"boss": "admin", "ann": "annotator", "bob": "annotator", "vic": "viewer"}
+
+
+def add_users(sessions) -> dict[str, str]:
+    """The test accounts (all with PASSWORD); returns name -> personal API token."""
+    from sqlalchemy import select
+
+    from app import accounts
+    from app.models import User
+
+    tokens = {}
+    with sessions() as session:
+        for name, role in USERS.items():
+            if session.scalar(select(User).where(User.name == name)) is None:
+                accounts.add(session, name, PASSWORD, role)
+            tokens[name] = accounts.issue_token(session, name)
+    return tokens
+
+
+def login(client, name: str, password: str = PASSWORD):
+    """Log a test client in through the real form (CSRF token included)."""
+    import re
+
+    page = client.get("/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    return client.post("/login", data={"name": name, "password": password, "csrf_token": token})
+
+
+def csrf_of(client) -> str:
+    import re
+
+    page = client.get("/login").get_data(as_text=True)
+    return re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+
+
+def reset_postgres(url: str) -> None:
+    """An empty public schema, so every test module starts from `alembic upgrade head`."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("TEST_DATABASE_URL") else [])
+
+
+@contextmanager
+def database_env(backend: str, data_dir: Path):
+    """DATABASE_URL for one backend while a collection and its app are set up."""
+    url = os.environ["TEST_DATABASE_URL"] if backend == "postgresql" else \
+        f"sqlite:///{data_dir / 'instance' / 'framefinder.db'}"
+    if backend == "postgresql":
+        reset_postgres(url)
+    old = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = url
+    try:
+        yield url
+    finally:
+        if old is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = old

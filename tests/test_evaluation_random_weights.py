@@ -12,7 +12,7 @@ import time
 import pytest
 
 import offline
-from tests.conftest import TINY_CONFIG
+from tests.conftest import TINY_CONFIG, add_users, login
 from tests.eval_fixtures import EXPECTED, build_oxford_fixture
 
 GT_NAME = "oxford_fixture"
@@ -29,8 +29,18 @@ def oxford_gt(eval_collection, tiny_encoder):
 def eval_app(eval_collection, oxford_gt, tiny_checkpoint):
     from app import create_app
 
-    return create_app({"DATA_DIR": str(eval_collection), "TESTING": True, "MODEL_CONFIG": str(TINY_CONFIG),
-                       "DEVICE": "cpu", "BASELINE_WEIGHTS": "none", "WTF_CSRF_ENABLED": False})
+    application = create_app({"DATA_DIR": str(eval_collection), "TESTING": True, "MODEL_CONFIG": str(TINY_CONFIG),
+                              "DEVICE": "cpu", "BASELINE_WEIGHTS": "none", "WTF_CSRF_ENABLED": False,
+                              "LOGIN_RATE_LIMIT": "1000 per minute"})
+    add_users(application.extensions["sessions"])
+    return application
+
+
+@pytest.fixture()
+def admin_client(eval_app):
+    client = eval_app.test_client()
+    login(client, "boss")
+    return client
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -80,8 +90,8 @@ def start_run(client, **form) -> int:
     return int(re.search(r"/evaluation/runs/(\d+)", r.headers["Location"]).group(1))
 
 
-def test_page_shows_the_same_numbers_as_the_cli(capsys, eval_app, eval_collection, oxford_gt):
-    client = eval_app.test_client()
+def test_page_shows_the_same_numbers_as_the_cli(capsys, admin_client, eval_collection, oxford_gt):
+    client = admin_client
     assert GT_NAME in client.get("/evaluation").get_data(as_text=True)
     run_id = start_run(client, gt=GT_NAME, model="clip")
     assert wait_for(client, run_id)["status"] == "done"
@@ -98,8 +108,8 @@ def test_page_shows_the_same_numbers_as_the_cli(capsys, eval_app, eval_collectio
     assert order == ["q3_late", "q1_mixed", "q2_no_positives"]
 
 
-def test_query_page_outlines_results_by_label(eval_app, oxford_gt):
-    client = eval_app.test_client()
+def test_query_page_outlines_results_by_label(admin_client, oxford_gt):
+    client = admin_client
     run_id = start_run(client, gt=GT_NAME, model="clip")
     wait_for(client, run_id)
     run = client.get(f"/evaluation/runs/{run_id}.json").get_json()
@@ -112,8 +122,8 @@ def test_query_page_outlines_results_by_label(eval_app, oxford_gt):
     assert "Every positive is in the first" in html
 
 
-def test_two_runs_compare_per_query(eval_app):
-    client = eval_app.test_client()
+def test_two_runs_compare_per_query(admin_client):
+    client = admin_client
     a = start_run(client, gt=GT_NAME, model="clip")
     wait_for(client, a)
     b = start_run(client, gt=GT_NAME, model="tv:resnet50")  # random-weight ResNet-50 baseline
@@ -126,8 +136,16 @@ def test_two_runs_compare_per_query(eval_app):
     assert f"#{a}" in listing and f"#{b}" in listing and "tv:resnet50" in listing
 
 
-def test_bad_ground_truth_gets_a_4xx_with_the_file_and_line(eval_app, eval_collection):
+def test_running_an_evaluation_needs_an_admin(eval_app):
     client = eval_app.test_client()
+    assert client.post("/evaluation", data={"gt": GT_NAME}).status_code == 302  # to the login page
+    login(client, "ann")
+    r = client.post("/evaluation", data={"gt": GT_NAME})
+    assert r.status_code == 403 and "needs the admin role" in r.get_data(as_text=True)
+
+
+def test_bad_ground_truth_gets_a_4xx_with_the_file_and_line(admin_client, eval_collection):
+    client = admin_client
     bad = eval_collection / "groundtruth" / "bad_names"
     bad.mkdir(parents=True, exist_ok=True)
     (bad / "q_query.txt").write_text("still_0 0 0 10 10\n")

@@ -15,6 +15,7 @@ from app import eval_runs, gt_sets, services
 from app.baselines import BASELINES
 from app.groundtruth import PROTOCOL_HELP, PROTOCOLS, GroundTruthError
 from app.metrics import RECALL_POINTS
+from app.views.auth import require_role
 from app.views.query import item_url
 
 bp = Blueprint("evaluation", __name__, url_prefix="/evaluation")
@@ -66,6 +67,7 @@ def index():
 
 
 @bp.post("")
+@require_role("admin")
 def start():
     """Start a run from a chosen set or an upload; the run page then shows its progress."""
     app = current_app._get_current_object()

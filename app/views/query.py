@@ -11,7 +11,7 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 
 from app import services
-from app.models import Keyframe, Video
+from app.models import Image, Keyframe, Video
 from app.search import Hit, Options, Outcome, QueryError, parse_box, parse_k, parse_min_score
 from app.uploads import read_image
 
@@ -193,7 +193,14 @@ def keyframe_file(video_id: str, n: int) -> Path | None:
 
 
 def keyframe_pixels(item: str) -> PILImage.Image:
-    """The stored keyframe '<video_id>/<n>', for a region drawn on it."""
+    """The stored keyframe '<video_id>/<n>' (or collection image 'image:<id>'), for a region drawn on it."""
+    if item.startswith("image:") and item[6:].isdigit():
+        with services.sessions()() as session:
+            row = session.get(Image, int(item[6:]))
+        if row is None or not Path(row.path).is_file():
+            raise QueryError(f"unknown image '{item}'")
+        with PILImage.open(row.path) as im:
+            return im.convert("RGB")
     video_id, _, n = item.rpartition("/")
     path = keyframe_file(video_id, int(n)) if n.isdigit() else None
     if path is None:

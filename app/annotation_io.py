@@ -1,0 +1,115 @@
+"""Annotation export and import: COCO JSON, CSV, and AI Challenge style per-keyframe object JSON.
+
+An import is all or nothing: every record is validated like a box saved on the page,
+and the first bad one (named by its position) rejects the whole file.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from sqlalchemy.orm import Session
+
+from app import boxes
+from app.boxes import AnnotationError
+from app.models import Annotation, User
+from app.paths import DataLayout
+
+CSV_COLUMNS = ("target", "x", "y", "w", "h", "label", "note", "author")
+MAX_IMPORT = 100_000
+
+
+def to_coco(session: Session, layout: DataLayout, rows: list[Annotation]) -> dict:
+    images: dict[str, dict] = {}
+    categories: dict[str, int] = {}
+    out = []
+    for a in rows:
+        if a.target not in images:
+            t = boxes.target_of(session, layout, a)
+            images[a.target] = {"id": len(images) + 1, "file_name": a.target, "width": t.width, "height": t.height}
+        cat = categories.setdefault(a.label.name, len(categories) + 1)
+        out.append({"id": a.id, "image_id": images[a.target]["id"], "category_id": cat, "bbox": [a.x, a.y, a.w, a.h],
+                    "area": a.w * a.h, "iscrowd": 0, "note": a.note, "author": a.author.name})
+    return {"info": {"description": "Framefinder annotations"}, "images": list(images.values()),
+            "categories": [{"id": i, "name": n} for n, i in categories.items()], "annotations": out}
+
+
+def to_csv(rows: list[Annotation]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(CSV_COLUMNS)
+    for a in rows:
+        writer.writerow([a.target, a.x, a.y, a.w, a.h, a.label.name, a.note, a.author.name])
+    return buf.getvalue()
+
+
+def to_aic(session: Session, layout: DataLayout, rows: list[Annotation]) -> dict:
+    """Per keyframe, the AI Challenge object-file fields: class names, scores, and boxes as
+    normalised [ymin, xmin, ymax, xmax]. Images (not keyframes) are left out."""
+    out: dict[str, dict] = {}
+    for a in rows:
+        if a.video_id is None:
+            continue
+        t = boxes.target_of(session, layout, a)
+        entry = out.setdefault(a.target, {"detection_class_names": [], "detection_scores": [], "detection_boxes": []})
+        entry["detection_class_names"].append(a.label.name)
+        entry["detection_scores"].append(1.0)
+        entry["detection_boxes"].append([round(a.y / t.height, 6), round(a.x / t.width, 6),
+                                         round((a.y + a.h) / t.height, 6), round((a.x + a.w) / t.width, 6)])
+    return out
+
+
+def _payload(target: str, box, label, note) -> dict:
+    video, _, n = str(target).rpartition("/")
+    key = "keyframe" if video and n.isdigit() and not str(target).startswith("/") else "image"
+    return {key: target, "box": box, "label": label, "note": note}
+
+
+def records_from_coco(data: bytes) -> list[dict]:
+    try:
+        doc = json.loads(data.decode("utf-8"))
+        images = {img["id"]: img["file_name"] for img in doc["images"]}
+        cats = {c["id"]: c["name"] for c in doc["categories"]}
+        items = doc["annotations"]
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AnnotationError(f"not a JSON file ({exc})") from None
+    except (KeyError, TypeError) as exc:
+        raise AnnotationError(f"not a COCO file: missing {exc} (needs images, categories, annotations)") from None
+    out = []
+    for i, ann in enumerate(items):
+        try:
+            out.append(_payload(images[ann["image_id"]], ann["bbox"], cats[ann["category_id"]], ann.get("note", "")))
+        except (KeyError, TypeError) as exc:
+            raise AnnotationError(f"annotations[{i}]: missing or unknown {exc}") from None
+    return out
+
+
+def records_from_csv(data: bytes) -> list[dict]:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(f"not UTF-8 text ({exc.reason})") from None
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in CSV_COLUMNS[:6] if c not in (reader.fieldnames or [])]
+    if missing:
+        raise AnnotationError(f"line 1: missing column(s) {', '.join(missing)}")
+    return [_payload(r["target"], [r["x"], r["y"], r["w"], r["h"]], r["label"], r.get("note") or "")
+            for r in reader]
+
+
+def import_records(session: Session, layout: DataLayout, user: User, records: list[dict], where: str) -> int:
+    """Store every record or none; the importer becomes the author."""
+    if len(records) > MAX_IMPORT:
+        raise AnnotationError(f"{len(records)} records; one import takes at most {MAX_IMPORT}")
+    try:
+        for i, payload in enumerate(records):
+            try:
+                boxes.create(session, layout, user, payload, commit=False)
+            except AnnotationError as exc:
+                raise AnnotationError(f"{where} {i + 1}: {exc}") from None
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return len(records)

@@ -1,0 +1,111 @@
+"""The annotation page in headless Chromium: draw, label, save, reload, restart, and be refused
+deleting someone else's box. Runs on SQLite, and on PostgreSQL when TEST_DATABASE_URL is set."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ARTIFACTS, BACKENDS, CHROMIUM, PASSWORD, TINY_MODEL, add_users, database_env, serve
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+FRAME = "cuts_and_dissolve/2"
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def collection(request, tmp_path_factory, media_dir, tiny_encoder):
+    from app.db import open_database
+    from app.indexer import IndexOptions, run_index
+    from app.paths import DataLayout
+
+    data = tmp_path_factory.mktemp(f"annotate-browser-{request.param}")
+    layout = DataLayout.from_data_dir(data)
+    with database_env(request.param, data) as url:
+        layout.ensure()
+        sessions = open_database(url)
+        run_index(layout, [media_dir], IndexOptions(model=TINY_MODEL, pretrained="none", device="cpu",
+                                                    interval_s=2.0, progress=False), sessions, encoder=tiny_encoder)
+        add_users(sessions)
+    return data, url
+
+
+def new_server(collection, tiny_encoder):
+    from app import create_app
+
+    data, url = collection
+    return serve(create_app({"DATA_DIR": str(data), "DATABASE_URL": url, "ENCODER": tiny_encoder}))
+
+
+def log_in(page, base: str, name: str) -> None:
+    page.goto(f"{base}/login")
+    page.fill("#name", name)
+    page.fill("#password", PASSWORD)
+    page.click("#login-button")
+    page.wait_for_selector("#who")
+
+
+def open_frame(page, base: str) -> None:
+    page.goto(f"{base}/annotate/{FRAME}")
+    page.wait_for_function("document.getElementById('picture').complete && "
+                           "document.getElementById('boxes-canvas').width > 100")
+
+
+def test_draw_save_reload_restart_and_refuse_foreign_delete(page, collection, tiny_encoder):
+    with new_server(collection, tiny_encoder) as base:
+        log_in(page, base, "ann")
+        open_frame(page, base)
+        box = page.locator("#boxes-canvas").bounding_box()
+        page.mouse.move(box["x"] + 0.2 * box["width"], box["y"] + 0.2 * box["height"])
+        page.mouse.down()
+        page.mouse.move(box["x"] + 0.6 * box["width"], box["y"] + 0.6 * box["height"], steps=8)
+        page.mouse.up()
+        page.fill("#label", "red <b>disc</b>")
+        page.fill("#note", "drawn in the browser")
+        page.click("#save-button")
+        page.wait_for_selector("#status:has-text('Saved box')")
+        stored = page.evaluate("fetch('/api/annotations?target=" + FRAME + "').then(r => r.json())")["annotations"]
+        assert len(stored) == 1
+        x, y, w, h = stored[0]["box"]  # in the keyframe's own 320x180 pixels, whatever the display size
+        assert abs(x - 64) <= 3 and abs(y - 36) <= 3 and abs(w - 128) <= 4 and abs(h - 72) <= 4
+        page.reload()
+        page.wait_for_selector("#box-list li")
+        assert page.locator("#box-list li .box-label").inner_text() == "red <b>disc</b>"  # shown as text
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.locator("#box-list li").first.click()
+        page.screenshot(path=str(ARTIFACTS / "annotate.png"), full_page=True)
+    with new_server(collection, tiny_encoder) as base:  # a restarted server
+        open_frame(page, base)
+        page.wait_for_selector("#box-list li")
+        assert "red <b>disc</b>" in page.locator("#box-list").inner_text()
+        page.click("#logout-button")
+        log_in(page, base, "bob")
+        open_frame(page, base)
+        page.locator("#box-list li").first.click()
+        page.keyboard.press("Delete")
+        page.wait_for_selector("#status.error")
+        assert "belongs to ann" in page.inner_text("#status")
+        page.reload()
+        page.wait_for_selector("#box-list li")
+        assert page.locator("#box-list li").count() == 1
+
+
+def test_undo_and_next_keyframe_shortcut(page, collection, tiny_encoder):
+    with new_server(collection, tiny_encoder) as base:
+        log_in(page, base, "bob")
+        open_frame(page, base)
+        before = page.locator("#box-list li").count()
+        box = page.locator("#boxes-canvas").bounding_box()
+        page.mouse.move(box["x"] + 0.7 * box["width"], box["y"] + 0.1 * box["height"])
+        page.mouse.down()
+        page.mouse.move(box["x"] + 0.9 * box["width"], box["y"] + 0.3 * box["height"], steps=5)
+        page.mouse.up()
+        page.fill("#label", "temporary")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#status:has-text('Saved box')")
+        assert page.locator("#box-list li").count() == before + 1
+        page.click("#undo-button")
+        page.wait_for_selector("#status:has-text('Undone')")
+        assert page.locator("#box-list li").count() == before
+        page.locator("body").click(position={"x": 5, "y": 5})
+        page.keyboard.press("n")
+        page.wait_for_url("**/annotate/cuts_and_dissolve/3")

@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "*_query.txt/_good/_ok/_junk files, a Revisited gnd_*.pkl, a folder of "
                                         "<label>/ image subfolders, or a video-moments CSV. Prints the same "
                                         "numbers as the /evaluation page and, last, one JSON line.")
-    p_eval.add_argument("gt_path", type=Path, metavar="GT_PATH")
+    p_eval.add_argument("gt_path", type=Path, metavar="GT_PATH",
+                        help="a ground-truth file or folder, or @annotations for the boxes saved on the "
+                             "annotation pages")
     p_eval.add_argument("--data-dir", default=None, help="collection folder (default: the project's static/)")
     p_eval.add_argument("--protocol", default=None,
                         help="headline protocol: standard|good|ok|junk (Oxford), easy|medium|hard (Revisited; "
@@ -134,7 +136,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print("error: the collection has no index yet: run `python offline.py index PATH` first", file=sys.stderr)
         return 2
     try:
-        gt = groundtruth.load(args.gt_path, allow_pickle=True)
+        if str(args.gt_path) == groundtruth.ANNOTATIONS_SET:
+            from app.gt_sets import annotations_ground_truth
+
+            gt = annotations_ground_truth(sessions)
+        else:
+            gt = groundtruth.load(args.gt_path, allow_pickle=True)
         config = eval_runs.configuration(snap, args.model, args.baseline_weights)
         config.depth = args.depth
         meta = snap.bundle.meta

@@ -60,6 +60,11 @@ class Snapshot:
                 return entry
         return None
 
+    def rows_of(self, names: set[str]) -> np.ndarray:
+        """Rows whose item ('<video_id>/<n>') or image path is in `names`."""
+        return np.array([i for i, e in enumerate(self.entries) if e.kind >= 0 and
+                         (e.item if e.video_id is not None else e.source_path) in names], dtype=np.int64)
+
     def rows_in_folder(self, folder: str) -> np.ndarray:
         """FAISS rows whose source file lies in `folder` or below (a path prefix, not a substring)."""
         folder = folder.rstrip("/")
@@ -119,6 +124,13 @@ class Collection:
             np.array([str(Path(e.source_path).parent) if e.source_path else "" for e in entries], dtype=object),
             return_inverse=True)
         return Snapshot(bundle, entries, videos, folders, folder_of_row)
+
+    def annotated_with(self, label: str) -> set[str]:
+        """Targets ('<video_id>/<n>' or image paths) that carry a box with this label."""
+        from app.boxes import search
+
+        with self.sessions() as session:
+            return {a.target for a in search(session, label=label, limit=1_000_000)}
 
     def stored_vector(self, entry: Entry) -> np.ndarray:
         """The stored feature of an entry ("more like this"), from the inspectable .npy files."""

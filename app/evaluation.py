@@ -92,6 +92,8 @@ def item_names(gt: GroundTruth, entries: list[Entry]) -> list[str | None]:
             names.append(None)
         elif gt.format == "moments" or e.video_id is not None:
             names.append(e.item)
+        elif gt.format == "annotations":
+            names.append(e.source_path)  # boxes on images name the image by its path
         elif gt.format == "labelled" and gt.root is not None:
             p = Path(e.source_path).resolve()
             names.append(p.relative_to(gt.root).with_suffix("").as_posix() if p.is_relative_to(gt.root) else e.item)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from app.media import IMAGE_EXTENSIONS
 
-FORMATS = ("oxford", "revisited", "labelled", "moments")
+FORMATS = ("oxford", "revisited", "labelled", "moments", "annotations")
+ANNOTATIONS_SET = "@annotations"  # the boxes saved on the annotation page, as ground truth
 MOMENT_COLUMNS = ("query_id", "query", "video_id", "start_frame", "end_frame")
 # Rows of the summary table per format; the first is the headline (`--protocol` picks another).
 PROTOCOLS = {
@@ -24,6 +25,7 @@ PROTOCOLS = {
     "revisited": ("medium", "easy", "hard"),
     "labelled": ("standard",),
     "moments": ("standard",),
+    "annotations": ("standard",),
 }
 PROTOCOL_HELP = {
     "standard": "positives good + ok, junk ignored",
@@ -215,6 +217,24 @@ def load_revisited(path: Path) -> GroundTruth:
         queries.append(GtQuery(str(qname), spot, image=str(qname), box=bbx, sets=sets))  # type: ignore[arg-type]
         where.setdefault(str(qname), f"{path.name}: qimlist[{i}]")
     return GroundTruth(path.stem, "revisited", str(path), queries, where)
+
+
+def from_annotations(boxes: list[tuple[int, str, tuple[int, int, int, int], str]]) -> GroundTruth:
+    """Saved boxes as ground truth: each box queries with its region; the other frames or images
+    that carry a box of the same label are relevant; its own frame is left out of its ranking.
+
+    boxes: (annotation id, target name '<video_id>/<n>' or image path, (x, y, w, h), label).
+    """
+    targets_of: dict[str, set[str]] = {}
+    for _, target, _, label in boxes:
+        targets_of.setdefault(label, set()).add(target)
+    queries = []
+    for ann_id, target, (x, y, w, h), label in boxes:
+        where = f"annotation {ann_id} ({label})"
+        queries.append(GtQuery(f"box{ann_id}-{label}", where, image=target, box=(x, y, x + w, y + h),
+                               sets={"good": frozenset(targets_of[label] - {target})}, exclude_self=True))
+    where_of = {t: f"a box labelled '{label}'" for _, t, _, label in boxes}
+    return GroundTruth("annotations", "annotations", "the annotation database", queries, where_of)
 
 
 def labelled_name(root: Path, image: Path) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from app import atomic
 from app.archives import extract_archive
-from app.groundtruth import GroundTruth, GroundTruthError, load
+from app.groundtruth import ANNOTATIONS_SET, GroundTruth, GroundTruthError, from_annotations, load
 
 UPLOADS = "uploads"
 TEXT_SUFFIXES = {".txt", ".csv"}
@@ -38,7 +38,20 @@ def available(root: Path) -> dict[str, Path]:
     return sets
 
 
-def load_named(root: Path, name: str) -> GroundTruth:
+def annotations_ground_truth(sessions) -> GroundTruth:
+    """The saved boxes as a ground-truth set (see groundtruth.from_annotations)."""
+    from app import boxes
+
+    with sessions() as session:
+        rows = [(a.id, a.target, (a.x, a.y, a.w, a.h), a.label.name) for a in boxes.search(session, limit=100_000)]
+    if not rows:
+        raise GroundTruthError("no annotations yet: draw and label boxes on the annotation pages first")
+    return from_annotations(rows)
+
+
+def load_named(root: Path, name: str, sessions=None) -> GroundTruth:
+    if name == ANNOTATIONS_SET and sessions is not None:
+        return annotations_ground_truth(sessions)
     sets = available(root)
     if name not in sets:
         raise GroundTruthError(f"no ground-truth set named '{name}' in the server's ground-truth folder")

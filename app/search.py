@@ -46,6 +46,7 @@ class Options:
     relative: bool = False  # min_score relative to the best score of this query
     video: str | None = None
     folder: str | None = None
+    label: str | None = None  # only items that carry a saved box with this label
     group_by_video: bool = False
     collapse_shots: bool = False
     index_params: dict | None = None  # per-query nprobe / efSearch / rerank overrides
@@ -145,9 +146,13 @@ class Searcher:
 
     def _allowed(self, snap: Snapshot, opts: Options) -> np.ndarray | None:
         """Filters restrict the search itself, so a filtered query still gets K results."""
-        if not opts.video and not opts.folder:
+        if not opts.video and not opts.folder and not opts.label:
             return None
         mask = np.ones(len(snap.entries), dtype=bool)
+        if opts.label:
+            labelled = np.zeros(len(snap.entries), dtype=bool)
+            labelled[snap.rows_of(self.collection.annotated_with(opts.label))] = True
+            mask &= labelled
         if opts.video:
             mask &= snap.video_of_row == opts.video
         if opts.folder:

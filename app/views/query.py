@@ -60,6 +60,7 @@ def read_options() -> Options:
     return Options(k=parse_k(request.values.get("k")), min_score=parse_min_score(request.values.get("min_score")),
                    relative=request.values.get("score_mode", "abs") == "rel",
                    video=request.values.get("video") or None, folder=request.values.get("folder") or None,
+                   label=request.values.get("label") or None,
                    group_by_video=_flag("group"), collapse_shots=_flag("collapse"),
                    index_params=read_index_params())
 

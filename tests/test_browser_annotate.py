@@ -103,9 +103,21 @@ def test_undo_and_next_keyframe_shortcut(page, collection, tiny_encoder):
         page.keyboard.press("Enter")
         page.wait_for_selector("#status:has-text('Saved box')")
         assert page.locator("#box-list li").count() == before + 1
-        page.click("#undo-button")
+        # drag the new box by its middle: it moves, in image pixels, and the move is stored
+        url = "/api/annotations?author=bob&label=temporary"
+        first = page.evaluate(f"fetch('{url}').then(r => r.json())")["annotations"][0]["box"]
+        page.mouse.move(box["x"] + 0.8 * box["width"], box["y"] + 0.2 * box["height"])
+        page.mouse.down()
+        page.mouse.move(box["x"] + 0.6 * box["width"], box["y"] + 0.5 * box["height"], steps=5)
+        page.mouse.up()
+        page.wait_for_selector("#status:has-text('moved')")
+        moved = page.evaluate(f"fetch('{url}').then(r => r.json())")["annotations"][0]["box"]
+        assert moved[2:] == first[2:] and abs((first[0] - moved[0]) - 64) <= 3 and abs((moved[1] - first[1]) - 54) <= 3
+        page.click("#undo-button")  # undoes the move
         page.wait_for_selector("#status:has-text('Undone')")
-        assert page.locator("#box-list li").count() == before
+        assert page.evaluate(f"fetch('{url}').then(r => r.json())")["annotations"][0]["box"] == first
+        page.click("#undo-button")  # undoes the creation
+        page.wait_for_function(f"document.querySelectorAll('#box-list li').length === {before}")
         page.locator("body").click(position={"x": 5, "y": 5})
         page.keyboard.press("n")
         page.wait_for_url("**/annotate/cuts_and_dissolve/3")

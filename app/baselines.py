@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app.encoders import WeightsUnavailable, normalise_rows, resolve_device
+from app.encoders import WeightsUnavailable, encode_image_batches, resolve_device
 
 BASELINES = ("tv:vgg16", "tv:resnet50")
 WEIGHT_FLAG = "--baseline-weights"
@@ -98,14 +98,7 @@ class TorchvisionEncoder:
         return self.model_name, self.pretrained
 
     def encode_images(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            pils = [im if isinstance(im, Image.Image) else Image.fromarray(im)
-                    for im in images[start:start + self.batch_size]]
-            batch = torch.stack([self.preprocess(p.convert("RGB")) for p in pils]).to(self.device)
-            with torch.inference_mode():
-                out.append(normalise_rows(self.model(batch)))
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        return encode_image_batches(images, self.preprocess, self.model, self.device, self.batch_size, self.dim)
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         raise ValueError(f"{self.model_name} is an image model: it answers image queries only")

@@ -114,21 +114,28 @@ class ClipEncoder:
 
     def encode_images(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
         """RGB PIL images or RGB uint8 arrays -> float32 (N, D), each row L2-normalised."""
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            pils = [im if isinstance(im, Image.Image) else Image.fromarray(im) for im in chunk]
-            batch = torch.stack([self.preprocess(p.convert("RGB")) for p in pils]).to(self.device)
-            with torch.inference_mode(), self._autocast():
-                feats = self.model.encode_image(batch.to(next(self.model.parameters()).dtype))
-            out.append(normalise_rows(feats))
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        dtype = next(self.model.parameters()).dtype
+        with self._autocast():
+            return encode_image_batches(images, self.preprocess, lambda b: self.model.encode_image(b.to(dtype)),
+                                        self.device, self.batch_size, self.dim)
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         tokens = self.tokenizer(list(texts)).to(self.device)
         with torch.inference_mode(), self._autocast():
             feats = self.model.encode_text(tokens)
         return normalise_rows(feats)
+
+
+def encode_image_batches(images: Sequence[Image.Image | np.ndarray], preprocess, forward, device: str,
+                         batch_size: int, dim: int) -> np.ndarray:
+    """The batching every image encoder shares: preprocess each batch, run `forward`, normalise rows."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        pils = [im if isinstance(im, Image.Image) else Image.fromarray(im) for im in images[start:start + batch_size]]
+        batch = torch.stack([preprocess(p.convert("RGB")) for p in pils]).to(device)
+        with torch.inference_mode():
+            out.append(normalise_rows(forward(batch)))
+    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
 
 def normalise_rows(feats: torch.Tensor) -> np.ndarray:

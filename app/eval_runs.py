@@ -18,7 +18,7 @@ from sqlalchemy.orm import sessionmaker
 from app import metrics
 from app.baselines import TorchvisionEncoder, is_baseline
 from app.collection import Snapshot
-from app.evaluation import Config, EvalResult, Progress, baseline_features, evaluate
+from app.evaluation import Config, EvalResult, Progress, baseline_features, evaluate, json_safe
 from app.groundtruth import PROTOCOL_HELP, GroundTruth
 from app.models import EvaluationRun
 from app.paths import DataLayout
@@ -52,7 +52,7 @@ def finish(sessions: sessionmaker, run_id: int, result: EvalResult) -> None:
         head = result.headline["mAP"]
         run.map_value = None if math.isnan(head) else head
         run.pretrained, run.index_type = result.config.pretrained, result.config.index_type
-        run.summary_json = json.dumps(_jsonable(result.summary))
+        run.summary_json = json.dumps(json_safe(result.summary))
         run.queries_json = json.dumps(result.queries)
 
 
@@ -83,16 +83,6 @@ def execute(layout: DataLayout, sessions: sessionmaker, snap: Snapshot, gt: Grou
         raise
     finish(sessions, run_id, result)
     return run_id, result
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 def load(sessions: sessionmaker, run_id: int) -> dict | None:

@@ -66,18 +66,18 @@ class EvalResult:
 
     def json_line(self) -> str:
         """The CLI's last line: headline mAP, per-query APs, and every protocol's numbers."""
-        return json.dumps({"mAP": _finite(self.headline["mAP"]), "protocol": self.protocol,
+        return json.dumps({"mAP": json_safe(self.headline["mAP"]), "protocol": self.protocol,
                            "ground_truth": self.gt_name, "model": self.config.model,
                            "pretrained": self.config.pretrained, "index": self.config.index_type,
-                           "per_query": self.per_query_ap(), "summary": _finite(self.summary)}, sort_keys=True)
+                           "per_query": self.per_query_ap(), "summary": json_safe(self.summary)}, sort_keys=True)
 
 
-def _finite(value):
-    """NaN (no positives anywhere) becomes null in JSON."""
+def json_safe(value):
+    """NaN (no positives anywhere) becomes null in JSON, at any depth of dicts and lists."""
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, float) and np.isnan(value):
         return None
     return value

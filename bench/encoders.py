@@ -70,20 +70,16 @@ def main() -> None:
             make_image(Path(tmp) / f"{i}.jpg", i, (640, 360))
             images.append(Image.open(Path(tmp) / f"{i}.jpg").convert("RGB"))
     texts = [f"{PHRASES[i % len(PHRASES)]}, take {i}" for i in range(args.texts)]
-    rows = {}
     torch.manual_seed(0)
     base = ClipEncoder(args.model, args.pretrained, args.device, precision="fp32")
-    variants = [("fp32", base)]
-    if base.device.startswith("cuda"):  # fp16 weights: a second model
+    rows = {"fp32": measure(base, images, texts, args.batch)}
+    if base.device.startswith("cuda"):  # fp16 weights: a second model, same seed
         torch.manual_seed(0)
-        variants.append(("auto", ClipEncoder(args.model, args.pretrained, args.device, precision="auto")))
+        rows["auto"] = measure(ClipEncoder(args.model, args.pretrained, args.device, precision="auto"), images,
+                               texts, args.batch)
     elif cpu_has_bf16():  # the same weights under bf16 autocast (opt-in on the CPU)
-        fast = ClipEncoder.__new__(ClipEncoder)
-        fast.__dict__.update(base.__dict__)
-        fast.precision = "bf16"
-        variants.append(("bf16", fast))
-    for name, enc in variants:
-        rows[name] = measure(enc, images, texts, args.batch)
+        base.precision = "bf16"
+        rows["bf16"] = measure(base, images, texts, args.batch)
     ref = rows["fp32"]
     for row in rows.values():
         top_ref = np.argsort(-(ref["_texts"] @ ref["_images"].T), axis=1)[:, :10]

@@ -75,18 +75,26 @@ def index_args(data_dir: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def indexed(tmp_path_factory, media_dir, tiny_encoder) -> Path:
     """A collection indexed from the test videos and images (tiny random-weight CLIP)."""
+    from app.paths import DataLayout
+
+    data = tmp_path_factory.mktemp("collection")
+    index_media(data, DataLayout.from_data_dir(data).database_url, media_dir, tiny_encoder)
+    return data
+
+
+def index_media(data: Path, url: str, media: Path, encoder):
+    """Index `media` into a collection at `data` whose database is `url`; returns its sessionmaker."""
     from app.db import open_database
     from app.indexer import IndexOptions, run_index
     from app.paths import DataLayout
 
-    data = tmp_path_factory.mktemp("collection")
     layout = DataLayout.from_data_dir(data)
     layout.ensure()
-    summary = run_index(layout, [media_dir], IndexOptions(model=TINY_MODEL, pretrained="none", device="cpu",
-                                                           interval_s=2.0, progress=False),
-                        open_database(layout.database_url), encoder=tiny_encoder)
+    sessions = open_database(url)
+    summary = run_index(layout, [media], IndexOptions(model=TINY_MODEL, pretrained="none", device="cpu",
+                                                      interval_s=2.0, progress=False), sessions, encoder=encoder)
     assert not summary.failed
-    return data
+    return sessions
 
 
 @pytest.fixture(scope="session")
@@ -190,6 +198,15 @@ def login(client, name: str, password: str = PASSWORD):
     page = client.get("/login").get_data(as_text=True)
     token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
     return client.post("/login", data={"name": name, "password": password, "csrf_token": token})
+
+
+def browser_log_in(page, base: str, name: str) -> None:
+    """Log a browser page in through the login form."""
+    page.goto(f"{base}/login")
+    page.fill("#name", name)
+    page.fill("#password", PASSWORD)
+    page.click("#login-button")
+    page.wait_for_selector("#who")
 
 
 def csrf_of(client) -> str:

@@ -7,23 +7,16 @@ import threading
 
 import pytest
 
-from tests.conftest import BACKENDS, PASSWORD, TINY_MODEL, add_users, csrf_of, database_env, login
+from tests.conftest import BACKENDS, PASSWORD, add_users, csrf_of, database_env, index_media, login
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def env(request, tmp_path_factory, media_dir, tiny_encoder):
     from app import create_app
-    from app.db import open_database
-    from app.indexer import IndexOptions, run_index
-    from app.paths import DataLayout
 
     data = tmp_path_factory.mktemp(f"annotations-{request.param}")
-    layout = DataLayout.from_data_dir(data)
     with database_env(request.param, data) as url:
-        layout.ensure()
-        run_index(layout, [media_dir], IndexOptions(model=TINY_MODEL, pretrained="none", device="cpu",
-                                                    interval_s=2.0, progress=False),
-                  open_database(url), encoder=tiny_encoder)
+        index_media(data, url, media_dir, tiny_encoder)
         application = create_app({"DATA_DIR": str(data), "ENCODER": tiny_encoder, "TESTING": True,
                                   "LOGIN_RATE_LIMIT": "1000 per minute"})
     tokens = add_users(application.extensions["sessions"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ARTIFACTS, BACKENDS, CHROMIUM, PASSWORD, TINY_MODEL, add_users, database_env, serve
+from tests.conftest import ARTIFACTS, BACKENDS, CHROMIUM, add_users, browser_log_in, database_env, index_media, serve
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 FRAME = "cuts_and_dissolve/2"
@@ -14,18 +14,9 @@ FRAME = "cuts_and_dissolve/2"
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def collection(request, tmp_path_factory, media_dir, tiny_encoder):
-    from app.db import open_database
-    from app.indexer import IndexOptions, run_index
-    from app.paths import DataLayout
-
     data = tmp_path_factory.mktemp(f"annotate-browser-{request.param}")
-    layout = DataLayout.from_data_dir(data)
     with database_env(request.param, data) as url:
-        layout.ensure()
-        sessions = open_database(url)
-        run_index(layout, [media_dir], IndexOptions(model=TINY_MODEL, pretrained="none", device="cpu",
-                                                    interval_s=2.0, progress=False), sessions, encoder=tiny_encoder)
-        add_users(sessions)
+        add_users(index_media(data, url, media_dir, tiny_encoder))
     return data, url
 
 
@@ -36,12 +27,13 @@ def new_server(collection, tiny_encoder):
     return serve(create_app({"DATA_DIR": str(data), "DATABASE_URL": url, "ENCODER": tiny_encoder}))
 
 
-def log_in(page, base: str, name: str) -> None:
-    page.goto(f"{base}/login")
-    page.fill("#name", name)
-    page.fill("#password", PASSWORD)
-    page.click("#login-button")
-    page.wait_for_selector("#who")
+def drag(page, start: tuple[float, float], end: tuple[float, float], steps: int = 5) -> None:
+    """A mouse drag on the drawing canvas, between points given as fractions of its size."""
+    box = page.locator("#boxes-canvas").bounding_box()
+    page.mouse.move(box["x"] + start[0] * box["width"], box["y"] + start[1] * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + end[0] * box["width"], box["y"] + end[1] * box["height"], steps=steps)
+    page.mouse.up()
 
 
 def open_frame(page, base: str) -> None:
@@ -52,13 +44,9 @@ def open_frame(page, base: str) -> None:
 
 def test_draw_save_reload_restart_and_refuse_foreign_delete(page, collection, tiny_encoder):
     with new_server(collection, tiny_encoder) as base:
-        log_in(page, base, "ann")
+        browser_log_in(page, base, "ann")
         open_frame(page, base)
-        box = page.locator("#boxes-canvas").bounding_box()
-        page.mouse.move(box["x"] + 0.2 * box["width"], box["y"] + 0.2 * box["height"])
-        page.mouse.down()
-        page.mouse.move(box["x"] + 0.6 * box["width"], box["y"] + 0.6 * box["height"], steps=8)
-        page.mouse.up()
+        drag(page, (0.2, 0.2), (0.6, 0.6), steps=8)
         page.fill("#label", "red <b>disc</b>")
         page.fill("#note", "drawn in the browser")
         page.click("#save-button")
@@ -78,7 +66,7 @@ def test_draw_save_reload_restart_and_refuse_foreign_delete(page, collection, ti
         page.wait_for_selector("#box-list li")
         assert "red <b>disc</b>" in page.locator("#box-list").inner_text()
         page.click("#logout-button")
-        log_in(page, base, "bob")
+        browser_log_in(page, base, "bob")
         open_frame(page, base)
         page.locator("#box-list li").first.click()
         page.keyboard.press("Delete")
@@ -91,14 +79,10 @@ def test_draw_save_reload_restart_and_refuse_foreign_delete(page, collection, ti
 
 def test_undo_and_next_keyframe_shortcut(page, collection, tiny_encoder):
     with new_server(collection, tiny_encoder) as base:
-        log_in(page, base, "bob")
+        browser_log_in(page, base, "bob")
         open_frame(page, base)
         before = page.locator("#box-list li").count()
-        box = page.locator("#boxes-canvas").bounding_box()
-        page.mouse.move(box["x"] + 0.7 * box["width"], box["y"] + 0.1 * box["height"])
-        page.mouse.down()
-        page.mouse.move(box["x"] + 0.9 * box["width"], box["y"] + 0.3 * box["height"], steps=5)
-        page.mouse.up()
+        drag(page, (0.7, 0.1), (0.9, 0.3))
         page.fill("#label", "temporary")
         page.keyboard.press("Enter")
         page.wait_for_selector("#status:has-text('Saved box')")
@@ -106,10 +90,7 @@ def test_undo_and_next_keyframe_shortcut(page, collection, tiny_encoder):
         # drag the new box by its middle: it moves, in image pixels, and the move is stored
         url = "/api/annotations?author=bob&label=temporary"
         first = page.evaluate(f"fetch('{url}').then(r => r.json())")["annotations"][0]["box"]
-        page.mouse.move(box["x"] + 0.8 * box["width"], box["y"] + 0.2 * box["height"])
-        page.mouse.down()
-        page.mouse.move(box["x"] + 0.6 * box["width"], box["y"] + 0.5 * box["height"], steps=5)
-        page.mouse.up()
+        drag(page, (0.8, 0.2), (0.6, 0.5))
         page.wait_for_selector("#status:has-text('moved')")
         moved = page.evaluate(f"fetch('{url}').then(r => r.json())")["annotations"][0]["box"]
         assert moved[2:] == first[2:] and abs((first[0] - moved[0]) - 64) <= 3 and abs((moved[1] - first[1]) - 54) <= 3

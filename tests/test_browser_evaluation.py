@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ARTIFACTS, CHROMIUM, PASSWORD, TINY_CONFIG, add_users, serve
+from tests.conftest import ARTIFACTS, CHROMIUM, TINY_CONFIG, add_users, browser_log_in, serve
 from tests.eval_fixtures import EXPECTED, build_oxford_fixture
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
@@ -23,16 +23,8 @@ def eval_url(eval_collection, tiny_encoder):
         yield url
 
 
-def log_in(page, url: str, name: str) -> None:
-    page.goto(f"{url}/login")
-    page.fill("#name", name)
-    page.fill("#password", PASSWORD)
-    page.click("#login-button")
-    page.wait_for_selector("#who")
-
-
 def test_run_an_evaluation_and_open_the_worst_query(page, eval_url):
-    log_in(page, eval_url, "boss")
+    browser_log_in(page, eval_url, "boss")
     page.goto(f"{eval_url}/evaluation")
     page.select_option("#gt", "oxford_browser")
     page.select_option("#model", "clip")
@@ -58,7 +50,7 @@ def test_run_an_evaluation_and_open_the_worst_query(page, eval_url):
 def test_a_malformed_upload_shows_a_message_not_a_traceback(page, eval_url, tmp_path):
     bad = tmp_path / "moments.csv"
     bad.write_text("query_id,query,video_id\n1,a car,v\n")
-    log_in(page, eval_url, "boss")
+    browser_log_in(page, eval_url, "boss")
     page.goto(f"{eval_url}/evaluation")
     page.set_input_files("#gt_file", str(bad))
     page.click("#run-button")

@@ -82,10 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_users.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     p_users.add_argument("--revoke", action="store_true", help="with token: revoke the token instead")
     p_users.add_argument("--data-dir", default=None, help="collection folder (default: the project's static/)")
-    p_demo = sub.add_parser("demo", help="make a sample collection, index it and start the server",
-                            description="Builds sample/ (synthetic videos with known cuts, and images), indexes "
-                                        "it and serves it. Without network the CLIP weights cannot be fetched: "
-                                        "the demo then says so and uses random weights.")
+    p_demo = sub.add_parser("demo", help="make a sample collection in demo/, index it and start the server",
+                            description="Builds a sample collection (synthetic videos with known cuts, photos, and "
+                                        "ground truth for /evaluation) in its own folder, demo/ (or --data-dir), "
+                                        "indexes it and serves it. Without network the CLIP weights cannot be "
+                                        "fetched: the demo then says so and uses random weights. Remove it with "
+                                        "rm -rf demo/.")
     _add_index_args(p_demo)
     p_demo.add_argument("--host", default="127.0.0.1")
     p_demo.add_argument("--port", type=int, default=5000)
@@ -126,7 +128,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from app import eval_runs, groundtruth
     from app.collection import Collection
     from app.db import open_database
-    from app.encoders import ClipEncoder, register_model_configs
+    from app.encoders import encoder_for_index, register_model_configs
 
     register_model_configs(args.model_config)
     layout = DataLayout.from_data_dir(args.data_dir)
@@ -146,7 +148,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         config.depth = args.depth
         meta = snap.bundle.meta
         run_id, result = eval_runs.execute(
-            layout, sessions, snap, gt, config, lambda: ClipEncoder(meta["model"], meta["pretrained"], args.device),
+            layout, sessions, snap, gt, config, lambda: encoder_for_index(meta, args.device),
             protocol=args.protocol, queries_dir=args.queries_dir, baseline_weights=args.baseline_weights,
             device=args.device)
     except (groundtruth.GroundTruthError, ValueError) as exc:
@@ -202,25 +204,36 @@ def cmd_users(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_DIR = PROJECT_ROOT / "demo"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The demo keeps to its own folder (demo/ unless --data-dir), so the everyday commands, which use
+    static/ and instance/, start from an empty collection of the user's own."""
     from app.encoders import ClipEncoder, WeightsUnavailable, register_model_configs
-    from app.sample import build_sample_collection
+    from app.sample import build_sample_collection, write_demo_ground_truth
 
     register_model_configs(args.model_config)
-    sample = build_sample_collection(PROJECT_ROOT / "sample")
-    try:
-        ClipEncoder(args.model, args.pretrained, args.device)
-    except WeightsUnavailable as exc:
-        print(f"{exc}\nDemo only: continuing with random weights (--pretrained none); "
-              f"text search will not be meaningful, image search still is.", file=sys.stderr)
-        args.pretrained = "none"
+    args.data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else str(DEMO_DIR)
+    layout = DataLayout.from_data_dir(args.data_dir)
+    sample = build_sample_collection(layout.data_dir / "sample")
+    write_demo_ground_truth(layout.groundtruth_dir)
+    if args.pretrained is None:
+        try:
+            ClipEncoder(args.model, args.pretrained, args.device)
+        except WeightsUnavailable as exc:
+            print(f"{exc}\nDemo only: continuing with random weights (--pretrained none); "
+                  f"text search will not be meaningful, image search still is.", file=sys.stderr)
+            args.pretrained = "none"
     status = cmd_index(args, [sample])
+    print(f"The demo collection is in {layout.data_dir} (its own folder: `offline.py index` and `server.py` "
+          f"without --data-dir use static/ and instance/). Stop the server with Ctrl+C; remove the demo with "
+          f"`rm -rf {layout.data_dir}`; serve it again with `python server.py --data-dir {layout.data_dir}`.")
     if args.no_serve:
         return status
     import server
 
-    return server.main(["--host", args.host, "--port", str(args.port)]
-                       + (["--data-dir", args.data_dir] if args.data_dir else [])
+    return server.main(["--host", args.host, "--port", str(args.port), "--data-dir", args.data_dir]
                        + (["--model-config", args.model_config] if args.model_config else []))
 
 

@@ -63,8 +63,41 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(media.bp)
     csrf.exempt(api.bp)  # read-only JSON queries; state-changing APIs get their own protection
     _register_errors(app)
+    _collection_notices(app)
     logging.getLogger("framefinder").setLevel(logging.INFO)
     return app
+
+
+def weights_notice(meta: dict) -> str | None:
+    """The sentence every page shows while the collection's vectors come from random weights."""
+    if str(meta.get("pretrained", "")).lower() != "none":
+        return None
+    from app.encoders import weights_hint
+
+    return (f"This collection was indexed with random weights (--pretrained none): an image finds its "
+            f"near-copies, but text search and the scores mean nothing. For real search, get "
+            f"{weights_hint(meta['model'])}, then index into a new folder: python offline.py index PATHS "
+            f"--pretrained /path/to/open_clip_pytorch_model.bin --data-dir NEW_DIR.")
+
+
+def _collection_notices(app: Flask) -> None:
+    cache: dict[str, str | None] = {}
+
+    @app.context_processor
+    def notices():
+        from app.services import collection
+
+        try:
+            snap = collection().snapshot()
+        except Exception:  # noqa: BLE001 - a broken index is reported by the pages themselves
+            return {"weights_notice": None}
+        if snap is None:
+            return {"weights_notice": None}
+        key = snap.bundle.generation
+        if key not in cache:
+            cache.clear()
+            cache[key] = weights_notice(snap.bundle.meta)
+        return {"weights_notice": cache[key]}
 
 
 def _search_login_gate(app: Flask) -> None:

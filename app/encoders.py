@@ -16,10 +16,15 @@ import torch
 from PIL import Image
 
 DEFAULT_MODEL = "ViT-B-32"
+RANDOM_WEIGHTS_SEED = 20261125  # `--pretrained none` builds this one network in every process
 
 
 class WeightsUnavailable(RuntimeError):
     """The pretrained weights could not be found locally nor downloaded."""
+
+
+class WeightsMismatch(WeightsUnavailable):
+    """This process loaded other weights than those the collection's vectors were made with."""
 
 
 def register_model_configs(path: str | os.PathLike | None) -> None:
@@ -41,6 +46,35 @@ def default_pretrained(model: str) -> str:
     return tags[0] if tags else "none"
 
 
+def weights_hint(model: str, tag: str | None = None) -> str:
+    """Which file to fetch for `--pretrained PATH`: open_clip's Hugging Face repository and file name."""
+    import open_clip
+
+    tag = tag if tag and tag.lower() != "none" else default_pretrained(model)
+    cfg = open_clip.get_pretrained_cfg(model, tag) if tag != "none" else {}
+    repo = (cfg.get("hf_hub") or "").strip("/")
+    if repo:
+        return (f"open_clip's {model} / {tag} weights: the file open_clip_pytorch_model.bin (or "
+                f"open_clip_model.safetensors) from the Hugging Face repository {repo}")
+    if cfg.get("url"):
+        return f"open_clip's {model} / {tag} weights: {cfg['url']}"
+    return f"an open_clip checkpoint file for {model}"
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of the network's weights (a sample of every tensor), recorded with the index so
+    that a process holding another network (other weights, other random draw) is refused."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=8)
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        h.update(name.encode())
+        # sampled, then cast to fp16: the fp16 copy of a model on CUDA hashes like its fp32 original
+        h.update(flat[:: max(1, flat.numel() // 64)][:64].half().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
 def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -56,6 +90,14 @@ def _hub_reachable(host: str = "huggingface.co") -> bool:
         return False
     finally:
         socket.setdefaulttimeout(None)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """torch's global generator at `seed` inside, restored after (other code keeps its randomness)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 class ClipEncoder:
@@ -79,21 +121,26 @@ class ClipEncoder:
         if weights is not None and not Path(weights).is_file():
             if weights not in open_clip.list_pretrained_tags_by_model(model):
                 raise WeightsUnavailable(f"'{weights}' is neither a pretrained tag of {model} nor a file; "
-                                         f"pass --pretrained PATH to a local checkpoint file.")
+                                         f"pass --pretrained PATH to a local checkpoint file "
+                                         f"({weights_hint(model)}).")
             if not _hub_reachable():
                 import huggingface_hub.constants as hub
 
                 hub.HF_HUB_OFFLINE = True  # use the local cache only, fail at once otherwise
         weights_precision = "fp16" if self.device.startswith("cuda") and precision == "auto" else "fp32"
         try:
-            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-                model, pretrained=weights, device=self.device, precision=weights_precision)
+            # Random weights are drawn from a fixed seed, so the indexer, the server and every later
+            # run build the very same network (the fingerprint recorded with the index checks it).
+            with _seeded(RANDOM_WEIGHTS_SEED) if weights is None else contextlib.nullcontext():
+                self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                    model, pretrained=weights, device=self.device, precision=weights_precision)
         except RuntimeError as exc:
             if "download" in str(exc).lower() or "hub" in str(exc).lower():
                 raise WeightsUnavailable(
                     f"Could not download the '{weights}' weights for {model} (no network?); "
-                    f"pass --pretrained PATH to a local checkpoint file.") from exc
+                    f"pass --pretrained PATH to a local checkpoint file ({weights_hint(model, weights)}).") from exc
             raise
+        self.fingerprint = weights_fingerprint(self.model)
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(model)
         self.context_length = int(getattr(self.model, "context_length", 77) or 77)
@@ -124,6 +171,19 @@ class ClipEncoder:
         with torch.inference_mode(), self._autocast():
             feats = self.model.encode_text(tokens)
         return normalise_rows(feats)
+
+
+def encoder_for_index(meta: dict, device: str = "auto") -> ClipEncoder:
+    """The encoder an index was built with (model, weights, and the very same network)."""
+    encoder = ClipEncoder(meta["model"], meta["pretrained"], device)
+    recorded = meta.get("weights_fingerprint")
+    if recorded and recorded != encoder.fingerprint:
+        raise WeightsMismatch(
+            f"the index was built with {meta['model']} / {meta['pretrained']} weights whose fingerprint is "
+            f"{recorded}, but this process loaded weights with fingerprint {encoder.fingerprint} (the checkpoint "
+            f"file changed, or another open_clip/torch version drew other random weights); re-index into a new "
+            f"--data-dir, or restore the original weights file.")
+    return encoder
 
 
 def encode_image_batches(images: Sequence[Image.Image | np.ndarray], preprocess, forward, device: str,

@@ -30,14 +30,17 @@ from app.media import Discovery, Problem, discover
 from app.models import Image, IndexRun, Keyframe, Setting, Video
 from app.paths import DataLayout
 from app.progress import StageProgress
+from app.proxies import make_proxy
 from app.store import (
     FileState,
     KeyframeRecord,
+    encode_jpeg,
     remove_video_files,
     replace_video_rows,
     unique_video_id,
     write_video_files,
 )
+from app.video_decode import browser_playable
 from app.video_ingest import VideoError, process_video
 
 log = logging.getLogger(__name__)
@@ -110,20 +113,33 @@ def collection_identity(session: Session) -> tuple[str, str] | None:
     return None
 
 
+def _has_items(session: Session) -> bool:
+    return bool(session.scalar(select(func.count(Keyframe.id))) or session.scalar(select(func.count(Image.id))))
+
+
 def check_identity(session: Session, model: str, pretrained: str) -> None:
     """Refuse to add vectors of another model (or other weights) to a non-empty collection."""
     known = collection_identity(session)
     if known is None:
         return
-    has_items = session.scalar(select(func.count(Keyframe.id))) or session.scalar(select(func.count(Image.id)))
-    if has_items and known != (model, pretrained):
+    if _has_items(session) and known != (model, pretrained):
         raise ModelMismatch(f"this collection was indexed with --model {known[0]} --pretrained {known[1]}; "
                             f"refusing to mix in vectors of --model {model} --pretrained {pretrained}. "
                             f"Use the same model, or another --data-dir.")
 
 
-def _set_identity(session: Session, model: str, pretrained: str, dim: int) -> None:
-    for key, value in (("model", model), ("pretrained", pretrained), ("dim", str(dim))):
+def check_fingerprint(session: Session, encoder: ClipEncoder) -> None:
+    """Same names, other network (a replaced checkpoint file): refused like another model."""
+    known = session.get(Setting, "weights_fingerprint")
+    if known is not None and known.value != encoder.fingerprint and _has_items(session):
+        raise ModelMismatch(f"this collection's vectors were made with {encoder.model_name} / {encoder.pretrained} "
+                            f"weights of fingerprint {known.value}; the weights loaded now have fingerprint "
+                            f"{encoder.fingerprint}. Use the original weights file, or another --data-dir.")
+
+
+def _set_identity(session: Session, encoder: ClipEncoder) -> None:
+    for key, value in (("model", encoder.model_name), ("pretrained", encoder.pretrained),
+                       ("dim", str(encoder.dim)), ("weights_fingerprint", encoder.fingerprint)):
         session.merge(Setting(key=key, value=value))
     session.commit()
 
@@ -154,7 +170,7 @@ class Indexer:
         self._expand_archives(found)
         self.summary.failed.extend(found.failed)
         self.summary.skipped.extend(found.skipped)
-        _set_identity(self.session, *self.encoder.identity, self.encoder.dim)
+        _set_identity(self.session, self.encoder)
         try:
             self._ingest_videos(found.videos)
             for folder in found.aic_datasets:
@@ -246,18 +262,32 @@ class Indexer:
         return "queued"
 
     def _finish_video(self, path: Path, state: FileState, existing: Video | None, result) -> str:
-        rgb = [kf.image[:, :, ::-1] for kf in result.keyframes]
-        features = self.encoder.encode_images(rgb)
-        self.progress.update("features", len(rgb))
-        records = [KeyframeRecord(kf.frame_idx, kf.shot, bgr=kf.image) for kf in result.keyframes]
+        encoded = [encode_jpeg(kf.image) for kf in result.keyframes]
+        features = self.encoder.encode_images([pixels[:, :, ::-1] for _, pixels in encoded])
+        self.progress.update("features", len(encoded))
+        records = [KeyframeRecord(kf.frame_idx, kf.shot, jpeg=data, pts_time=kf.pts_time)
+                   for kf, (data, _) in zip(result.keyframes, encoded, strict=True)]
         video_id = existing.video_id if existing else unique_video_id(self.session, path.stem, str(path))
         shots = [(s.start_frame, s.end_frame) for s in result.shots]
+        self._proxy(path, video_id, result.info)
         write_video_files(self.layout, video_id, result.fps, records, shots, features)
         self.progress.update("keyframes", len(records))
         replace_video_rows(self.session, self.layout, existing, video_id, str(path), state, result.fps,
-                           result.frames, (result.width, result.height), "video", records, shots)
+                           result.frames, (result.width, result.height), "video", records, shots,
+                           duration=result.duration)
         self.summary.keyframes += len(records)
         return "updated" if existing else "added"
+
+    def _proxy(self, path: Path, video_id: str, info) -> None:
+        """A browser-playable copy when the original is not; a failure only costs the player."""
+        target = self.layout.proxy_path(video_id)
+        target.unlink(missing_ok=True)
+        if info is None or browser_playable(path, info):
+            return
+        try:
+            make_proxy(path, target, info.rotation)
+        except VideoError as exc:
+            self.summary.skipped.append(Problem(str(path), f"indexed, but {exc}; the page shows keyframes only"))
 
     # -- AI Challenge datasets ----------------------------------------------------------------
     def _ingest_aic(self, folder: Path) -> None:
@@ -352,7 +382,7 @@ class Indexer:
             self.summary.index_size = current.size
             return
         self.summary.index_size = rebuild_index(self.session, self.layout, self.encoder.identity,
-                                                self.encoder.dim, wanted)
+                                                self.encoder.dim, wanted, fingerprint=self.encoder.fingerprint)
         self.summary.index_rebuilt = True
 
 
@@ -367,7 +397,7 @@ def catalogue_signature(session: Session) -> str:
 
 
 def rebuild_index(session: Session, layout: DataLayout, identity: tuple[str, str], dim: int,
-                  index_type: str = "auto", params: dict | None = None) -> int:
+                  index_type: str = "auto", params: dict | None = None, fingerprint: str | None = None) -> int:
     """Build a FAISS generation from the per-video and per-image feature files."""
     parts: list[np.ndarray] = []
     ids: list[np.ndarray] = []
@@ -386,7 +416,8 @@ def rebuild_index(session: Session, layout: DataLayout, identity: tuple[str, str
     matrix = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, dim), np.float32)
     id_map = np.concatenate(ids).astype(np.int64) if ids else np.zeros((0, 2), np.int64)
     index, used = vectors.build_index(matrix, index_type, params)
-    meta = {"model": identity[0], "pretrained": identity[1], "dim": dim, "count": len(matrix),
+    meta = {"model": identity[0], "pretrained": identity[1], "weights_fingerprint": fingerprint,
+            "dim": dim, "count": len(matrix),
             "params": used, "signature": catalogue_signature(session),
             "created": datetime.now(UTC).isoformat()}
     vectors.save_generation(layout.index_dir, index, id_map, meta,
@@ -403,6 +434,7 @@ def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, sess
         check_identity(session, options.model, pretrained)
         if encoder is None:
             encoder = ClipEncoder(options.model, pretrained, options.device, options.batch_size)
+        check_fingerprint(session, encoder)
         run = IndexRun(model=encoder.model_name, pretrained=encoder.pretrained, index_type=options.index_type)
         session.add(run)
         session.commit()

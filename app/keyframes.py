@@ -1,12 +1,22 @@
-"""Choosing keyframes inside shots: sharp, not blank, away from transitions.
+"""Choosing keyframes inside shots: the frames a person would pick.
 
-Each shot is cut into segments of `interval_s` seconds; each segment keeps its best
-frame. A segment whose best frame is blank, transitional or much blurrier than the
-shot's best is dropped whenever the shot has a better frame, so fades and dissolves
-never become keyframes while a clean frame of the same shot exists.
+Each shot is cut into segments of `interval_s` seconds; each segment keeps its best frame.
+What makes a frame good, in order:
+- not a glitch: a frame very unlike both neighbours while the neighbours agree (a decoding
+  error, a streak, a flash) is never chosen while the shot has any other frame;
+- not a fade gap: black or white frames (dark, or bright and colourless, and flat); a flat
+  red title card, the sky or a white wall with texture are content and are kept;
+- away from the shot's ends: no keyframe within `margin_s` (0.3 s) of a boundary when the
+  shot is long enough, since encoders put a sharper I-frame right at a cut and an
+  off-by-one boundary would then show the neighbouring shot;
+- outside transitions (TransNetV2's per-frame probability);
+- sharp, measured robustly: a frame's Laplacian variance counts at most 1.5 times its
+  neighbours', so noise and compression artefacts in one frame do not win.
+Every shot keeps at least one keyframe unless all of it is a fade gap.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import cv2
@@ -15,25 +25,81 @@ import numpy as np
 from app.shots import ShotRange
 
 CLEAN_PROB = 0.1  # TransNetV2 probability under which a frame is not part of a transition
-BLANK_STD = 10.0  # grey-level standard deviation of a flat (blank, black, white) frame
+BLANK_STD = 10.0  # grey-level standard deviation under which a frame is flat
+DARK_MEAN = 24.0  # a flat frame darker than this is a black fade gap
+BRIGHT_MEAN = 230.0  # a flat frame brighter than this ...
+GREYISH_SATURATION = 25.0  # ... and this colourless is a white fade gap
 BLUR_RATIO = 0.25  # below this fraction of the shot's best sharpness, a frame is "heavily blurred"
+GLITCH_LEVEL = 40  # grey levels by which a glitch pixel differs from both neighbours more than they differ
+GLITCH_AREA = 0.01  # fraction of the picture such pixels must cover
+SHARPNESS_CAP = 1.5  # a frame's sharpness counts at most this times its sharper neighbour's
 
 
-@dataclass(frozen=True)
+@dataclass
 class FrameQuality:
-    sharpness: float  # variance of the Laplacian on a 160x90 grey copy
+    sharpness: float  # variance of the Laplacian on a 160x90 grey copy (capped by the neighbours')
     mean: float
     std: float
+    saturation: float = 0.0
+    glitch: bool = False
 
     @property
     def blank(self) -> bool:
-        return self.std < BLANK_STD
+        """A black or white fade gap (not merely a flat-coloured picture)."""
+        if self.std >= BLANK_STD:
+            return False
+        return self.mean < DARK_MEAN or (self.mean > BRIGHT_MEAN and self.saturation < GREYISH_SATURATION)
 
 
-def frame_quality(bgr: np.ndarray) -> FrameQuality:
-    grey = cv2.cvtColor(cv2.resize(bgr, (160, 90), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
+def frame_quality(grey: np.ndarray, small_rgb: np.ndarray | None = None) -> FrameQuality:
+    """Quality of one frame from its 160x90 grey copy (and the 48x27 RGB one, for saturation)."""
     mean, std = cv2.meanStdDev(grey)
-    return FrameQuality(float(cv2.Laplacian(grey, cv2.CV_32F).var()), float(mean[0, 0]), float(std[0, 0]))
+    saturation = 0.0
+    if small_rgb is not None:
+        saturation = float(cv2.cvtColor(small_rgb, cv2.COLOR_RGB2HSV)[:, :, 1].mean())
+    return FrameQuality(float(cv2.Laplacian(grey, cv2.CV_32F).var()), float(mean[0, 0]), float(std[0, 0]),
+                        saturation)
+
+
+def is_glitch(prev: np.ndarray, cur: np.ndarray, nxt: np.ndarray) -> bool:
+    """Frame `cur` is the odd one out: over GLITCH_AREA of it differs from both neighbours by
+    GLITCH_LEVEL more than the neighbours differ from each other."""
+    p, c, n = (a.astype(np.int16) for a in (prev, cur, nxt))
+    odd = np.minimum(np.abs(c - p), np.abs(c - n)) - np.abs(p - n)
+    return float(np.count_nonzero(odd > GLITCH_LEVEL)) > GLITCH_AREA * odd.size
+
+
+class QualityWindow:
+    """Scores frames one behind the stream: a frame's glitch flag and capped sharpness need the next frame."""
+
+    def __init__(self) -> None:
+        self._prev: tuple[np.ndarray, FrameQuality] | None = None
+        self._cur: tuple[np.ndarray, FrameQuality] | None = None
+
+    def push(self, grey: np.ndarray, quality: FrameQuality) -> FrameQuality | None:
+        """Add a frame; returns the finished quality of the frame before it (None for the first)."""
+        done = None
+        if self._cur is not None:
+            done = self._finish(self._cur, self._prev, (grey, quality))
+        self._prev, self._cur = self._cur, (grey, quality)
+        return done
+
+    def flush(self) -> FrameQuality | None:
+        if self._cur is None:
+            return None
+        done = self._finish(self._cur, self._prev, None)
+        self._prev = self._cur = None
+        return done
+
+    @staticmethod
+    def _finish(cur, prev, nxt) -> FrameQuality:
+        grey, q = cur
+        neighbours = [x[1].sharpness for x in (prev, nxt) if x is not None]
+        if neighbours:
+            q.sharpness = min(q.sharpness, SHARPNESS_CAP * max(neighbours))
+        if prev is not None and nxt is not None:
+            q.glitch = is_glitch(prev[0], grey, nxt[0])
+        return q
 
 
 @dataclass
@@ -42,13 +108,16 @@ class Candidate:
     prob: float
     quality: FrameQuality
     image: np.ndarray  # BGR, at keyframe resolution
+    pts_time: float = 0.0
 
     @property
     def clean(self) -> bool:
-        return self.prob < CLEAN_PROB and not self.quality.blank
+        return self.prob < CLEAN_PROB and not self.quality.blank and not self.quality.glitch
 
-    def rank(self) -> tuple[bool, float, float]:
-        return (self.clean, -self.prob if not self.clean else 0.0, self.quality.sharpness)
+    def rank(self) -> tuple[bool, bool, bool, float, float]:
+        q = self.quality
+        return (not q.glitch, not q.blank, self.prob < CLEAN_PROB, -self.prob if self.prob >= CLEAN_PROB else 0.0,
+                q.sharpness)
 
 
 @dataclass
@@ -56,48 +125,63 @@ class ChosenKeyframe:
     shot: int
     frame_idx: int
     image: np.ndarray
+    pts_time: float = 0.0
 
 
 class KeyframeSelector:
-    """Fed frames in order with their transition probability; emits keyframes shot by shot."""
+    """Fed the frames of each shot in order; emits keyframes when the shot closes."""
 
-    def __init__(self, fps: float, interval_s: float = 4.0) -> None:
+    def __init__(self, fps: float, interval_s: float = 4.0, margin_s: float = 0.3) -> None:
         self.segment_frames = max(1, round(fps * interval_s))
+        self.margin = max(0, round(fps * margin_s))
         self._segments: dict[int, Candidate] = {}
+        self._edge: Candidate | None = None  # best frame within the margin of either end
+        self._tail: deque[Candidate] = deque()  # the last `margin` frames: maybe near the end
         self._shot_start: int | None = None
-        self._fallback: Candidate | None = None  # best frame seen at all, for shots made only of transition
         self.blank_backup: ChosenKeyframe | None = None  # used only if the whole video is blank
 
-    def offer(self, frame_idx: int, prob: float, quality: FrameQuality, image: np.ndarray,
-              open_shot: int | None) -> None:
-        """Consider a frame of the currently open shot (frames in transitions are only a fallback)."""
-        cand = Candidate(frame_idx, prob, quality, image)
-        if self._fallback is None or cand.rank() > self._fallback.rank():
-            self._fallback = cand
-        if open_shot is None:
-            return
+    def offer(self, cand: Candidate) -> None:
+        """A frame of the currently open shot, in order."""
         if self._shot_start is None:
-            self._shot_start = frame_idx
-        segment = (frame_idx - self._shot_start) // self.segment_frames
+            self._shot_start = cand.frame_idx
+        self._tail.append(cand)
+        if len(self._tail) > self.margin:
+            self._place(self._tail.popleft())
+
+    def _place(self, cand: Candidate) -> None:
+        if cand.frame_idx < self._shot_start + self.margin:
+            self._keep_edge(cand)
+            return
+        segment = (cand.frame_idx - self._shot_start - self.margin) // self.segment_frames
         best = self._segments.get(segment)
         if best is None or cand.rank() > best.rank():
             self._segments[segment] = cand
 
+    def _keep_edge(self, cand: Candidate) -> None:
+        if self._edge is None or cand.rank() > self._edge.rank():
+            self._edge = cand
+
     def close(self, shot: ShotRange) -> list[ChosenKeyframe]:
-        """The shot ended: keep its good segments' frames (at least one, unless the shot is all blank)."""
+        """The shot ended: keep its good segments' frames (at least one, unless it is a fade gap)."""
+        for cand in self._tail:
+            self._keep_edge(cand)
         cands = [self._segments[s] for s in sorted(self._segments)]
-        fallback = self._fallback
-        self._segments, self._shot_start, self._fallback = {}, None, None
-        if not cands:
-            if fallback is not None and shot.start_frame <= fallback.frame_idx <= shot.end_frame:
-                cands = [fallback]
-            else:
-                return []
+        if not cands:  # a short shot: every frame lies near one of its ends
+            cands = [self._edge]
+        elif self._edge is not None and not any(c.clean for c in cands) \
+                and self._edge.rank() > max(c.rank() for c in cands):
+            cands = [self._edge]  # interior frames all bad (glitches, fade), a frame near an end is better
+        self._segments, self._edge, self._tail, self._shot_start = {}, None, deque(), None
         top = max(cands, key=Candidate.rank)
-        if top.quality.blank:  # a shot of black or flat frames (a fade gap): nothing worth finding
-            self.blank_backup = self.blank_backup or ChosenKeyframe(shot.shot, top.frame_idx, top.image)
+        if top.quality.blank:  # black or white frames only (a fade gap): nothing worth finding
+            self.blank_backup = self.blank_backup or ChosenKeyframe(shot.shot, top.frame_idx, top.image,
+                                                                    top.pts_time)
             return []
         keep = [c for c in cands if c.clean and c.quality.sharpness >= BLUR_RATIO * top.quality.sharpness]
-        if not keep:
-            keep = [top]
-        return [ChosenKeyframe(shot.shot, c.frame_idx, c.image) for c in keep]
+        chosen: list[Candidate] = []
+        for c in sorted(keep or [top], key=Candidate.rank, reverse=True):
+            # neighbouring segments may pick nearly the same moment: keep the better one only
+            if all(abs(c.frame_idx - k.frame_idx) >= self.segment_frames // 2 for k in chosen):
+                chosen.append(c)
+        return [ChosenKeyframe(shot.shot, c.frame_idx, c.image, c.pts_time)
+                for c in sorted(chosen, key=lambda c: c.frame_idx)]

@@ -56,6 +56,14 @@ class DataLayout:
         return self.data_dir / "archives"
 
     @property
+    def proxies_dir(self) -> Path:
+        """Browser-playable copies of videos that browsers cannot play as they are."""
+        return self.data_dir / "proxies"
+
+    def proxy_path(self, video_id: str) -> Path:
+        return self.proxies_dir / f"{video_id}.mp4"
+
+    @property
     def lock_path(self) -> Path:
         return self.data_dir / ".framefinder.lock"
 
@@ -79,7 +87,7 @@ class DataLayout:
 
     def ensure(self) -> None:
         for d in (self.keyframes_dir, self.map_dir, self.shots_dir, self.image_feature_dir,
-                  self.index_dir, self.instance_dir):
+                  self.index_dir, self.proxies_dir, self.instance_dir):
             d.mkdir(parents=True, exist_ok=True)
 
     def video_feature_path(self, video_id: str) -> Path:

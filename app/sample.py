@@ -98,8 +98,31 @@ def render(plan: list[ShotPlan], fps: float = 25.0, size: tuple[int, int] = (320
     return frames, truth
 
 
+def write_h264(path: Path, frames, fps: float) -> None:
+    """Write BGR frames as H.264 in MP4 (yuv420p, fast start): what every browser plays."""
+    from fractions import Fraction
+
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", options={"movflags": "+faststart"}) as out:
+        stream = None
+        for i, f in enumerate(frames):
+            if stream is None:
+                stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001),
+                                        options={"crf": "20", "preset": "veryfast"})
+                stream.height, stream.width = f.shape[:2]
+                stream.pix_fmt = "yuv420p"
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="bgr24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        if stream is not None:
+            out.mux(stream.encode(None))
+
+
 def write_video(path: Path, frames, fps: float) -> None:
-    """Write BGR frames (any iterable) with a codec OpenCV has for the file's extension."""
+    """Write BGR frames (any iterable) with a codec OpenCV has for the file's extension
+    (MPEG-4 Part 2 for .mp4: an old codec browsers cannot play, as users' own files often are)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fourcc = {".avi": "MJPG", ".webm": "VP80"}.get(path.suffix.lower(), "mp4v")
     writer = None
@@ -115,15 +138,18 @@ def write_video(path: Path, frames, fps: float) -> None:
 
 
 def make_video(path: Path, plan: list[ShotPlan], fps: float = 25.0, size: tuple[int, int] = (320, 180),
-               seed: int = 0) -> GroundTruth:
+               seed: int = 0, codec: str = "opencv") -> GroundTruth:
+    """codec 'opencv' (write_video: by extension) or 'h264' (write_h264, browser-playable)."""
     truth = GroundTruth(fps=fps, frames=0)
-    write_video(path, iter_frames(plan, truth, size, seed), fps)
+    writer = write_h264 if codec == "h264" else write_video
+    writer(path, iter_frames(plan, truth, size, seed), fps)
     return truth
 
 
-def make_image(path: Path, seed: int, size: tuple[int, int] = (320, 240)) -> None:
+def make_image(path: Path, seed: int, size: tuple[int, int] = (320, 240), t: int = 0) -> None:
+    """A photo of scene `seed` (the camera at time t of its pan)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), Scene(10_000 + seed, size).frame(0))
+    cv2.imwrite(str(path), Scene(10_000 + seed, size).frame(t))
 
 
 DEMO_PLANS = [
@@ -131,16 +157,52 @@ DEMO_PLANS = [
     [ShotPlan(80), ShotPlan(40), ShotPlan(55)],
     [ShotPlan(50), ShotPlan(65, dissolve_in=12), ShotPlan(60)],
 ]
+DEMO_SCENES = 4  # photo subjects; three photos each, taken at different moments of the camera's pan
+DEMO_PHOTO_TIMES = (0, 40, 80)
+DEMO_MOMENTS = [  # (query id, words, video index, shot index in DEMO_PLANS) for the shipped moments set
+    ("m1", "a slow pan over coloured shapes with a disc moving across", 0, 1),
+    ("m2", "the shot that a dissolve leads into", 0, 2),
+    ("m3", "a long opening shot", 1, 0),
+    ("m4", "the last shot of the third video", 2, 2),
+]
+
+
+def _photo_name(scene: int, k: int) -> str:
+    return f"scene{scene + 1}_{k + 1}"
+
+
+def write_demo_ground_truth(dest: Path) -> None:
+    """Ground truth for the demo, from what the generator knows: an Oxford-style set over the photos
+    (each scene's first photo queries, its other photos are good) and a moments CSV over the videos."""
+    oxford = dest / "demo-photos"
+    oxford.mkdir(parents=True, exist_ok=True)
+    for scene in range(DEMO_SCENES):
+        query = f"scene{scene + 1}"
+        (oxford / f"{query}_query.txt").write_text(f"{_photo_name(scene, 0)} 40 30 280 210\n")
+        others = [_photo_name(scene, k) for k in range(1, len(DEMO_PHOTO_TIMES))]
+        (oxford / f"{query}_good.txt").write_text("\n".join(others) + "\n")
+        (oxford / f"{query}_ok.txt").write_text("")
+        (oxford / f"{query}_junk.txt").write_text("")
+    lines = ["query_id,query,video_id,start_frame,end_frame"]
+    for qid, words, video, shot in DEMO_MOMENTS:
+        truth = GroundTruth(fps=25.0, frames=0)
+        for _ in iter_frames(DEMO_PLANS[video][:shot + 1], truth, (16, 9), seed=video + 1):
+            pass
+        start, end = truth.shots[shot]
+        lines.append(f"{qid},{words},sample_{video + 1:02d},{start},{end}")
+    (dest / "demo-moments.csv").write_text("\n".join(lines) + "\n")
 
 
 def build_sample_collection(dest: Path) -> Path:
-    """A small collection of videos and images (a few seconds each) for the demo."""
+    """A small collection for the demo: H.264 videos (a few seconds each, browser-playable) and
+    photos, three of each scene."""
     for i, plan in enumerate(DEMO_PLANS):
         target = dest / "videos" / f"sample_{i + 1:02d}.mp4"
         if not target.exists():
-            make_video(target, plan, seed=i + 1)
-    for i in range(4):
-        target = dest / "images" / f"still_{i + 1:02d}.jpg"
-        if not target.exists():
-            make_image(target, i)
+            make_video(target, plan, seed=i + 1, codec="h264")
+    for scene in range(DEMO_SCENES):
+        for k, t in enumerate(DEMO_PHOTO_TIMES):
+            target = dest / "images" / f"{_photo_name(scene, k)}.jpg"
+            if not target.exists():
+                make_image(target, scene, t=t)
     return dest

@@ -31,7 +31,7 @@ def searcher() -> Searcher:
 
 
 def load_encoder_for_index(app: Flask):
-    from app.encoders import ClipEncoder, register_model_configs
+    from app.encoders import encoder_for_index, register_model_configs
 
     register_model_configs(app.config.get("MODEL_CONFIG"))
     snap = app.extensions["collection"].snapshot()
@@ -40,7 +40,7 @@ def load_encoder_for_index(app: Flask):
 
         raise QueryError("the collection has no index yet: run `python offline.py index PATH` first")
     meta = snap.bundle.meta
-    return ClipEncoder(meta["model"], meta["pretrained"], app.config.get("DEVICE", "auto"))
+    return encoder_for_index(meta, app.config.get("DEVICE", "auto"))
 
 
 def collection() -> Collection:

@@ -27,8 +27,22 @@ JPEG_QUALITY = 90
 class KeyframeRecord:
     frame_idx: int
     shot: int | None  # index into the shots list, or None (imported datasets)
-    bgr: np.ndarray | None = None  # pixels to write, or
+    jpeg: bytes | None = None  # the encoded keyframe to write, or
     source: Path | None = None  # an existing JPEG to copy
+    pts_time: float | None = None  # the frame's own time; None: frame_idx / fps
+
+    def time(self, fps: float) -> float:
+        return round(self.pts_time if self.pts_time is not None else self.frame_idx / fps, 3)
+
+
+def encode_jpeg(bgr: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """The keyframe file's bytes and the pixels a reader of that file gets (what CLIP must see, so that
+    uploading a keyframe finds exactly its own vector)."""
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise OSError("could not encode a keyframe as JPEG")
+    data = buf.tobytes()
+    return data, cv2.imdecode(buf, cv2.IMREAD_COLOR)
 
 
 @dataclass
@@ -73,12 +87,11 @@ def write_video_files(layout: DataLayout, video_id: str, fps: float, keyframes: 
     lines = ["n,pts_time,fps,frame_idx"]
     for n, kf in enumerate(keyframes, start=1):
         target = tmp_dir / f"{n:03d}.jpg"
-        if kf.bgr is not None:
-            if not cv2.imwrite(str(target), kf.bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
-                raise OSError(f"could not write {target}")
+        if kf.jpeg is not None:
+            target.write_bytes(kf.jpeg)
         else:
             shutil.copyfile(kf.source, target)
-        lines.append(f"{n},{kf.frame_idx / fps:.3f},{fps:g},{kf.frame_idx}")
+        lines.append(f"{n},{kf.time(fps):.3f},{fps:g},{kf.frame_idx}")
     atomic.replace_dir(tmp_dir, final_dir)
     atomic.write_text(layout.map_dir / f"{video_id}.csv", "\n".join(lines) + "\n")
     if shots is not None:
@@ -89,20 +102,22 @@ def write_video_files(layout: DataLayout, video_id: str, fps: float, keyframes: 
 
 def replace_video_rows(session: Session, layout: DataLayout, existing: Video | None, video_id: str, path: str,
                        state: FileState, fps: float, frames: int, size: tuple[int, int], source: str,
-                       keyframes: list[KeyframeRecord], shots: list[tuple[int, int]] | None) -> Video:
+                       keyframes: list[KeyframeRecord], shots: list[tuple[int, int]] | None,
+                       duration: float | None = None) -> Video:
     """One transaction: the old rows of this video go, the new ones come."""
     if existing is not None:
         session.delete(existing)
         session.flush()
     video = Video(video_id=video_id, path=path, source=source, content_hash=state.content_hash or "",
                   size=state.size, mtime_ns=state.mtime_ns, fps=fps, frames=frames,
-                  duration=frames / fps if fps else 0.0, width=size[0], height=size[1])
+                  duration=duration if duration is not None else (frames / fps if fps else 0.0),
+                  width=size[0], height=size[1])
     shot_rows = [Shot(shot=i, start_frame=a, end_frame=b) for i, (a, b) in enumerate(shots or [])]
     video.shots = shot_rows
     session.add(video)
     session.flush()
     video.keyframes = [
-        Keyframe(n=n, frame_idx=kf.frame_idx, pts_time=round(kf.frame_idx / fps, 3),
+        Keyframe(n=n, frame_idx=kf.frame_idx, pts_time=kf.time(fps),
                  shot_id=shot_rows[kf.shot].id if kf.shot is not None and shot_rows else None,
                  image_path=layout.keyframe_relpath(video_id, n))
         for n, kf in enumerate(keyframes, start=1)
@@ -114,5 +129,5 @@ def replace_video_rows(session: Session, layout: DataLayout, existing: Video | N
 def remove_video_files(layout: DataLayout, video_id: str) -> None:
     shutil.rmtree(layout.keyframes_dir / video_id, ignore_errors=True)
     for p in (layout.map_dir / f"{video_id}.csv", layout.shots_dir / f"{video_id}.csv",
-              layout.video_feature_path(video_id)):
+              layout.video_feature_path(video_id), layout.proxy_path(video_id)):
         p.unlink(missing_ok=True)

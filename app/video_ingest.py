@@ -1,8 +1,8 @@
 """One video in, its shots and keyframes out: a single decoding pass.
 
-A reader thread decodes with OpenCV (which releases the GIL) while the main thread runs
-TransNetV2 and keeps candidate keyframes in memory, so the file is read exactly once and
-the keyframe pixels that CLIP sees are the frames already decoded.
+A reader thread decodes with PyAV (FFmpeg releases the GIL) and makes the small copies;
+the main thread runs TransNetV2 and keeps candidate keyframes in memory, so the file is
+read exactly once and the keyframe pixels that CLIP sees are the frames already decoded.
 """
 from __future__ import annotations
 
@@ -13,19 +13,16 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
 
-from app.keyframes import ChosenKeyframe, KeyframeSelector, frame_quality
+from app.keyframes import Candidate, ChosenKeyframe, KeyframeSelector, QualityWindow, frame_quality
 from app.progress import StageProgress
-from app.shots import ShotRange, ShotTracker, StreamingShotDetector
+from app.shots import FrameDecision, ShotRange, ShotTracker, StreamingShotDetector
+from app.video_decode import DecodedFrame, VideoError, VideoInfo, decode_frames
 
 TRUNCATION_TOLERANCE = 0.05  # decoded frames may fall this short of the container's count
 
-
-class VideoError(Exception):
-    """The video cannot be used (unreadable, empty, truncated); the run skips it and goes on."""
+__all__ = ["VideoError", "VideoResult", "process_video"]
 
 
 @dataclass
@@ -36,33 +33,74 @@ class VideoResult:
     height: int
     shots: list[ShotRange] = field(default_factory=list)
     keyframes: list[ChosenKeyframe] = field(default_factory=list)
+    info: VideoInfo | None = None
+    last_time: float = 0.0  # pts of the last frame (seconds)
 
     @property
     def duration(self) -> float:
+        if self.last_time > 0 and self.frames > 1:
+            return self.last_time * self.frames / (self.frames - 1)  # one frame's length after the last start
         return self.frames / self.fps if self.fps else 0.0
 
 
-def _fit(frame: np.ndarray, max_side: int) -> np.ndarray:
-    h, w = frame.shape[:2]
-    scale = max_side / max(h, w)
-    if scale >= 1:
-        return frame
-    return cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-
-
-def _reader(cap: cv2.VideoCapture, out: queue.Queue, stop: threading.Event, timings: dict[str, float]) -> None:
+def _reader(path: Path, max_side: int, out: queue.Queue, info_out: list, stop: threading.Event,
+            timings: dict[str, float]) -> None:
     try:
+        frames = decode_frames(path, max_side, info_out)
         while not stop.is_set():
             t0 = time.perf_counter()
-            ok, frame = cap.read()
+            frame = next(frames, None)
             timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0
-            if not ok:
+            if frame is None:
                 break
             out.put(frame)
-    except Exception as exc:  # noqa: BLE001 - handed to the consumer
+        frames.close()
+    except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
         out.put(exc)
     finally:
         out.put(None)
+
+
+class _Pipeline:
+    """Frames wait here for their transition probability, quality and shot decision."""
+
+    def __init__(self, fps: float, interval_s: float, threshold: float, result: VideoResult) -> None:
+        self.tracker = ShotTracker(threshold)
+        self.selector = KeyframeSelector(fps, interval_s)
+        self.window = QualityWindow()
+        self.result = result
+        self.awaiting_prob: deque[list] = deque()  # [frame, quality or None]
+        self.by_index: dict[int, Candidate] = {}  # probability known, shot decision pending
+        self.unscored: deque[list] = deque()  # entries whose quality waits for the next frame
+
+    def add(self, frame: DecodedFrame) -> None:
+        entry = [frame, None]
+        finished = self.window.push(frame.grey, frame_quality(frame.grey, frame.small_rgb))
+        if finished is not None:
+            self.unscored.popleft()[1] = finished
+        self.unscored.append(entry)
+        self.awaiting_prob.append(entry)
+
+    def flush_quality(self) -> None:
+        finished = self.window.flush()
+        if finished is not None:
+            self.unscored.popleft()[1] = finished
+
+    def settle(self, probs: list[tuple[float, float]]) -> None:
+        for single, many in probs:
+            frame, quality = self.awaiting_prob.popleft()
+            self.by_index[frame.index] = Candidate(frame.index, max(single, many), quality, frame.image,
+                                                   frame.pts_time)
+            self.decide(self.tracker.feed(frame.index, single, many))
+
+    def decide(self, decisions: list) -> None:
+        for d in decisions:
+            if isinstance(d, FrameDecision):
+                cand = self.by_index.pop(d.frame_idx)
+                if d.shot is not None:
+                    self.selector.offer(cand)
+            else:
+                self.result.keyframes.extend(self.selector.close(d))
 
 
 def process_video(path: Path, transnet: torch.nn.Module, *, interval_s: float = 4.0,
@@ -70,27 +108,19 @@ def process_video(path: Path, transnet: torch.nn.Module, *, interval_s: float = 
                   progress: StageProgress | None = None, timings: dict[str, float] | None = None) -> VideoResult:
     """Decode, detect shots and choose keyframes. Raises VideoError for unusable files.
 
-    `timings` (if given) accumulates busy seconds per stage: decode, prepare, shots, keyframes.
+    `timings` (if given) accumulates busy seconds per stage: decode (with the small copies),
+    prepare (frame quality), shots (TransNetV2), keyframes (choice).
     """
     timings = {} if timings is None else timings
-    if path.stat().st_size == 0:
-        raise VideoError("empty file (0 bytes)")
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise VideoError("cannot open: not a video or corrupt container")
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    fps = float(fps) if fps and np.isfinite(fps) and 1 <= fps <= 1000 else 25.0
-    declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    info_out: list[VideoInfo] = []
     frames_q: queue.Queue = queue.Queue(maxsize=64)
     stop = threading.Event()
-    reader = threading.Thread(target=_reader, args=(cap, frames_q, stop, timings), daemon=True)
+    reader = threading.Thread(target=_reader, args=(path, keyframe_max_side, frames_q, info_out, stop, timings),
+                              daemon=True)
     reader.start()
-
     detector = StreamingShotDetector(transnet)
-    tracker = ShotTracker(threshold)
-    selector = KeyframeSelector(fps, interval_s)
-    pending: deque = deque()  # frames waiting for their transition probability
-    result = VideoResult(fps=fps, frames=0, width=0, height=0)
+    result = VideoResult(fps=25.0, frames=0, width=0, height=0)
+    pipe: _Pipeline | None = None
 
     def add(stage: str, since: float) -> float:
         now = time.perf_counter()
@@ -101,30 +131,32 @@ def process_video(path: Path, transnet: torch.nn.Module, *, interval_s: float = 
         if progress is not None and probs:
             progress.update("shots", len(probs))
         t0 = time.perf_counter()
-        for single, many in probs:
-            idx, quality, image = pending.popleft()
-            closed = tracker.feed(idx, single)
-            if closed is not None:
-                result.keyframes.extend(selector.close(closed))
-            selector.offer(idx, max(single, many), quality, image, tracker.open_shot)
+        pipe.settle(probs)
         add("keyframes", t0)
 
     try:
         while (item := frames_q.get()) is not None:
             if isinstance(item, Exception):
+                if isinstance(item, VideoError):
+                    raise item
                 raise VideoError(f"decoding failed: {item}")
-            if result.frames == 0:
-                result.height, result.width = item.shape[:2]
+            if pipe is None:
+                info = info_out[0]
+                result.fps, result.info = info.fps, info
+                pipe = _Pipeline(info.fps, interval_s, threshold, result)
             t0 = time.perf_counter()
-            small = cv2.cvtColor(cv2.resize(item, (48, 27), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-            pending.append((result.frames, frame_quality(item), _fit(item, keyframe_max_side)))
+            pipe.add(item)
             result.frames += 1
+            result.last_time = item.pts_time
             t0 = add("prepare", t0)
-            probs = detector.push(small)
+            probs = detector.push(item.small_rgb)
             add("shots", t0)
             settle(probs)
             if progress is not None:
                 progress.update("decode", 1)
+        if pipe is None:
+            raise VideoError("no decodable frame (corrupt or not a video)")
+        pipe.flush_quality()
         t0 = time.perf_counter()
         probs = detector.finish()
         add("shots", t0)
@@ -136,15 +168,14 @@ def process_video(path: Path, transnet: torch.nn.Module, *, interval_s: float = 
                 frames_q.get_nowait()
             except queue.Empty:
                 reader.join(0.05)
-        cap.release()
-    if result.frames == 0:
-        raise VideoError("no decodable frame (corrupt or not a video)")
+    info = result.info
+    result.width, result.height = info.width, info.height
+    declared = info.declared_frames
     if declared > 0 and result.frames < declared * (1 - TRUNCATION_TOLERANCE) - 1:
-        raise VideoError(f"truncated: decoded {result.frames} of {declared} frames")
-    last = tracker.finish()
-    if last is not None:
-        result.keyframes.extend(selector.close(last))
-    if not result.keyframes and selector.blank_backup is not None:
-        result.keyframes.append(selector.blank_backup)  # an all-blank video still gets one keyframe
-    result.shots = tracker.shots
+        raise VideoError(f"truncated: decoded {result.frames} of the {declared} frames the container declares "
+                         f"(the file is probably cut short)")
+    pipe.decide(pipe.tracker.finish())
+    if not result.keyframes and pipe.selector.blank_backup is not None:
+        result.keyframes.append(pipe.selector.blank_backup)  # an all-blank video still gets one keyframe
+    result.shots = pipe.tracker.shots
     return result

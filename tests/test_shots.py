@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from app.sample import render
-from app.shots import StreamingShotDetector
+from app.shots import WINDOW, StreamingShotDetector
 from app.video_ingest import process_video
 from tests.conftest import PLANS, VIDEO_FILES
 
@@ -69,14 +69,14 @@ def test_streaming_detector_matches_the_packages_own_windows(transnet):
     small = np.stack([cv2.cvtColor(cv2.resize(f, (48, 27), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
                       for f in frames])
     expected, _ = transnet.predict_frames(torch.from_numpy(small), quiet=True)
-    detector = StreamingShotDetector(transnet, windows_per_batch=3, precision="fp32")
+    detector = StreamingShotDetector(transnet, windows_per_batch=3, precision="fp32", window=WINDOW)
     got = []
     for f in small:
         got.extend(detector.push(f))
     got.extend(detector.finish())
     assert len(got) == len(frames)
     np.testing.assert_allclose([s for s, _ in got], expected.numpy(), atol=1e-4)
-    # the fast path (bf16 on CPUs that have it, else fp32) keeps every boundary decision
+    # the fast path (bf16 on CPUs that have it, else fp32; 200-frame windows) keeps every boundary decision
     fast = StreamingShotDetector(transnet)
     probs = [p for f in small for p in fast.push(f)] + fast.finish()
     np.testing.assert_allclose([s for s, _ in probs], expected.numpy(), atol=0.03)

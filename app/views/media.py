@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, abort, render_template, send_file
+from flask import Blueprint, abort, current_app, render_template, send_file
 from sqlalchemy import select
 
 from app import services
@@ -33,11 +33,17 @@ def image_file(image_id: int):
 
 @bp.get("/video/<video_id>")
 def video_file(video_id: str):
-    """The source video, with HTTP Range support (conditional=True) so players can seek."""
+    """The video, with HTTP Range support (conditional=True) so players can seek: the browser-playable
+    proxy where the indexer made one (the original's codec is one browsers lack), else the original."""
     with services.sessions()() as session:
         row = session.scalar(select(Video).where(Video.video_id == video_id))
-    if row is None or row.source != "video" or not Path(row.path).is_file():
+    if row is None or row.source != "video":
         abort(404, description=f"no playable video '{video_id}'")
+    proxy = current_app.extensions["layout"].proxy_path(row.video_id)
+    if proxy.is_file():
+        return send_file(proxy, mimetype="video/mp4", conditional=True, max_age=CACHE_SECONDS)
+    if not Path(row.path).is_file():
+        abort(404, description=f"the file of video '{video_id}' is gone")
     return send_file(row.path, conditional=True, max_age=CACHE_SECONDS)
 
 

@@ -175,6 +175,7 @@ def keyframe_record(video_id: str, n: int) -> dict:
         return {"video_id": video_id, **brief(kf), "image_path": kf.image_path,
                 "video": {"fps": video.fps, "frames": video.frames, "duration": video.duration,
                           "source": video.source, "width": video.width, "height": video.height,
+                          "name": Path(video.path).name,
                           "url": url_for("media.video_file", video_id=video_id) if video.source == "video" else None},
                 "shot": {"shot": shot.shot, "start_frame": shot.start_frame, "end_frame": shot.end_frame}
                 if shot else None,

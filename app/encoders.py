@@ -177,6 +177,10 @@ def encoder_for_index(meta: dict, device: str = "auto") -> ClipEncoder:
     """The encoder an index was built with (model, weights, and the very same network)."""
     encoder = ClipEncoder(meta["model"], meta["pretrained"], device)
     recorded = meta.get("weights_fingerprint")
+    if not recorded and encoder.pretrained.lower() == "none":
+        raise WeightsMismatch("this collection was indexed with random weights by an older version that drew a "
+                              "different network in every process, so its vectors match nothing; index it again "
+                              "(offline.py index PATHS --pretrained none, into an empty --data-dir).")
     if recorded and recorded != encoder.fingerprint:
         raise WeightsMismatch(
             f"the index was built with {meta['model']} / {meta['pretrained']} weights whose fingerprint is "

@@ -173,14 +173,15 @@ def _photo_name(scene: int, k: int) -> str:
 
 def write_demo_ground_truth(dest: Path) -> None:
     """Ground truth for the demo, from what the generator knows: an Oxford-style set over the photos
-    (each scene's first photo queries, its other photos are good) and a moments CSV over the videos."""
+    (each scene's first photo queries with a box; all photos of the scene, itself included as in Oxford's
+    own lists, are good) and a moments CSV over the videos."""
     oxford = dest / "demo-photos"
     oxford.mkdir(parents=True, exist_ok=True)
     for scene in range(DEMO_SCENES):
         query = f"scene{scene + 1}"
         (oxford / f"{query}_query.txt").write_text(f"{_photo_name(scene, 0)} 40 30 280 210\n")
-        others = [_photo_name(scene, k) for k in range(1, len(DEMO_PHOTO_TIMES))]
-        (oxford / f"{query}_good.txt").write_text("\n".join(others) + "\n")
+        good = [_photo_name(scene, k) for k in range(len(DEMO_PHOTO_TIMES))]
+        (oxford / f"{query}_good.txt").write_text("\n".join(good) + "\n")
         (oxford / f"{query}_ok.txt").write_text("")
         (oxford / f"{query}_junk.txt").write_text("")
     lines = ["query_id,query,video_id,start_frame,end_frame"]

@@ -103,12 +103,23 @@ class QualityWindow:
 
 
 @dataclass
+class ChosenKeyframe:
+    shot: int
+    frame_idx: int
+    image: np.ndarray
+    pts_time: float = 0.0
+
+
+@dataclass
 class Candidate:
     frame_idx: int
     prob: float
     quality: FrameQuality
-    image: np.ndarray  # BGR, at keyframe resolution
+    picture: object  # anything with image() -> BGR at keyframe resolution (converted only if chosen)
     pts_time: float = 0.0
+
+    def chosen(self, shot: int) -> ChosenKeyframe:
+        return ChosenKeyframe(shot, self.frame_idx, self.picture.image(), self.pts_time)
 
     @property
     def clean(self) -> bool:
@@ -118,14 +129,6 @@ class Candidate:
         q = self.quality
         return (not q.glitch, not q.blank, self.prob < CLEAN_PROB, -self.prob if self.prob >= CLEAN_PROB else 0.0,
                 q.sharpness)
-
-
-@dataclass
-class ChosenKeyframe:
-    shot: int
-    frame_idx: int
-    image: np.ndarray
-    pts_time: float = 0.0
 
 
 class KeyframeSelector:
@@ -174,8 +177,7 @@ class KeyframeSelector:
         self._segments, self._edge, self._tail, self._shot_start = {}, None, deque(), None
         top = max(cands, key=Candidate.rank)
         if top.quality.blank:  # black or white frames only (a fade gap): nothing worth finding
-            self.blank_backup = self.blank_backup or ChosenKeyframe(shot.shot, top.frame_idx, top.image,
-                                                                    top.pts_time)
+            self.blank_backup = self.blank_backup or top.chosen(shot.shot)
             return []
         keep = [c for c in cands if c.clean and c.quality.sharpness >= BLUR_RATIO * top.quality.sharpness]
         chosen: list[Candidate] = []
@@ -183,5 +185,4 @@ class KeyframeSelector:
             # neighbouring segments may pick nearly the same moment: keep the better one only
             if all(abs(c.frame_idx - k.frame_idx) >= self.segment_frames // 2 for k in chosen):
                 chosen.append(c)
-        return [ChosenKeyframe(shot.shot, c.frame_idx, c.image, c.pts_time)
-                for c in sorted(chosen, key=lambda c: c.frame_idx)]
+        return [c.chosen(shot.shot) for c in sorted(chosen, key=lambda c: c.frame_idx)]

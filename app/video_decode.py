@@ -1,15 +1,17 @@
 """Decoding video with PyAV (FFmpeg): real timestamps, rotation applied, bad packets skipped.
 
-One decoding pass yields each frame at keyframe size plus the small copies the later
-stages need (160x90 grey for frame quality, 48x27 RGB for TransNetV2), made in the
-decoding thread so that they overlap TransNetV2 in the main thread. Timestamps are the
-frames' own (variable-frame-rate files keep their true times); phone videos are turned
-upright as players show them.
+One decoding pass yields each frame with the small copies the later stages need (160x90
+grey for frame quality, 48x27 RGB for TransNetV2), scaled by FFmpeg straight from the
+decoded YUV in the decoding thread, so that they overlap TransNetV2 in the main thread.
+The full picture stays YUV until a frame is chosen as a keyframe: only then is it turned
+into BGR at keyframe size (half the memory, and no colour conversion for frames never
+kept). Timestamps are the frames' own (variable-frame-rate files keep their true times);
+phone videos are turned upright as players show them.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -46,10 +48,20 @@ class VideoInfo:
 class DecodedFrame:
     index: int
     pts_time: float  # seconds from the first frame
-    image: np.ndarray  # BGR, longest side at most the keyframe size
-    grey: np.ndarray  # THUMB_SIZE grey, uint8
+    grey: np.ndarray  # THUMB_SIZE grey, uint8 (as stored: rotation does not matter there)
     small_rgb: np.ndarray  # SMALL_SIZE RGB, uint8 (TransNetV2)
-    extra: dict = field(default_factory=dict)
+    picture: av.VideoFrame  # the decoded frame, still YUV
+    size: tuple[int, int]  # keyframe size as stored (before rotation)
+    rotation: int = 0
+
+    def image(self) -> np.ndarray:
+        """The frame as BGR, longest side at most the keyframe size, upright."""
+        if (self.picture.width, self.picture.height) == self.size:
+            bgr = self.picture.to_ndarray(format="bgr24")
+        else:
+            bgr = self.picture.reformat(width=self.size[0], height=self.size[1], format="bgr24",
+                                        interpolation="AREA").to_ndarray()
+        return _upright(bgr, self.rotation)
 
 
 def _upright(image: np.ndarray, rotation: int) -> np.ndarray:
@@ -141,15 +153,11 @@ def decode_frames(path: Path, max_side: int, info_out: list) -> Iterator[Decoded
             t = max(0.0, t - (first_time or 0.0))
             t = max(t, last_time + 1e-6) if last_time >= 0 else t  # never backwards
             last_time = t
-            if (frame.width, frame.height) == size:
-                image = frame.to_ndarray(format="bgr24")
-            else:
-                image = frame.reformat(width=size[0], height=size[1], format="bgr24",
-                                       interpolation="AREA").to_ndarray()
-            image = _upright(image, info.rotation)
-            thumb = cv2.resize(image, THUMB_SIZE, interpolation=cv2.INTER_AREA)
+            thumb = frame.reformat(width=THUMB_SIZE[0], height=THUMB_SIZE[1], format="bgr24",
+                                   interpolation="AREA").to_ndarray()
             small = cv2.cvtColor(cv2.resize(thumb, SMALL_SIZE, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-            yield DecodedFrame(index, t, image, cv2.cvtColor(thumb, cv2.COLOR_BGR2GRAY), small)
+            yield DecodedFrame(index, t, cv2.cvtColor(thumb, cv2.COLOR_BGR2GRAY), small, frame, size,
+                               info.rotation)
     except av.FFmpegError as exc:
         raise VideoError(f"decoding failed: {exc}") from None
     finally:

@@ -89,8 +89,7 @@ class _Pipeline:
     def settle(self, probs: list[tuple[float, float]]) -> None:
         for single, many in probs:
             frame, quality = self.awaiting_prob.popleft()
-            self.by_index[frame.index] = Candidate(frame.index, max(single, many), quality, frame.image,
-                                                   frame.pts_time)
+            self.by_index[frame.index] = Candidate(frame.index, max(single, many), quality, frame, frame.pts_time)
             self.decide(self.tracker.feed(frame.index, single, many))
 
     def decide(self, decisions: list) -> None:

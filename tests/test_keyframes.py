@@ -92,7 +92,7 @@ def _odd_one_out(prev: np.ndarray, cur: np.ndarray, nxt: np.ndarray) -> bool:
 def test_real_clip_with_corrupted_frames_keeps_clean_keyframes(transnet):
     """OpenCV's Megamind_bugy.avi: decoding errors left streaks and black blocks in single frames."""
     path = OPENCV_DATA / "Megamind_bugy.avi"
-    frames = [f.image for f in decode_frames(path, 1280, [])]
+    frames = [f.image() for f in decode_frames(path, 1280, [])]
     bad = {i for i in range(1, len(frames) - 1) if _odd_one_out(frames[i - 1], frames[i], frames[i + 1])}
     assert len(bad) >= 5  # the clip really has them
     result = process_video(path, transnet)

@@ -18,7 +18,7 @@ PROXY_MAX_SIDE = 640
 MS = Fraction(1, 1000)
 
 
-def make_proxy(src: Path, dst: Path, rotation: int = 0) -> None:
+def make_proxy(src: Path, dst: Path, rotation: int = 0, preset: str = "veryfast") -> None:
     """Write dst (atomically: a .part file renamed at the end)."""
     import numpy as np
 
@@ -29,7 +29,7 @@ def make_proxy(src: Path, dst: Path, rotation: int = 0) -> None:
     try:
         with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
             rate = vin.average_rate or vin.guessed_rate or 25
-            vout = out.add_stream("libx264", rate=rate, options={"crf": "28", "preset": "veryfast"})
+            vout = out.add_stream("libx264", rate=rate, options={"crf": "28", "preset": preset})
             vout.pix_fmt = "yuv420p"
             vout.codec_context.time_base = MS  # frames keep their own times (variable frame rate too)
             w, h = _fit_size(vin.codec_context.width, vin.codec_context.height, PROXY_MAX_SIDE)
@@ -49,9 +49,12 @@ def make_proxy(src: Path, dst: Path, rotation: int = 0) -> None:
                     continue
                 for frame in frames:
                     if packet.stream.type == "video":
-                        img = frame.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray()
-                        img = np.ascontiguousarray(_upright(img, rotation))
-                        out_frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                        if rotation:
+                            img = frame.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray()
+                            out_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(_upright(img, rotation)),
+                                                                   format="rgb24")
+                        else:  # straight from the decoder's YUV: no colour conversion at all
+                            out_frame = frame.reformat(width=size[0], height=size[1], format="yuv420p")
                         t = frame.time if frame.time is not None else (last_pts + 40) / 1000
                         t0 = t if t0 is None else t0
                         last_pts = max(round((t - t0) * 1000), last_pts + 1)

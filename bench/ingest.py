@@ -9,7 +9,8 @@ Two measurements on the same videos:
               runs it), as video-seconds per wall-second.
 Prints a table and, last, one JSON line.
 
-    python bench/ingest.py                       # one 10-minute 640x360 25 fps generated video
+    python bench/ingest.py                       # one 10-minute 640x360 25 fps generated H.264 video
+    python bench/ingest.py --codec mp4v          # the same in an old codec: a proxy is made too
     python bench/ingest.py --real                # ten real 720p H.264 clips (bench/real_media.py, opencv-doc)
     python bench/ingest.py --video FILE          # any file of yours (stages and end to end)
     python bench/ingest.py --minutes 2 --videos 3 --device cuda
@@ -42,12 +43,14 @@ from app.video_ingest import process_video  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def make_videos(folder: Path, n: int, minutes: float, size: tuple[int, int], fps: float, shot_s: float) -> None:
+def make_videos(folder: Path, n: int, minutes: float, size: tuple[int, int], fps: float, shot_s: float,
+                codec: str) -> None:
     frames = int(minutes * 60 * fps)
     shot_len = max(2, int(shot_s * fps))
     plan = [ShotPlan(shot_len, dissolve_in=12 if i % 3 == 2 else 0) for i in range(max(1, frames // shot_len))]
     for i in range(n):
-        make_video(folder / f"bench_{i:02d}.mp4", plan, fps=fps, size=size, seed=i + 1)
+        make_video(folder / f"bench_{i:02d}.mp4", plan, fps=fps, size=size, seed=i + 1,
+                   codec="h264" if codec == "h264" else "opencv")
 
 
 def probe(path: Path) -> dict:
@@ -104,6 +107,9 @@ def main() -> None:
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--fps", type=float, default=25)
     p.add_argument("--shot-seconds", type=float, default=4.0)
+    p.add_argument("--codec", choices=["h264", "mp4v"], default="h264",
+                   help="generated videos: H.264 (plays in browsers) or MPEG-4 Part 2 (the indexer then also "
+                        "makes a browser-playable proxy of each)")
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--pretrained", default="none", help="weights do not change speed; 'none' runs offline")
     p.add_argument("--model-config", default=None)
@@ -126,8 +132,9 @@ def main() -> None:
                 os.symlink(v.resolve(), folder / v.name)
             source = "given files"
         else:
-            make_videos(folder, args.videos, args.minutes, (args.width, args.height), args.fps, args.shot_seconds)
-            source = f"generated {args.width}x{args.height}"
+            make_videos(folder, args.videos, args.minutes, (args.width, args.height), args.fps, args.shot_seconds,
+                        args.codec)
+            source = f"generated {args.width}x{args.height} {args.codec}"
         make_s = time.perf_counter() - t0
         videos = sorted(folder.iterdir())
         clips = [probe(v) for v in videos]
@@ -165,7 +172,8 @@ def main() -> None:
           f"({n} frames, {stages['shots']} shots, {kfs} keyframes)")
     print(f"{'stage':<18}{'busy s':>9}{'rate':>12}{'':<13}{'video-s/s':>10}")
     for name, st in per_stage.items():
-        print(f"{name:<18}{st['seconds']:>9.2f}{st['per_s'] or 0:>12.1f} {st['unit']:<12}{st['video_s_per_s'] or 0:>10.1f}")
+        rate_s, vps = st["per_s"] or 0, st["video_s_per_s"] or 0
+        print(f"{name:<18}{st['seconds']:>9.2f}{rate_s:>12.1f} {st['unit']:<12}{vps:>10.1f}")
     wall = t["decode+shots wall"]
     print(f"decode+shots pass wall {wall:.2f} s for {n} frames ({n / wall:.1f} fps)")
     print(f"end to end (offline.py index in a fresh process, start-up included): {e2e_s:.1f} s = "

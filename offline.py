@@ -207,6 +207,24 @@ def cmd_users(args: argparse.Namespace) -> int:
 DEMO_DIR = PROJECT_ROOT / "demo"
 
 
+def _demo_account(layout: DataLayout) -> None:
+    """An admin account for the demo only (evaluations and annotation need one), with a random password
+    shown once here and stored only as a hash; a demo that already has accounts is left alone."""
+    import secrets
+
+    from app import accounts
+    from app.db import open_database
+
+    with open_database(layout.database_url)() as session:
+        if accounts.listing(session):
+            print("Demo accounts exist already (offline.py users list --data-dir ...).")
+            return
+        password = secrets.token_urlsafe(12)
+        accounts.add(session, "demo", password, "admin")
+    print(f"Log in as demo with the password {password} to run evaluations and draw boxes "
+          f"(shown once; `offline.py users passwd demo --data-dir {layout.data_dir}` sets another).")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The demo keeps to its own folder (demo/ unless --data-dir), so the everyday commands, which use
     static/ and instance/, start from an empty collection of the user's own."""
@@ -226,6 +244,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   f"text search will not be meaningful, image search still is.", file=sys.stderr)
             args.pretrained = "none"
     status = cmd_index(args, [sample])
+    _demo_account(layout)
     print(f"The demo collection is in {layout.data_dir} (its own folder: `offline.py index` and `server.py` "
           f"without --data-dir use static/ and instance/). Stop the server with Ctrl+C; remove the demo with "
           f"`rm -rf {layout.data_dir}`; serve it again with `python server.py --data-dir {layout.data_dir}`.")

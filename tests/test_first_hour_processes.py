@@ -35,6 +35,7 @@ def demo_dir(tmp_path_factory) -> Path:
     proc = cli("demo", "--no-serve", "--data-dir", str(data), "--pretrained", "none", *TINY_ARGS)
     assert proc.returncode == 0, proc.stderr
     assert f"rm -rf {data}" in proc.stdout  # says how to remove it
+    assert "Log in as demo with the password" in proc.stdout  # evaluations need an admin: the demo makes one
     return data
 
 

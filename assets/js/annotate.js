@@ -1,0 +1,263 @@
+// Annotation page: draw, move, resize, label, save, delete and undo boxes on one frame.
+// Boxes live in the image's own pixels; the canvas only scales them for display.
+// Every change is sent at once through /api/annotations (session cookie + CSRF header).
+(function () {
+  const data = JSON.parse(document.getElementById("annotate-data").textContent);
+  const img = document.getElementById("picture");
+  const canvas = document.getElementById("boxes-canvas");
+  const ctx = canvas.getContext("2d");
+  const labelInput = document.getElementById("label");
+  const noteInput = document.getElementById("note");
+  const saveBtn = document.getElementById("save-button");
+  const deleteBtn = document.getElementById("delete-button");
+  const undoBtn = document.getElementById("undo-button");
+  const searchBtn = document.getElementById("search-box-button");
+  const statusEl = document.getElementById("status");
+  const list = document.getElementById("box-list");
+  const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  const HANDLE = 8; // px on screen
+
+  let boxes = data.boxes; // saved records from the server
+  let selected = null; // a record, or the draft
+  let draft = null; // {box: [...]} not saved yet
+  let drag = null; // {mode, start, orig}
+  const undo = [];
+
+  function scale() { return img.clientWidth / data.width; }
+  function say(text, bad) { statusEl.textContent = text; statusEl.classList.toggle("error", !!bad); }
+
+  async function api(method, url, body) {
+    const r = await fetch(url, {
+      method, credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrf, Accept: "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const payload = r.status === 204 ? {} : await r.json().catch(() => ({ error: `HTTP ${r.status}` }));
+    if (!r.ok) throw new Error(payload.error || `HTTP ${r.status}`);
+    return payload;
+  }
+  const itemUrl = (id) => `${data.api}/${id}`;
+
+  function clampBox([x, y, w, h]) {
+    if (w < 0) { x += w; w = -w; }
+    if (h < 0) { y += h; h = -h; }
+    x = Math.max(0, Math.min(Math.round(x), data.width - 1));
+    y = Math.max(0, Math.min(Math.round(y), data.height - 1));
+    w = Math.max(1, Math.min(Math.round(w), data.width - x));
+    h = Math.max(1, Math.min(Math.round(h), data.height - y));
+    return [x, y, w, h];
+  }
+
+  function draw() {
+    canvas.width = img.clientWidth; canvas.height = img.clientHeight;
+    const s = scale();
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    const all = draft ? boxes.concat([draft]) : boxes;
+    for (const b of all) {
+      const [x, y, w, h] = b.box.map((v) => v * s);
+      const isSel = b === selected;
+      ctx.lineWidth = isSel ? 3 : 2;
+      ctx.strokeStyle = b === draft ? "#ffd400" : isSel ? "#4cc9f0" : "#2ecc71";
+      ctx.strokeRect(x, y, w, h);
+      if (b.label) {
+        ctx.font = "13px system-ui, sans-serif";
+        const tw = ctx.measureText(b.label).width + 8;
+        ctx.fillStyle = "rgba(0,0,0,.7)"; ctx.fillRect(x, Math.max(0, y - 18), tw, 18);
+        ctx.fillStyle = "#fff"; ctx.fillText(b.label, x + 4, Math.max(13, y - 5));
+      }
+      if (isSel) {
+        ctx.fillStyle = "#4cc9f0";
+        for (const [cx, cy] of corners(b.box)) ctx.fillRect(cx * s - HANDLE / 2, cy * s - HANDLE / 2, HANDLE, HANDLE);
+      }
+    }
+    renderList();
+    const has = !!selected;
+    saveBtn.disabled = !has; deleteBtn.disabled = !has; searchBtn.disabled = !has;
+    undoBtn.disabled = undo.length === 0;
+  }
+
+  function corners([x, y, w, h]) { return [[x, y], [x + w, y], [x, y + h], [x + w, y + h]]; }
+
+  function renderList() {
+    list.replaceChildren();
+    for (const b of boxes) {
+      const li = document.createElement("li");
+      li.dataset.id = b.id;
+      li.className = b === selected ? "selected" : "";
+      const label = document.createElement("strong"); label.className = "box-label"; label.textContent = b.label;
+      const meta = document.createElement("span"); meta.className = "hint";
+      meta.textContent = ` [${b.box.join(", ")}] by ${b.author}`;
+      li.append(label, meta);
+      if (b.note) { const n = document.createElement("div"); n.className = "box-note"; n.textContent = b.note; li.append(n); }
+      li.addEventListener("click", () => select(b));
+      list.append(li);
+    }
+  }
+
+  function select(b) {
+    selected = b;
+    labelInput.value = b ? b.label || "" : "";
+    noteInput.value = b ? b.note || "" : "";
+    draw();
+  }
+
+  function toImage(ev) {
+    const r = canvas.getBoundingClientRect();
+    const s = scale();
+    return [(ev.clientX - r.left) / s, (ev.clientY - r.top) / s];
+  }
+
+  function hit([px, py]) {
+    const s = scale();
+    if (selected) {
+      const i = corners(selected.box).findIndex(([cx, cy]) => Math.abs(cx - px) * s <= HANDLE && Math.abs(cy - py) * s <= HANDLE);
+      if (i >= 0) return { mode: "resize", corner: i, target: selected };
+    }
+    const all = draft ? [draft].concat(boxes.slice().reverse()) : boxes.slice().reverse();
+    for (const b of all) {
+      const [x, y, w, h] = b.box;
+      if (px >= x && px <= x + w && py >= y && py <= y + h) return { mode: "move", target: b };
+    }
+    return { mode: "draw" };
+  }
+
+  canvas.addEventListener("pointerdown", (ev) => {
+    ev.preventDefault();
+    canvas.setPointerCapture(ev.pointerId);
+    const p = toImage(ev);
+    const h = hit(p);
+    if (h.mode === "draw") {
+      draft = { box: [p[0], p[1], 0, 0], label: "" };
+      selected = draft;
+    } else {
+      if (h.target !== selected) select(h.target);
+    }
+    drag = { mode: h.mode, corner: h.corner, start: p, orig: selected.box.slice() };
+    draw();
+  });
+
+  canvas.addEventListener("pointermove", (ev) => {
+    if (!drag) return;
+    const [px, py] = toImage(ev);
+    const dx = px - drag.start[0], dy = py - drag.start[1];
+    const [x, y, w, h] = drag.orig;
+    if (drag.mode === "draw") selected.box = [x, y, dx, dy];
+    else if (drag.mode === "move") {
+      selected.box = [Math.max(0, Math.min(x + dx, data.width - w)), Math.max(0, Math.min(y + dy, data.height - h)), w, h];
+    } else {
+      const left = drag.corner % 2 === 0, top = drag.corner < 2;
+      const nx = left ? x + dx : x, ny = top ? y + dy : y;
+      selected.box = [nx, ny, left ? w - dx : w + dx, top ? h - dy : h + dy];
+    }
+    draw();
+  });
+
+  canvas.addEventListener("pointerup", async () => {
+    if (!drag) return;
+    const mode = drag.mode, orig = drag.orig;
+    drag = null;
+    selected.box = clampBox(selected.box);
+    if (mode === "draw") {
+      if (selected.box[2] < 3 || selected.box[3] < 3) { draft = null; selected = null; draw(); return; }
+      say("New box: type a label and press Save (Enter).");
+      labelInput.value = ""; noteInput.value = "";
+      labelInput.focus();
+      draw();
+      return;
+    }
+    draw();
+    if (selected === draft || orig.join() === selected.box.join()) return;
+    const rec = selected;
+    try {
+      const saved = await api("PATCH", itemUrl(rec.id), { box: rec.box, version: rec.version });
+      undo.push({ type: "update", id: rec.id, before: { box: orig } });
+      Object.assign(rec, saved);
+      say(`Box ${rec.id} moved.`);
+    } catch (e) { rec.box = orig; say(e.message, true); }
+    draw();
+  });
+
+  async function save(ev) {
+    if (ev) ev.preventDefault();
+    if (!selected) return;
+    const label = labelInput.value.trim(), note = noteInput.value;
+    if (!label) { say("A box needs a label.", true); labelInput.focus(); return; }
+    try {
+      if (selected === draft) {
+        const saved = await api("POST", data.api, { ...data.target, box: draft.box, label, note });
+        boxes.push(saved); draft = null; selected = saved;
+        undo.push({ type: "create", id: saved.id });
+        say(`Saved box ${saved.id} (${saved.label}).`);
+      } else {
+        const rec = selected;
+        const before = { label: rec.label, note: rec.note };
+        const saved = await api("PATCH", itemUrl(rec.id), { label, note, version: rec.version });
+        Object.assign(rec, saved);
+        undo.push({ type: "update", id: rec.id, before });
+        say(`Updated box ${rec.id}.`);
+      }
+      addLabelOption(label);
+    } catch (e) { say(e.message, true); }
+    draw();
+  }
+
+  function addLabelOption(label) {
+    const dl = document.getElementById("labels-list");
+    if (![...dl.options].some((o) => o.value === label)) { const o = document.createElement("option"); o.value = label; dl.append(o); }
+  }
+
+  async function removeSelected() {
+    if (!selected) return;
+    if (selected === draft) { draft = null; selected = null; draw(); return; }
+    const rec = selected;
+    try {
+      await api("DELETE", `${itemUrl(rec.id)}?version=${rec.version}`);
+      boxes = boxes.filter((b) => b !== rec);
+      undo.push({ type: "delete", record: rec });
+      selected = null;
+      say(`Deleted box ${rec.id}.`);
+    } catch (e) { say(e.message, true); }
+    draw();
+  }
+
+  async function undoLast() {
+    const step = undo.pop();
+    if (!step) return;
+    try {
+      if (step.type === "create") {
+        const rec = boxes.find((b) => b.id === step.id);
+        await api("DELETE", `${itemUrl(step.id)}?version=${rec.version}`);
+        boxes = boxes.filter((b) => b !== rec);
+        if (selected === rec) selected = null;
+      } else if (step.type === "update") {
+        const rec = boxes.find((b) => b.id === step.id);
+        Object.assign(rec, await api("PATCH", itemUrl(rec.id), { ...step.before, version: rec.version }));
+      } else {
+        const r = step.record;
+        boxes.push(await api("POST", data.api, { ...data.target, box: r.box, label: r.label, note: r.note }));
+      }
+      say("Undone.");
+    } catch (e) { say(`Could not undo: ${e.message}`, true); undo.push(step); }
+    draw();
+  }
+
+  document.getElementById("box-form").addEventListener("submit", save);
+  deleteBtn.addEventListener("click", removeSelected);
+  undoBtn.addEventListener("click", undoLast);
+  searchBtn.addEventListener("click", () => {
+    if (!selected) return;
+    document.getElementById("region-box").value = clampBox(selected.box).join(",");
+    document.getElementById("region-search").submit();
+  });
+  document.addEventListener("keydown", (ev) => {
+    const typing = ["INPUT", "TEXTAREA"].includes(document.activeElement.tagName);
+    if ((ev.ctrlKey || ev.metaKey) && ev.key.toLowerCase() === "z" && !typing) { ev.preventDefault(); undoLast(); }
+    else if (typing) return;
+    else if (ev.key === "Delete" || ev.key === "Backspace") { ev.preventDefault(); removeSelected(); }
+    else if (ev.key.toLowerCase() === "n" && data.next) window.location = data.next;
+    else if (ev.key.toLowerCase() === "p" && data.previous) window.location = data.previous;
+    else if (ev.key === "Escape") { draft = null; select(null); }
+  });
+  window.addEventListener("resize", draw);
+  if (img.complete) draw(); else img.addEventListener("load", draw);
+})();

@@ -9,7 +9,9 @@ from pathlib import Path
 from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter
 
+from app.numbers import MAX_ID
 from app.paths import PROJECT_ROOT, DataLayout
 
 csrf = CSRFProtect()
@@ -29,8 +31,10 @@ def _secret_key(instance_dir: Path) -> str:
 def create_app(config: dict | None = None) -> Flask:
     """Config: DATA_DIR, DATABASE_URL, MODEL_CONFIG, DEVICE, MAX_CONTENT_LENGTH...; also instance/config.py and
     FRAMEFINDER_* environment variables. ENCODER may hand in an already loaded encoder."""
-    app = Flask(__name__, template_folder=str(PROJECT_ROOT / "templates"),
-                static_folder=str(PROJECT_ROOT / "static"), instance_relative_config=True)
+    # Flask's own static route serves the page assets only (assets/ at /static/...); the collection's files in
+    # the data dir (static/ by default) are reachable only through the catalogue's checked, gated routes.
+    app = Flask(__name__, template_folder=str(PROJECT_ROOT / "templates"), static_folder=str(PROJECT_ROOT / "assets"),
+                static_url_path="/static", instance_relative_config=True)
     app.config.update(DATA_DIR=None, MODEL_CONFIG=None, DEVICE="auto", MAX_CONTENT_LENGTH=20 * 1024 * 1024,
                       RESULTS_PER_PAGE=50, INDEX_CHECK_SECONDS=1.0, BASELINE_WEIGHTS=None,
                       LOGIN_RATE_LIMIT="10 per minute", SEARCH_REQUIRES_LOGIN=False,
@@ -43,6 +47,7 @@ def create_app(config: dict | None = None) -> Flask:
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _secret_key(layout.instance_dir)
     app.extensions["layout"] = layout
+    app.url_map.converters["int"] = BoundedInt  # before any route: every <int:...> is a sane id
     csrf.init_app(app)
 
     from app.services import init_services
@@ -63,6 +68,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(media.bp)
     csrf.exempt(api.bp)  # read-only JSON queries; state-changing APIs get their own protection
     _register_errors(app)
+    _security_headers(app)
     _collection_notices(app)
     logging.getLogger("framefinder").setLevel(logging.INFO)
     return app
@@ -100,6 +106,29 @@ def _collection_notices(app: Flask) -> None:
         return {"weights_notice": cache[key]}
 
 
+class BoundedInt(IntegerConverter):
+    """<int:...> in routes, limited to what a database id can be: 99999999999999999999999 is a 404."""
+
+    def __init__(self, url_map, fixed_digits: int = 0, min: int | None = None,  # noqa: A002 - werkzeug's names
+                 max: int | None = None, signed: bool = False) -> None:  # noqa: A002
+        super().__init__(url_map, fixed_digits, min, MAX_ID if max is None else max, signed)
+
+
+# The pages' own scripts and styles are files under /static; nothing inline runs, nothing embeds the pages.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+       "media-src 'self' blob:; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'")
+
+
+def _security_headers(app: Flask) -> None:
+    @app.after_request
+    def headers(response):
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
+
+
 def _search_login_gate(app: Flask) -> None:
     """Searching is open to anyone unless SEARCH_REQUIRES_LOGIN is set."""
     @app.before_request
@@ -128,6 +157,10 @@ def _register_errors(app: Flask) -> None:
                          f"{app.config['MAX_CONTENT_LENGTH'] // (1024 * 1024)} MB.",
                     429: f"Too many attempts ({exc.description}); wait a minute and try again."}
         return _error(exc.code or 500, messages.get(exc.code, exc.description))
+
+    @app.errorhandler(RecursionError)
+    def too_deep(exc: RecursionError):
+        return _error(400, "The request is nested too deeply to read.")
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

@@ -28,13 +28,26 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _check_password(password: str) -> None:
-    if len(password) < MIN_PASSWORD:
-        raise AccountError(f"the password must have at least {MIN_PASSWORD} characters")
+MIN_DISTINCT = 5
+
+
+def _check_password(password: str, name: str = "") -> None:
+    """A length-and-variety rule: 8 characters that are not blanks, 5 of them different, not the name."""
+    if len(password.strip()) < MIN_PASSWORD or sum(not c.isspace() for c in password) < MIN_PASSWORD:
+        raise AccountError(f"the password must have at least {MIN_PASSWORD} characters that are not spaces")
+    if len(set(password)) < MIN_DISTINCT:
+        raise AccountError(f"the password must use at least {MIN_DISTINCT} different characters")
+    if name and password.strip().lower() == name.lower():
+        raise AccountError("the password must not be the user name")
+
+
+def find(session: Session, name: str) -> User | None:
+    """Names are unique without regard to case ('ADMIN1' is 'admin1'), and found so."""
+    return session.scalar(select(User).where(func.lower(User.name) == (name or "").lower()))
 
 
 def get(session: Session, name: str) -> User:
-    user = session.scalar(select(User).where(User.name == name))
+    user = find(session, name)
     if user is None:
         raise AccountError(f"no user named '{name}'")
     return user
@@ -45,9 +58,9 @@ def add(session: Session, name: str, password: str, role: str) -> User:
         raise AccountError("a user name is 1-64 letters, digits, '.', '_' or '-'")
     if role not in ROLES:
         raise AccountError(f"role must be one of {', '.join(ROLES)}")
-    if session.scalar(select(User).where(User.name == name)) is not None:
-        raise AccountError(f"a user named '{name}' already exists")
-    _check_password(password)
+    if find(session, name) is not None:
+        raise AccountError(f"a user named '{find(session, name).name}' already exists (names ignore case)")
+    _check_password(password, name)
     user = User(name=name, password_hash=generate_password_hash(password), role=role)
     session.add(user)
     session.commit()
@@ -55,9 +68,20 @@ def add(session: Session, name: str, password: str, role: str) -> User:
 
 
 def set_password(session: Session, name: str, password: str) -> None:
-    _check_password(password)
-    get(session, name).password_hash = generate_password_hash(password)
+    """A new password ends every session of the user (cookies saved before stop working)."""
+    _check_password(password, name)
+    user = get(session, name)
+    user.password_hash = generate_password_hash(password)
+    user.session_version += 1
     session.commit()
+
+
+def end_sessions(session: Session, user_id: int) -> None:
+    """Log the user out everywhere: every session cookie issued so far stops working."""
+    user = session.get(User, user_id)
+    if user is not None:
+        user.session_version += 1
+        session.commit()
 
 
 def remove(session: Session, name: str) -> None:
@@ -89,10 +113,16 @@ def by_token(session: Session, token: str) -> User | None:
     return session.scalar(select(User).where(User.token_hash == _token_hash(token)))
 
 
+_DUMMY_HASH: list[str] = []
+
+
 def authenticate(session: Session, name: str, password: str) -> User | None:
-    user = session.scalar(select(User).where(User.name == name))
+    """One password-hash check whether or not the name exists, so timing does not tell names apart."""
+    user = find(session, name) if len(name or "") <= 64 else None
     if user is None:
-        check_password_hash(generate_password_hash("x"), password)  # same work: names are not probed by timing
+        if not _DUMMY_HASH:
+            _DUMMY_HASH.append(generate_password_hash(secrets.token_hex(16)))
+        check_password_hash(_DUMMY_HASH[0], password)
         return None
     return user if check_password_hash(user.password_hash, password) else None
 

@@ -58,10 +58,12 @@ def read_video(folder: Path, csv_path: Path) -> AicVideo:
                 try:
                     rows.append({"n": int(row["n"]), "pts_time": float(row["pts_time"]),
                                  "fps": float(row["fps"]), "frame_idx": int(float(row["frame_idx"]))})
-                except (TypeError, ValueError) as exc:
+                except (TypeError, ValueError, OverflowError) as exc:
                     raise DatasetError(f"{csv_path}, line {line_no}: {exc}") from None
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{csv_path}: not a text CSV ({exc})") from None
+    except csv.Error as exc:
+        raise DatasetError(f"{csv_path}: not readable CSV ({exc})") from None
     if not rows:
         raise DatasetError(f"{csv_path}: no keyframes listed")
     rows.sort(key=lambda r: r["n"])

@@ -18,6 +18,19 @@ from app.paths import DataLayout
 
 CSV_COLUMNS = ("target", "x", "y", "w", "h", "label", "note", "author")
 MAX_IMPORT = 100_000
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting so as a formula
+
+
+def formula_safe(cell: object) -> object:
+    """A text cell a spreadsheet shows as text: a leading quote before a formula start (OWASP's rule)."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_START):
+        return "'" + cell
+    return cell
+
+
+def formula_unquote(cell: str) -> str:
+    """The inverse, so that an exported CSV imports back to the same labels and notes."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_START) else cell
 
 
 def to_coco(session: Session, layout: DataLayout, rows: list[Annotation]) -> dict:
@@ -40,7 +53,7 @@ def to_csv(rows: list[Annotation]) -> str:
     writer = csv.writer(buf)
     writer.writerow(CSV_COLUMNS)
     for a in rows:
-        writer.writerow([a.target, a.x, a.y, a.w, a.h, a.label.name, a.note, a.author.name])
+        writer.writerow([formula_safe(v) for v in (a.target, a.x, a.y, a.w, a.h, a.label.name, a.note, a.author.name)])
     return buf.getvalue()
 
 
@@ -74,6 +87,8 @@ def records_from_coco(data: bytes) -> list[dict]:
         items = doc["annotations"]
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AnnotationError(f"not a JSON file ({exc})") from None
+    except RecursionError:
+        raise AnnotationError("the JSON is nested too deeply") from None
     except (KeyError, TypeError) as exc:
         raise AnnotationError(f"not a COCO file: missing {exc} (needs images, categories, annotations)") from None
     out = []
@@ -91,11 +106,14 @@ def records_from_csv(data: bytes) -> list[dict]:
     except UnicodeDecodeError as exc:
         raise AnnotationError(f"not UTF-8 text ({exc.reason})") from None
     reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in CSV_COLUMNS[:6] if c not in (reader.fieldnames or [])]
-    if missing:
-        raise AnnotationError(f"line 1: missing column(s) {', '.join(missing)}")
-    return [_payload(r["target"], [r["x"], r["y"], r["w"], r["h"]], r["label"], r.get("note") or "")
-            for r in reader]
+    try:
+        missing = [c for c in CSV_COLUMNS[:6] if c not in (reader.fieldnames or [])]
+        if missing:
+            raise AnnotationError(f"line 1: missing column(s) {', '.join(missing)}")
+        return [_payload(formula_unquote(r["target"] or ""), [r["x"], r["y"], r["w"], r["h"]],
+                         formula_unquote(r["label"] or ""), formula_unquote(r.get("note") or "")) for r in reader]
+    except csv.Error as exc:  # a field over the csv module's 128 KB limit, a NUL byte, ...
+        raise AnnotationError(f"line {reader.line_num}: not readable CSV ({exc})") from None
 
 
 def import_records(session: Session, layout: DataLayout, user: User, records: list[dict], where: str) -> int:

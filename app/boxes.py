@@ -8,6 +8,7 @@ nothing on error.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image as PILImage
@@ -17,8 +18,11 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from app.models import Annotation, Image, Keyframe, Label, User, Video
+from app.numbers import finite
 from app.paths import DataLayout
+from app.safe_files import UnsafeFile, open_keyframe, open_source, read_picture
 
+MAX_BOX = 1_000_000  # pixels: far beyond any image, far below any overflow
 MAX_LABEL = 100
 MAX_NOTE = 2000
 
@@ -38,7 +42,7 @@ class Target:
     image_path: str | None
     width: int
     height: int
-    file: str  # the pixels, for crops
+    pixels: Callable[[], PILImage.Image]  # reads the picture (links refused), for crops
 
     @property
     def name(self) -> str:
@@ -53,20 +57,20 @@ def resolve_keyframe(session: Session, layout: DataLayout, item: str) -> Target:
                                                                        Keyframe.n == int(n)))
     if rel is None:
         raise AnnotationError(f"unknown keyframe '{video_id}/{n}'", 404)
-    path = (layout.data_dir / rel).resolve()
     try:
-        with PILImage.open(path) as im:
+        handle, _ = open_keyframe(layout.data_dir, rel)
+        with handle, PILImage.open(handle) as im:
             width, height = im.size
-    except OSError:
+    except (OSError, UnsafeFile):
         raise AnnotationError(f"the picture of keyframe '{video_id}/{n}' is missing on disk", 404) from None
-    return Target(video_id, int(n), None, width, height, str(path))
+    return Target(video_id, int(n), None, width, height, lambda: read_picture(open_keyframe(layout.data_dir, rel)))
 
 
 def resolve_image(session: Session, path: str) -> Target:
     row = session.scalar(select(Image).where(Image.path == str(path)))
     if row is None:
         raise AnnotationError(f"no image '{str(path)[:200]}' in the collection", 404)
-    return Target(None, None, row.path, row.width, row.height, row.path)
+    return Target(None, None, row.path, row.width, row.height, lambda: read_picture(open_source(row)))
 
 
 def resolve(session: Session, layout: DataLayout, payload: dict) -> Target:
@@ -87,9 +91,9 @@ def check_box(raw, target: Target) -> tuple[int, int, int, int]:
     if not isinstance(raw, (list, tuple)) or len(raw) != 4:
         raise AnnotationError("box must be [x, y, w, h]")
     try:
-        x, y, w, h = (int(round(float(v))) for v in raw)
-    except (TypeError, ValueError):
-        raise AnnotationError("box must be four numbers [x, y, w, h]") from None
+        x, y, w, h = (round(finite(v, "each box number", -MAX_BOX, MAX_BOX)) for v in raw)
+    except ValueError as exc:
+        raise AnnotationError(f"box must be four finite numbers [x, y, w, h] ({exc})") from None
     if w <= 0 or h <= 0:
         raise AnnotationError(f"box [{x}, {y}, {w}, {h}] must have a positive width and height")
     if x < 0 or y < 0 or x + w > target.width or y + h > target.height:
@@ -157,7 +161,19 @@ def _owned(session: Session, user: User, annotation_id: int) -> Annotation:
     return a
 
 
+def parse_version(raw) -> int | None:
+    """The version a client edited: a JSON whole number (or the digits of a query parameter)."""
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)) or (isinstance(raw, str) and not raw.isdigit()):
+        raise AnnotationError("version must be a whole number (the 'version' of the stored record)")
+    if len(str(raw)) > 18:
+        raise AnnotationError("version is out of range")
+    return int(raw)
+
+
 def _check_version(a: Annotation, version) -> None:
+    version = parse_version(version)
     if version is None:
         raise AnnotationError("send the version you edited (from the stored record), so that a change made by "
                               "someone else meanwhile is not overwritten")
@@ -174,13 +190,17 @@ def update(session: Session, layout: DataLayout, user: User, annotation_id: int,
     box = check_box(payload["box"], target_of(session, layout, a)) if "box" in payload else None
     label = check_label(payload["label"]) if "label" in payload else None
     note = check_note(payload["note"]) if "note" in payload else None
-    if box is not None:
-        a.x, a.y, a.w, a.h = box
-    if label is not None:
-        a.label = label_row(session, label)
-    if note is not None:
-        a.note = note
+    # Everything is read (the label row too) before the box changes, so nothing flushes early: one UPDATE,
+    # one version step, and a concurrent edit shows as StaleDataError at the commit below, a 409.
+    label_obj = label_row(session, label) if label is not None else None
     try:
+        with session.no_autoflush:
+            if box is not None:
+                a.x, a.y, a.w, a.h = box
+            if label_obj is not None:
+                a.label = label_obj
+            if note is not None:
+                a.note = note
         session.commit()
     except StaleDataError:
         session.rollback()
@@ -190,6 +210,7 @@ def update(session: Session, layout: DataLayout, user: User, annotation_id: int,
 
 
 def delete(session: Session, user: User, annotation_id: int, version=None) -> None:
+    version = parse_version(version)
     a = _owned(session, user, annotation_id)
     if version is not None:
         _check_version(a, version)

@@ -274,7 +274,11 @@ def load_moments(data: bytes, filename: str) -> GroundTruth:
                                f"(expected {','.join(MOMENT_COLUMNS)})")
     col = {c: header.index(c) for c in MOMENT_COLUMNS}
     queries: dict[str, GtQuery] = {}
-    for lineno, row in enumerate(reader, start=2):
+    try:
+        rows = list(enumerate(reader, start=2))
+    except csv.Error as exc:
+        raise GroundTruthError(f"{filename}:{reader.line_num}: not readable CSV ({exc})") from None
+    for lineno, row in rows:
         if not any(cell.strip() for cell in row):
             continue
         if len(row) < len(header):

@@ -158,6 +158,7 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16), default="viewer")
     token_hash: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)  # sha256 of the token
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    session_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # +1 ends all sessions
 
     # Flask-Login's user interface
     is_authenticated = True
@@ -165,7 +166,8 @@ class User(Base):
     is_anonymous = False
 
     def get_id(self) -> str:
-        return str(self.id)
+        """What the session cookie holds: the id and the session version it was issued under."""
+        return f"{self.id}:{self.session_version}"
 
 
 class Label(Base):
@@ -185,6 +187,7 @@ class Annotation(Base):
     """
 
     __tablename__ = "annotations"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused after a delete
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     video_id: Mapped[str | None] = mapped_column(String(255), index=True, nullable=True)

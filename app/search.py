@@ -14,6 +14,7 @@ from PIL import Image
 from app import vectors
 from app.collection import Collection, Entry, Snapshot
 from app.encoders import ClipEncoder
+from app.numbers import finite
 
 MAX_K = 1000
 MAX_QUERY_CHARS = 2000
@@ -81,14 +82,20 @@ def parse_min_score(raw: str | float | None) -> float:
     return value
 
 
+MAX_BOX = 1_000_000  # pixels: far beyond any image, far below any overflow
+
+
 def parse_box(raw: str | None, width: int, height: int) -> tuple[int, int, int, int] | None:
     """'x,y,w,h' in the image's own pixels; must lie inside the image with a positive size."""
     if not raw:
         return None
+    parts = raw.split(",")
+    if len(parts) != 4:
+        raise QueryError("box must be four numbers: x,y,w,h")
     try:
-        x, y, w, h = (int(round(float(v))) for v in raw.split(","))
-    except ValueError:
-        raise QueryError("box must be four numbers: x,y,w,h") from None
+        x, y, w, h = (round(finite(v, "each box number", -MAX_BOX, MAX_BOX)) for v in parts)
+    except ValueError as exc:
+        raise QueryError(f"box must be four finite numbers x,y,w,h ({exc})") from None
     if w <= 0 or h <= 0:
         raise QueryError("box must have a positive width and height")
     if x < 0 or y < 0 or x + w > width or y + h > height:

@@ -5,11 +5,11 @@ import io
 
 from flask import Blueprint, abort, current_app, render_template, request, send_file, url_for
 from flask_login import current_user
-from PIL import Image as PILImage
 
 from app import boxes, services
 from app.boxes import AnnotationError
 from app.models import Annotation, Image
+from app.safe_files import UnsafeFile
 from app.views.auth import require_role
 from app.views.query import keyframe_record
 
@@ -85,8 +85,10 @@ def crop(annotation_id: int):
         except AnnotationError as exc:
             abort(404, description=str(exc))
         box = (a.x, a.y, a.x + a.w, a.y + a.h)
-    with PILImage.open(target.file) as im:
-        piece = im.convert("RGB").crop(box)
+    try:
+        piece = target.pixels().crop(box)
+    except UnsafeFile as exc:
+        abort(404, description=str(exc))
     piece.thumbnail((320, 320))
     buf = io.BytesIO()
     piece.save(buf, "JPEG", quality=85)

@@ -33,7 +33,10 @@ def _user(session) -> User:
 
 
 def _json_body() -> dict:
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:
+        raise AnnotationError("the JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise AnnotationError("send a JSON object (Content-Type: application/json)")
     return data
@@ -70,8 +73,7 @@ def edit(annotation_id: int):
 def remove(annotation_id: int):
     version = request.args.get("version")
     with services.sessions()() as session:
-        boxes.delete(session, _user(session), annotation_id, int(version) if version and version.isdigit()
-                           else None)
+        boxes.delete(session, _user(session), annotation_id, version)
     return "", 204
 
 

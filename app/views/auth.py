@@ -6,8 +6,9 @@ Pages and session-authenticated JSON calls are CSRF-protected; a request that ca
 from __future__ import annotations
 
 from functools import wraps
+from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, flash, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, g, jsonify, redirect, render_template, request, url_for
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_login import LoginManager, current_user, login_user, logout_user
@@ -28,9 +29,14 @@ def init_auth(app) -> None:
 
 
 @login_manager.user_loader
-def load_user(user_id: str) -> User | None:
+def load_user(session_id: str) -> User | None:
+    """The cookie's '<id>:<session version>'; a version older than the user's (logout, new password) fails."""
+    user_id, _, version = (session_id or "").partition(":")
+    if not (user_id.isdigit() and version.isdigit()) or len(user_id) > 18 or len(version) > 18:
+        return None
     with services.sessions()() as session:
-        return session.get(User, int(user_id)) if user_id.isdigit() else None
+        user = session.get(User, int(user_id))
+    return user if user is not None and user.session_version == int(version) else None
 
 
 def bearer_token() -> str | None:
@@ -44,7 +50,9 @@ def load_user_from_token(req) -> User | None:
     if not token:
         return None
     with services.sessions()() as session:
-        return accounts.by_token(session, token)
+        user = accounts.by_token(session, token)
+    g.token_user = user is not None  # only a call authenticated by its token skips the CSRF check
+    return user
 
 
 @login_manager.unauthorized_handler
@@ -66,7 +74,7 @@ def require_role(*roles: str):
             if current_user.role not in roles:
                 raise Forbidden(f"this needs the {' or '.join(roles)} role; you are {current_user.role}")
             if (request.method not in ("GET", "HEAD", "OPTIONS") and request.path.startswith("/api/")
-                    and not bearer_token() and current_app.config.get("WTF_CSRF_ENABLED", True)):
+                    and not g.get("token_user") and current_app.config.get("WTF_CSRF_ENABLED", True)):
                 from app import csrf  # the API blueprints are exempt from the global check: session calls here
 
                 csrf.protect()
@@ -76,10 +84,16 @@ def require_role(*roles: str):
 
 
 def _safe_next(target: str | None) -> str:
-    """Only local paths: a login link can never send the user to another site."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return url_for("search.index")
+    """Only a path on this site: no scheme, no host, no '//' or '\\' start, and no whitespace or control
+    characters (browsers drop tabs and newlines, so '/\t/evil.example' would become '//evil.example')."""
+    if not target or not target.startswith("/") or target.startswith(("//", "/\\")) or "\\" in target:
+        return url_for("search.index")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in target):
+        return url_for("search.index")
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return url_for("search.index")
+    return target
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -98,6 +112,9 @@ def login():
 
 @bp.post("/logout")
 def logout():
+    if current_user.is_authenticated:
+        with services.sessions()() as session:
+            accounts.end_sessions(session, current_user.id)
     logout_user()
     flash("Logged out.")
     return redirect(url_for("search.index"))

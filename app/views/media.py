@@ -3,32 +3,46 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, abort, current_app, render_template, send_file
+from flask import Blueprint, abort, current_app, render_template
 from sqlalchemy import select
 
 from app import services
 from app.models import Image, Video
-from app.views.query import keyframe_file, keyframe_record
+from app.safe_files import UnsafeFile, open_keyframe, open_source, send_opened
+from app.views.query import MAX_DB_ID, keyframe_record, keyframe_relpath
 
 bp = Blueprint("media", __name__)
 CACHE_SECONDS = 7 * 24 * 3600
 
 
+def _layout():
+    return current_app.extensions["layout"]
+
+
+def _opened(opener, *args):
+    try:
+        return opener(*args)
+    except UnsafeFile as exc:
+        abort(404, description=str(exc))
+
+
 @bp.get("/keyframes/<video_id>/<int:n>.jpg")
 def keyframe_image(video_id: str, n: int):
-    path = keyframe_file(video_id, n)
-    if path is None:
+    rel = keyframe_relpath(video_id, n)
+    if rel is None:
         abort(404, description=f"no keyframe {n} in video '{video_id}'")
-    return send_file(path, max_age=CACHE_SECONDS)
+    handle, st = _opened(open_keyframe, _layout().data_dir, rel)
+    return send_opened(handle, st, Path(rel).name, CACHE_SECONDS)
 
 
 @bp.get("/images/<int:image_id>")
 def image_file(image_id: int):
     with services.sessions()() as session:
-        row = session.get(Image, image_id)
-    if row is None or not Path(row.path).is_file():
+        row = session.get(Image, image_id) if image_id <= MAX_DB_ID else None
+    if row is None:
         abort(404, description="no such image")
-    return send_file(row.path, max_age=CACHE_SECONDS)
+    handle, st = _opened(open_source, row)
+    return send_opened(handle, st, Path(row.path).name, CACHE_SECONDS)
 
 
 @bp.get("/video/<video_id>")
@@ -39,12 +53,13 @@ def video_file(video_id: str):
         row = session.scalar(select(Video).where(Video.video_id == video_id))
     if row is None or row.source != "video":
         abort(404, description=f"no playable video '{video_id}'")
-    proxy = current_app.extensions["layout"].proxy_path(row.video_id)
-    if proxy.is_file():
-        return send_file(proxy, mimetype="video/mp4", conditional=True, max_age=CACHE_SECONDS)
-    if not Path(row.path).is_file():
-        abort(404, description=f"the file of video '{video_id}' is gone")
-    return send_file(row.path, conditional=True, max_age=CACHE_SECONDS)
+    layout = _layout()
+    proxy = layout.proxy_path(row.video_id)
+    if proxy.exists():
+        handle, st = _opened(open_keyframe, layout.data_dir, proxy.relative_to(layout.data_dir))
+        return send_opened(handle, st, proxy.name, CACHE_SECONDS, mimetype="video/mp4")
+    handle, st = _opened(open_source, row)
+    return send_opened(handle, st, Path(row.path).name, CACHE_SECONDS)
 
 
 @bp.get("/keyframe/<video_id>/<int:n>")

@@ -12,6 +12,8 @@ from sqlalchemy import select
 
 from app import services
 from app.models import Image, Keyframe, Video
+from app.numbers import MAX_ID
+from app.safe_files import UnsafeFile, open_keyframe, open_source, read_picture
 from app.search import Hit, Options, Outcome, QueryError, parse_box, parse_k, parse_min_score
 from app.uploads import read_image
 
@@ -182,30 +184,31 @@ def keyframe_record(video_id: str, n: int) -> dict:
                 "previous": [brief(k) for k in near if k.n < n], "next": [brief(k) for k in near if k.n > n]}
 
 
-def keyframe_file(video_id: str, n: int) -> Path | None:
-    """A keyframe's JPEG, found through the catalogue and kept inside the data directory."""
-    with services.sessions()() as session:
-        rel = session.scalar(select(Keyframe.image_path).join(Video).where(Video.video_id == video_id,
-                                                                           Keyframe.n == n))
-    if rel is None:
+MAX_DB_ID = MAX_ID
+
+
+def keyframe_relpath(video_id: str, n: int) -> str | None:
+    """A keyframe's JPEG path relative to the data directory, found through the catalogue."""
+    if not 0 < n <= MAX_DB_ID:
         return None
-    base = current_app.extensions["layout"].data_dir.resolve()
-    path = (base / rel).resolve()
-    return path if path.is_relative_to(base) and path.is_file() else None
+    with services.sessions()() as session:
+        return session.scalar(select(Keyframe.image_path).join(Video).where(Video.video_id == video_id,
+                                                                             Keyframe.n == n))
 
 
 def keyframe_pixels(item: str) -> PILImage.Image:
     """The stored keyframe '<video_id>/<n>' (or collection image 'image:<id>'), for a region drawn on it."""
-    if item.startswith("image:") and item[6:].isdigit():
-        with services.sessions()() as session:
-            row = session.get(Image, int(item[6:]))
-        if row is None or not Path(row.path).is_file():
-            raise QueryError(f"unknown image '{item}'")
-        with PILImage.open(row.path) as im:
-            return im.convert("RGB")
-    video_id, _, n = item.rpartition("/")
-    path = keyframe_file(video_id, int(n)) if n.isdigit() else None
-    if path is None:
-        raise QueryError(f"unknown keyframe '{item}'")
-    with PILImage.open(path) as im:
-        return im.convert("RGB")
+    try:
+        if item.startswith("image:") and item[6:].isdigit():
+            with services.sessions()() as session:
+                row = session.get(Image, int(item[6:])) if int(item[6:]) <= MAX_DB_ID else None
+            if row is None:
+                raise QueryError(f"unknown image '{item}'")
+            return read_picture(open_source(row))
+        video_id, _, n = item.rpartition("/")
+        rel = keyframe_relpath(video_id, int(n)) if n.isdigit() else None
+        if rel is None:
+            raise QueryError(f"unknown keyframe '{item}'")
+        return read_picture(open_keyframe(current_app.extensions["layout"].data_dir, rel))
+    except UnsafeFile as exc:
+        raise QueryError(f"the picture of '{item}' cannot be read: {exc}") from None

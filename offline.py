@@ -273,6 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     except (WeightsUnavailable, ModelMismatch, CollectionBusy, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - a broken data dir gets a sentence; anything else re-raises
+        from app.startup import explain
+
+        sentence = explain(exc, DataLayout.from_data_dir(getattr(args, "data_dir", None)))
+        if sentence is None:
+            raise
+        print(f"error: {sentence}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

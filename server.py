@@ -25,20 +25,29 @@ def main(argv: list[str] | None = None) -> int:
                              "page's baselines (default: torchvision's cache, else download)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = create_app({"DATA_DIR": args.data_dir, "MODEL_CONFIG": args.model_config, "DEVICE": args.device,
-                      "BASELINE_WEIGHTS": args.baseline_weights})
     from app.encoders import WeightsUnavailable
+    from app.paths import DataLayout
     from app.search import QueryError
     from app.services import searcher
+    from app.startup import explain
 
-    with app.app_context():
-        try:
-            searcher()  # load the model now, not on the first query
-        except WeightsUnavailable as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        except QueryError as exc:
-            print(f"note: {exc}", file=sys.stderr)
+    try:
+        app = create_app({"DATA_DIR": args.data_dir, "MODEL_CONFIG": args.model_config, "DEVICE": args.device,
+                          "BASELINE_WEIGHTS": args.baseline_weights})
+        with app.app_context():
+            try:
+                searcher()  # load the model now, not on the first query
+            except QueryError as exc:
+                print(f"note: {exc}", file=sys.stderr)
+    except WeightsUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a broken data dir gets a sentence; anything else re-raises
+        sentence = explain(exc, DataLayout.from_data_dir(args.data_dir))
+        if sentence is None:
+            raise
+        print(f"error: {sentence}", file=sys.stderr)
+        return 2
     print(f"Framefinder serving http://{args.host}:{args.port}/", flush=True)
     app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
     return 0

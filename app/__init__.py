@@ -13,6 +13,7 @@ from werkzeug.routing import IntegerConverter
 
 from app.numbers import MAX_ID
 from app.paths import PROJECT_ROOT, DataLayout
+from app.vectors import IndexDamaged
 
 csrf = CSRFProtect()
 
@@ -157,6 +158,11 @@ def _register_errors(app: Flask) -> None:
                          f"{app.config['MAX_CONTENT_LENGTH'] // (1024 * 1024)} MB.",
                     429: f"Too many attempts ({exc.description}); wait a minute and try again."}
         return _error(exc.code or 500, messages.get(exc.code, exc.description))
+
+    @app.errorhandler(IndexDamaged)
+    def index_damaged(exc: IndexDamaged):
+        app.logger.error("%s", exc)
+        return _error(503, f"The search index cannot be read: {exc}")
 
     @app.errorhandler(RecursionError)
     def too_deep(exc: RecursionError):

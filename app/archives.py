@@ -37,7 +37,8 @@ def is_media(path: Path) -> bool:
 
 
 def extract_archive(archive: Path, dest_root: Path, max_total: int = MAX_TOTAL_BYTES,
-                    accept: Callable[[Path], bool] = is_media) -> tuple[list[Path], list[Problem], list[Problem]]:
+                    accept: Callable[[Path], bool] = is_media, max_entries: int | None = None
+                    ) -> tuple[list[Path], list[Problem], list[Problem]]:
     """Extract the entries `accept` wants (media by default) under dest_root/<stem>-<hash>/.
 
     Returns (extracted files, failed entries, skipped non-media entries).
@@ -54,6 +55,8 @@ def extract_archive(archive: Path, dest_root: Path, max_total: int = MAX_TOTAL_B
         if declared > max_total:
             return [], [Problem(str(archive), f"declared uncompressed size {declared} bytes is over the "
                                               f"limit of {max_total} bytes (zip bomb?)")], []
+        if max_entries is not None and len(infos) > max_entries:
+            return [], [Problem(str(archive), f"{len(infos)} files inside; the limit is {max_entries}")], []
         digest = hashlib.blake2b(str(archive).encode(), digest_size=4).hexdigest()
         dest = (dest_root / f"{archive.stem}-{digest}").resolve()
         files: list[Path] = []

@@ -33,6 +33,7 @@ class Entry:
     rel_path: str | None  # keyframe path relative to the data directory
     source_path: str  # the original video or image file
     feature_key: str = ""  # video id (row n-1 of feature/<id>.npy) or image content hash
+    row: int = -1  # FAISS row in the generation
 
     @property
     def item(self) -> str:
@@ -78,17 +79,21 @@ def _load_entries(session: Session, ids: np.ndarray) -> list[Entry]:
                Keyframe.image_path, Video.video_id, Video.path).join(Video, Keyframe.video_pk == Video.id))}
     img_rows = {row.id: row for row in session.execute(select(Image.id, Image.path, Image.content_hash))}
     entries = []
-    for kind, db_id in ids.tolist():
+    for row_number, (kind, db_id) in enumerate(ids.tolist()):
         if kind == vectors.KIND_KEYFRAME and db_id in kf_rows:
             r = kf_rows[db_id]
             entries.append(Entry(kind, db_id, r.video_id, r.n, r.frame_idx, r.pts_time, r.shot_id, r.image_path,
-                                 r.path, r.video_id))
+                                 r.path, r.video_id, row_number))
         elif kind == vectors.KIND_IMAGE and db_id in img_rows:
             r = img_rows[db_id]
-            entries.append(Entry(kind, db_id, None, None, None, None, None, None, r.path, r.content_hash))
+            entries.append(Entry(kind, db_id, None, None, None, None, None, None, r.path, r.content_hash,
+                                 row_number))
         else:  # catalogue changed under an older index: keep alignment, never show it
             entries.append(Entry(-1, db_id, None, None, None, None, None, None, ""))
     return entries
+
+
+_NOTHING_LOADED = object()
 
 
 class Collection:
@@ -101,16 +106,20 @@ class Collection:
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._checked = 0.0
+        self._loaded_for: object = _NOTHING_LOADED  # what CURRENT said when the snapshot was loaded
 
     def snapshot(self) -> Snapshot | None:
+        """The served generation; reloaded when CURRENT names another one. A damaged current generation
+        falls back to the newest intact one (vectors.load_current), loaded once, not on every request."""
         now = time.monotonic()
-        if now - self._checked >= self.check_every_s or self._snapshot is None:
+        if now - self._checked >= self.check_every_s or self._loaded_for is _NOTHING_LOADED:
             self._checked = now
-            generation = vectors.current_generation(self.layout.index_dir)
-            if generation and (self._snapshot is None or self._snapshot.bundle.generation != generation):
+            pointer = vectors.pointer(self.layout.index_dir)
+            if pointer != self._loaded_for or (self._snapshot is None and pointer is None):
                 with self._lock:
-                    if self._snapshot is None or self._snapshot.bundle.generation != generation:
+                    if pointer != self._loaded_for or self._snapshot is None:
                         self._snapshot = self._load()
+                        self._loaded_for = pointer
         return self._snapshot
 
     def _load(self) -> Snapshot | None:
@@ -132,9 +141,15 @@ class Collection:
         with self.sessions() as session:
             return {a.target for a in search(session, label=label, limit=1_000_000)}
 
-    def stored_vector(self, entry: Entry) -> np.ndarray:
-        """The stored feature of an entry ("more like this"), from the inspectable .npy files."""
-        if entry.kind == vectors.KIND_KEYFRAME:
-            feats = np.load(self.layout.video_feature_path(entry.feature_key), mmap_mode="r")
-            return np.asarray(feats[entry.n - 1], dtype=np.float32).reshape(1, -1)
-        return np.load(self.layout.image_feature_dir / f"{entry.feature_key}.npy").reshape(1, -1)
+    def stored_vector(self, snap: Snapshot, entry: Entry) -> np.ndarray:
+        """The vector of an entry ("more like this") from the served generation itself, so it always
+        belongs to the same revision as the index (a re-index may be rewriting the .npy files meanwhile)."""
+        return vectors.vector_of(snap.bundle, entry.row).reshape(1, -1)
+
+    def live_keyframes(self, db_ids: list[int]) -> set[int]:
+        """Which of these keyframe rows still exist: a re-indexed video's old rows are gone, and the served
+        generation's entries for them are hidden until the new generation is published."""
+        if not db_ids:
+            return set()
+        with self.sessions() as session:
+            return set(session.scalars(select(Keyframe.id).where(Keyframe.id.in_(db_ids))))

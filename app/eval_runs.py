@@ -62,6 +62,16 @@ def fail(sessions: sessionmaker, run_id: int, message: str) -> None:
         run.status, run.message = "failed", message
 
 
+class Cancelled(Exception):
+    """The run was stopped by a user; it is stored as cancelled."""
+
+
+def cancel(sessions: sessionmaker, run_id: int) -> None:
+    with sessions.begin() as session:
+        run = session.get(EvaluationRun, run_id)
+        run.status, run.message = "cancelled", "cancelled by a user"
+
+
 def execute(layout: DataLayout, sessions: sessionmaker, snap: Snapshot, gt: GroundTruth, config: Config,
             clip_encoder_factory: Callable[[], object], protocol: str | None = None,
             queries_dir: Path | None = None, baseline_weights: str | None = None, device: str = "auto",
@@ -78,6 +88,9 @@ def execute(layout: DataLayout, sessions: sessionmaker, snap: Snapshot, gt: Grou
         else:
             encoder = clip_encoder_factory()
         result = evaluate(gt, snap, layout, encoder, config, protocol, queries_dir, features, progress)
+    except Cancelled:
+        cancel(sessions, run_id)
+        raise
     except Exception as exc:
         fail(sessions, run_id, str(exc))
         raise

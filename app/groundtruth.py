@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.media import IMAGE_EXTENSIONS
+from app.numbers import finite
 
 FORMATS = ("oxford", "revisited", "labelled", "moments", "annotations")
 ANNOTATIONS_SET = "@annotations"  # the boxes saved on the annotation page, as ground truth
@@ -151,9 +152,9 @@ def load_oxford(folder: Path) -> GroundTruth:
         if len(parts) != 5:
             raise GroundTruthError(f"{qfile.name}:1: expected '<image> x1 y1 x2 y2', got {len(parts)} fields")
         try:
-            x1, y1, x2, y2 = (float(v) for v in parts[1:])
-        except ValueError:
-            raise GroundTruthError(f"{qfile.name}:1: the box must be four numbers") from None
+            x1, y1, x2, y2 = (finite(v, "each box number", 0, 1e6) for v in parts[1:])
+        except ValueError as exc:
+            raise GroundTruthError(f"{qfile.name}:1: the box must be four finite numbers ({exc})") from None
         if x2 <= x1 or y2 <= y1:
             raise GroundTruthError(f"{qfile.name}:1: the box {x1} {y1} {x2} {y2} has no area")
         sets = {}

@@ -7,6 +7,7 @@ style); pickles are never accepted from an upload.
 from __future__ import annotations
 
 import re
+import secrets
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +18,12 @@ from app.groundtruth import ANNOTATIONS_SET, GroundTruth, GroundTruthError, from
 
 UPLOADS = "uploads"
 TEXT_SUFFIXES = {".txt", ".csv"}
+# An upload is bounded in bytes, expanded size, files and queries: a run answers about 8 queries a second
+# on 2 cores, so 5,000 queries is a ten-minute run, not 36 hours.
+MAX_UPLOAD_BYTES = 5 * 1024 * 1024
+MAX_EXPANDED_BYTES = 20 * 1024 * 1024
+MAX_FILES = 20_000
+MAX_QUERIES = 5_000
 
 
 def _is_set(path: Path) -> bool:
@@ -64,8 +71,8 @@ def _safe_stem(filename: str) -> str:
 
 
 def save_upload(root: Path, filename: str, data: bytes) -> str:
-    """Store an uploaded set under uploads/ and return its name; the set is loaded once to check it,
-    and removed again when it is not usable."""
+    """Store an uploaded set under uploads/ and return its name. The set is loaded once to check it; when
+    anything is wrong, nothing of it is left behind (no folder, no listed set)."""
     suffix = Path(filename or "").suffix.lower()
     if suffix == ".pkl":
         raise GroundTruthError(f"{filename}: pickles are loaded only from the command line or the server's "
@@ -75,45 +82,67 @@ def save_upload(root: Path, filename: str, data: bytes) -> str:
                                f"Oxford-style .txt files")
     if not data:
         raise GroundTruthError(f"{filename}: the file is empty")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise GroundTruthError(f"{filename}: {len(data):,} bytes; a ground-truth upload takes at most "
+                               f"{MAX_UPLOAD_BYTES:,} (put larger sets in the server's ground-truth folder)")
     uploads = root / UPLOADS
     uploads.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    if suffix == ".csv":
-        target = uploads / f"{stamp}-{_safe_stem(filename)}.csv"
-        atomic.write_bytes(target, data)
-        return _checked(root, target, f"{UPLOADS}/{target.name}")
-    archive = uploads / f".{stamp}-{_safe_stem(filename)}.zip"
-    atomic.write_bytes(archive, data)
+    # unique even for the same file twice in one second
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}-{_safe_stem(filename)}"
+    made: list[Path] = []
     try:
-        files, failed, skipped = extract_archive(archive, uploads, accept=lambda p: p.suffix.lower() in TEXT_SUFFIXES)
-    finally:
-        archive.unlink(missing_ok=True)
-    folder = uploads / f"{archive.stem}"
-    extracted = next(iter(files), None)
-    if extracted is not None:
-        folder = next(p for p in [extracted.parent, *extracted.parents] if p.parent == uploads)
+        if suffix == ".csv":
+            target = uploads / f"{stem}.csv"
+            made.append(target)
+            atomic.write_bytes(target, data)
+            return _checked(target, f"{UPLOADS}/{target.name}")
+        final = uploads / stem
+        made.append(final)
+        _extract_oxford(uploads, stem, filename, data, final, made)
+        return _checked(final, f"{UPLOADS}/{final.name}")
+    except GroundTruthError:
+        for path in made:
+            _remove(path)
+        raise
+    except (OSError, ValueError) as exc:
+        for path in made:
+            _remove(path)
+        raise GroundTruthError(f"{filename}: could not store the upload ({exc})") from None
+
+
+def _extract_oxford(uploads: Path, stem: str, filename: str, data: bytes, final: Path, made: list[Path]) -> None:
+    archive = uploads / f".{stem}.zip"
+    made.append(archive)
+    atomic.write_bytes(archive, data)
+    files, failed, skipped = extract_archive(archive, uploads, max_total=MAX_EXPANDED_BYTES,
+                                             accept=lambda p: p.suffix.lower() in TEXT_SUFFIXES,
+                                             max_entries=MAX_FILES)
+    archive.unlink(missing_ok=True)
+    folder = next((p for p in [files[0].parent, *files[0].parents] if p.parent == uploads), None) if files else None
+    if folder is not None:
+        made.append(folder)
     if failed or any(p.name.lower().endswith(".pkl") for p in skipped) or not files:
-        _remove(folder)
-        reason = (failed[0].name + ": " + failed[0].reason) if failed else \
+        reason = (failed[0].name.rsplit(":", 1)[-1] + ": " + failed[0].reason) if failed else \
             "pickles are never accepted from an upload" if skipped else "no .txt or .csv files inside"
         raise GroundTruthError(f"{filename}: {reason}")
     queries = sorted({p.parent for p in files if p.name.endswith("_query.txt")})
     if len(queries) != 1:
-        _remove(folder)
         raise GroundTruthError(f"{filename}: expected one folder of *_query.txt files, found {len(queries)}")
-    final = uploads / f"{stamp}-{_safe_stem(filename)}"
     queries[0].rename(final)
-    if folder.exists() and folder != final:
-        _remove(folder)
-    return _checked(root, final, f"{UPLOADS}/{final.name}")
 
 
-def _checked(root: Path, path: Path, name: str) -> str:
+def _checked(path: Path, name: str) -> str:
+    """Load the stored set once; anything unreadable is a GroundTruthError (and the caller removes it)."""
     try:
-        load(path, allow_pickle=False)
+        gt = load(path, allow_pickle=False)
     except GroundTruthError:
-        _remove(path)
         raise
+    except Exception as exc:  # noqa: BLE001 - whatever breaks the loader, the upload is refused, not kept
+        raise GroundTruthError(f"{path.name}: cannot be read as ground truth ({type(exc).__name__}: {exc})") from None
+    if len(gt.queries) > MAX_QUERIES:
+        raise GroundTruthError(f"{path.name}: {len(gt.queries):,} queries; an upload holds at most {MAX_QUERIES:,}")
+    if not gt.queries:
+        raise GroundTruthError(f"{path.name}: no queries inside")
     return name
 
 

@@ -35,6 +35,8 @@ from app.store import (
     FileState,
     KeyframeRecord,
     encode_jpeg,
+    publish_video_files,
+    recover_staged,
     remove_video_files,
     replace_video_rows,
     unique_video_id,
@@ -269,12 +271,13 @@ class Indexer:
                    for kf, (data, _) in zip(result.keyframes, encoded, strict=True)]
         video_id = existing.video_id if existing else unique_video_id(self.session, path.stem, str(path))
         shots = [(s.start_frame, s.end_frame) for s in result.shots]
-        self._proxy(path, video_id, result.info)
-        write_video_files(self.layout, video_id, result.fps, records, shots, features)
+        write_video_files(self.layout, video_id, state.content_hash, result.fps, records, shots, features)
         self.progress.update("keyframes", len(records))
         replace_video_rows(self.session, self.layout, existing, video_id, str(path), state, result.fps,
                            result.frames, (result.width, result.height), "video", records, shots,
                            duration=result.duration)
+        publish_video_files(self.layout, video_id)
+        self._proxy(path, video_id, result.info)
         self.summary.keyframes += len(records)
         return "updated" if existing else "added"
 
@@ -308,13 +311,14 @@ class Indexer:
         records = [KeyframeRecord(r["frame_idx"], None, source=img)
                    for r, img in zip(video.rows, video.images, strict=True)]
         video_id = existing.video_id if existing else unique_video_id(self.session, video.video_id, key)
-        write_video_files(self.layout, video_id, video.fps, records, None, features)
+        write_video_files(self.layout, video_id, state.content_hash, video.fps, records, None, features)
         self.progress.update("keyframes", len(records))
         last = max(r["frame_idx"] for r in video.rows)
         with PILImage.open(video.images[0]) as im:
             size = im.size
         replace_video_rows(self.session, self.layout, existing, video_id, key, state, video.fps, last + 1,
                            size, "aic", records, None)
+        publish_video_files(self.layout, video_id)
         self.summary.keyframes += len(records)
         return "updated" if existing else "added"
 
@@ -435,6 +439,7 @@ def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, sess
         if encoder is None:
             encoder = ClipEncoder(options.model, pretrained, options.device, options.batch_size)
         check_fingerprint(session, encoder)
+        recover_staged(session, layout)  # finish (or drop) what a killed run had staged
         run = IndexRun(model=encoder.model_name, pretrained=encoder.pretrained, index_type=options.index_type)
         session.add(run)
         session.commit()

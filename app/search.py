@@ -174,6 +174,10 @@ class Searcher:
         outcome.timing_ms["search"] = (time.perf_counter() - t0) * 1000
         hits = [Hit(int(r), float(s), snap.entries[r]) for s, r in zip(scores[0], rows[0], strict=True)
                 if r >= 0 and snap.entries[r].kind >= 0]
+        keyframe_ids = [h.entry.db_id for h in hits if h.entry.kind == vectors.KIND_KEYFRAME]
+        if keyframe_ids:
+            live = self.collection.live_keyframes(keyframe_ids)
+            hits = [h for h in hits if h.entry.kind != vectors.KIND_KEYFRAME or h.entry.db_id in live]
         outcome.hits = self._shape(hits, opts, outcome)
         return outcome
 

@@ -5,6 +5,7 @@ the commit leaves the video "not indexed" and the next run simply does it again.
 """
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from hashlib import blake2b
@@ -19,6 +20,7 @@ from app import atomic
 from app.media import file_hash, safe_id
 from app.models import Keyframe, Shot, Video
 from app.paths import DataLayout
+from app.safe_files import UnsafeFile, open_beneath
 
 JPEG_QUALITY = 90
 
@@ -75,29 +77,84 @@ def unique_video_id(session: Session, stem: str, path: str) -> str:
     return f"{base}_{blake2b(path.encode(), digest_size=3).hexdigest()}"
 
 
-def write_video_files(layout: DataLayout, video_id: str, fps: float, keyframes: list[KeyframeRecord],
-                      shots: list[tuple[int, int]] | None, features: np.ndarray) -> None:
-    """keyframes/<id>/NNN.jpg, map-keyframes/<id>.csv, shots/<id>.csv, feature/<id>.npy."""
+SOURCE_MARKER = ".source"  # inside keyframes/<id>/: the content hash of the video those files were made from
+
+
+def staging_dir(layout: DataLayout, video_id: str) -> Path:
+    return layout.data_dir / ".staging" / video_id
+
+
+def write_video_files(layout: DataLayout, video_id: str, source_hash: str, fps: float,
+                      keyframes: list[KeyframeRecord], shots: list[tuple[int, int]] | None,
+                      features: np.ndarray) -> None:
+    """Stage a video's new files beside the old ones (.staging/<id>/): keyframes/NNN.jpg, map.csv,
+    shots.csv, feature.npy. Nothing visible changes until `publish_video_files`, which runs after the
+    catalogue commit; a kill in between is finished (or undone) by `recover_staged` at the next run."""
     if len(features) != len(keyframes):
         raise ValueError("one feature row per keyframe expected")
-    final_dir = layout.keyframes_dir / video_id
-    tmp_dir = layout.keyframes_dir / f".{video_id}.tmp"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
+    stage = staging_dir(layout, video_id)
+    shutil.rmtree(stage, ignore_errors=True)
+    (stage / "keyframes").mkdir(parents=True)
     lines = ["n,pts_time,fps,frame_idx"]
     for n, kf in enumerate(keyframes, start=1):
-        target = tmp_dir / f"{n:03d}.jpg"
+        target = stage / "keyframes" / f"{n:03d}.jpg"
         if kf.jpeg is not None:
             target.write_bytes(kf.jpeg)
         else:
             shutil.copyfile(kf.source, target)
         lines.append(f"{n},{kf.time(fps):.3f},{fps:g},{kf.frame_idx}")
-    atomic.replace_dir(tmp_dir, final_dir)
-    atomic.write_text(layout.map_dir / f"{video_id}.csv", "\n".join(lines) + "\n")
+    (stage / "keyframes" / SOURCE_MARKER).write_text(source_hash)
+    atomic.write_text(stage / "map.csv", "\n".join(lines) + "\n")
     if shots is not None:
         shot_lines = ["shot,start_frame,end_frame"] + [f"{i},{a},{b}" for i, (a, b) in enumerate(shots)]
-        atomic.write_text(layout.shots_dir / f"{video_id}.csv", "\n".join(shot_lines) + "\n")
-    atomic.save_npy(layout.video_feature_path(video_id), features.astype(np.float32))
+        atomic.write_text(stage / "shots.csv", "\n".join(shot_lines) + "\n")
+    atomic.save_npy(stage / "feature.npy", features.astype(np.float32))
+    atomic.write_text(stage / "SOURCE", source_hash)  # last: the stage is complete
+
+
+def publish_video_files(layout: DataLayout, video_id: str) -> None:
+    """Move a complete stage into the AI Challenge layout. Each step is a rename and can be redone, so a
+    kill half-way is finished by the next run. The keyframes folder (with its source marker) goes last."""
+    stage = staging_dir(layout, video_id)
+    if not (stage / "SOURCE").is_file():
+        shutil.rmtree(stage, ignore_errors=True)
+        return
+    for name, final in (("feature.npy", layout.video_feature_path(video_id)),
+                        ("map.csv", layout.map_dir / f"{video_id}.csv"),
+                        ("shots.csv", layout.shots_dir / f"{video_id}.csv")):
+        if (stage / name).exists():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(stage / name, final)
+    if (stage / "keyframes").exists():
+        atomic.replace_dir(stage / "keyframes", layout.keyframes_dir / video_id)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def recover_staged(session: Session, layout: DataLayout) -> None:
+    """After a kill: a stage whose video the catalogue already describes is published; any other is dropped."""
+    root = layout.data_dir / ".staging"
+    for stage in sorted(root.iterdir()) if root.is_dir() else []:
+        try:
+            source = (stage / "SOURCE").read_text().strip()
+        except OSError:
+            source = None
+        row = session.scalar(select(Video).where(Video.video_id == stage.name))
+        if source and row is not None and row.content_hash == source:
+            publish_video_files(layout, stage.name)
+        else:
+            shutil.rmtree(stage, ignore_errors=True)
+    for old in layout.keyframes_dir.glob(".*.old") if layout.keyframes_dir.is_dir() else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def files_match(layout: DataLayout, video_id: str, content_hash: str) -> bool:
+    """Whether keyframes/<id>/ holds the files of the catalogued revision (older collections have no marker)."""
+    try:
+        handle, _ = open_beneath(layout.data_dir, f"keyframes/{video_id}/{SOURCE_MARKER}")
+    except UnsafeFile:  # no marker: a collection indexed before markers existed, or no files yet
+        return (layout.keyframes_dir / video_id).is_dir()
+    with handle:
+        return handle.read(200).decode("ascii", "replace").strip() == content_hash
 
 
 def replace_video_rows(session: Session, layout: DataLayout, existing: Video | None, video_id: str, path: str,
@@ -127,6 +184,7 @@ def replace_video_rows(session: Session, layout: DataLayout, existing: Video | N
 
 
 def remove_video_files(layout: DataLayout, video_id: str) -> None:
+    shutil.rmtree(staging_dir(layout, video_id), ignore_errors=True)
     shutil.rmtree(layout.keyframes_dir / video_id, ignore_errors=True)
     for p in (layout.map_dir / f"{video_id}.csv", layout.shots_dir / f"{video_id}.csv",
               layout.video_feature_path(video_id), layout.proxy_path(video_id)):

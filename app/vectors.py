@@ -8,6 +8,7 @@ ids.npy row i = (kind, database id) for FAISS id i; kind 0 is a keyframe, 1 an i
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -25,6 +26,7 @@ KIND_IMAGE = 1
 INDEX_TYPES = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 EXACT_BELOW = 100_000  # exact search stays under ~10 ms per query up to here (2 cores, 512-d)
 MEMORY_BUDGET = 1 << 30  # auto keeps the in-memory index under this many bytes
+log = logging.getLogger(__name__)
 RERANK_FILE = "vectors.f16.npy"
 
 
@@ -136,25 +138,75 @@ def _remove_old(index_dir: Path, keep: set[str | None]) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def current_generation(index_dir: Path) -> str | None:
+class IndexDamaged(RuntimeError):
+    """No generation of the index can be loaded; the message names the file and the fix."""
+
+
+def pointer(index_dir: Path) -> str | None:
+    """What CURRENT names (whether or not that generation is intact)."""
     try:
-        name = (index_dir / "CURRENT").read_text().strip()
-    except FileNotFoundError:
+        return (index_dir / "CURRENT").read_text().strip() or None
+    except (FileNotFoundError, NotADirectoryError):
         return None
+
+
+def current_generation(index_dir: Path) -> str | None:
+    name = pointer(index_dir)
     return name if name and (index_dir / name).is_dir() else None
 
 
-def load_current(index_dir: Path, use_gpu: bool | None = None) -> IndexBundle | None:
-    generation = current_generation(index_dir)
-    if generation is None:
-        return None
-    folder = index_dir / generation
+def _generations(index_dir: Path) -> list[str]:
+    """Every complete generation folder, the one CURRENT names first, then newest first."""
+    try:
+        names = sorted((p.name for p in index_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                       reverse=True)
+    except FileNotFoundError:
+        return []
+    current = pointer(index_dir)
+    return ([current] if current in names else []) + [n for n in names if n != current]
+
+
+def _load_generation(folder: Path, use_gpu: bool | None) -> IndexBundle:
     index = faiss.read_index(str(folder / "index.faiss"))
     ids = np.load(folder / "ids.npy", allow_pickle=False)
     meta = json.loads((folder / "meta.json").read_text())
+    if ids.ndim != 2 or ids.shape[1] != 2 or len(ids) != index.ntotal:
+        raise ValueError(f"ids.npy holds {ids.shape} for an index of {index.ntotal} vectors")
     apply_search_params(index, meta.get("params", {}))
     rerank = np.load(folder / RERANK_FILE, mmap_mode="r") if (folder / RERANK_FILE).is_file() else None
-    return IndexBundle(index, ids, meta, generation, rerank, to_gpu(index) if use_gpu is not False else None)
+    if rerank is None and isinstance(index, faiss.IndexIVF):
+        index.make_direct_map()  # reconstruct() for "more like this" (8 bytes a vector)
+    if rerank is not None and len(rerank) != index.ntotal:
+        raise ValueError(f"{RERANK_FILE} holds {len(rerank)} rows for an index of {index.ntotal} vectors")
+    return IndexBundle(index, ids, meta, folder.name, rerank, to_gpu(index) if use_gpu is not False else None)
+
+
+def load_current(index_dir: Path, use_gpu: bool | None = None) -> IndexBundle | None:
+    """The generation CURRENT names or, if it is missing or damaged, the newest intact one (a warning says
+    which). None when there is no generation at all; IndexDamaged when none can be read."""
+    problems = []
+    for name in _generations(index_dir):
+        try:
+            bundle = _load_generation(index_dir / name, use_gpu)
+        except (RuntimeError, ValueError, OSError, EOFError) as exc:
+            problems.append(f"{index_dir / name}: {str(exc).splitlines()[0][:200]}")
+            continue
+        if problems or name != pointer(index_dir):
+            log.warning("index generation %s is used because the current one cannot be loaded (%s); "
+                        "offline.py index rebuilds it", name, "; ".join(problems) or "CURRENT names no folder")
+        return bundle
+    if problems:
+        raise IndexDamaged(f"no generation of the index can be loaded ({problems[0]}); run `python offline.py "
+                           f"index PATHS` again to rebuild it from the catalogue and feature files")
+    return None
+
+
+def vector_of(bundle: IndexBundle, row: int) -> np.ndarray:
+    """A stored vector of the generation: exact from flat and HNSW storage or IVF lists, float16 from the
+    IVF-PQ re-rank store (its PQ codes are approximate)."""
+    if bundle.rerank is not None:
+        return np.asarray(bundle.rerank[row], dtype=np.float32)
+    return bundle.index.reconstruct(int(row)).astype(np.float32)
 
 
 def gpu_count() -> int:

@@ -37,7 +37,7 @@ from app.encoders import ClipEncoder, register_model_configs  # noqa: E402
 from app.paths import DataLayout  # noqa: E402
 from app.sample import ShotPlan, make_video  # noqa: E402
 from app.shots import cpu_has_bf16, load_transnet  # noqa: E402
-from app.store import KeyframeRecord, encode_jpeg, write_video_files  # noqa: E402
+from app.store import KeyframeRecord, encode_jpeg, publish_video_files, write_video_files  # noqa: E402
 from app.video_ingest import process_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +75,9 @@ def stage_pass(video: Path, transnet, encoder: ClipEncoder, tmp: Path) -> dict:
     records = [KeyframeRecord(kf.frame_idx, kf.shot, jpeg=data, pts_time=kf.pts_time)
                for kf, (data, _) in zip(result.keyframes, encoded, strict=True)]
     t0 = time.perf_counter()
-    write_video_files(layout, "bench", result.fps, records, [(s.start_frame, s.end_frame) for s in result.shots], feats)
+    shots = [(s.start_frame, s.end_frame) for s in result.shots]
+    write_video_files(layout, "bench", "bench", result.fps, records, shots, feats)
+    publish_video_files(layout, "bench")
     timings["write"] = time.perf_counter() - t0
     return {"frames": result.frames, "fps": result.fps, "shots": len(result.shots), "keyframes": len(feats),
             "timings": timings}

@@ -44,7 +44,7 @@ def test_draw_a_region_on_the_upload_and_search_it(page, live_url, indexed):
     page.set_input_files("#image", str(kf))
     canvas = page.locator("#preview-canvas")
     canvas.wait_for(state="visible")
-    page.wait_for_function("document.getElementById('preview-canvas').getBoundingClientRect().width > 50")
+    page.wait_for_function("() => document.getElementById('preview-canvas').getBoundingClientRect().width > 50")
     box = canvas.bounding_box()
     page.mouse.move(box["x"] + 10, box["y"] + 10)
     page.mouse.down()
@@ -60,7 +60,7 @@ def test_draw_a_region_on_the_upload_and_search_it(page, live_url, indexed):
 
 def test_draw_a_region_on_a_keyframe_page(page, live_url):
     page.goto(f"{live_url}/keyframe/long_shot/2")
-    page.wait_for_function("document.getElementById('frame').naturalWidth > 0")
+    page.wait_for_function("() => document.getElementById('frame').naturalWidth > 0")
     assert page.locator("#region-search").is_disabled()
     box = page.locator("#region-canvas").bounding_box()
     page.mouse.move(box["x"] + 20, box["y"] + 20)
@@ -94,4 +94,4 @@ def test_keyframe_page_shows_frame_neighbours_and_video(page, live_url):
     assert page.locator(".strip a").count() >= 1
     src = page.get_attribute("#player", "src")
     assert "/video/long_shot#t=" in src
-    page.wait_for_function("document.getElementById('player').readyState >= 1")
+    page.wait_for_function("() => document.getElementById('player').readyState >= 1")

@@ -38,7 +38,7 @@ def drag(page, start: tuple[float, float], end: tuple[float, float], steps: int 
 
 def open_frame(page, base: str) -> None:
     page.goto(f"{base}/annotate/{FRAME}")
-    page.wait_for_function("document.getElementById('picture').complete && "
+    page.wait_for_function("() => document.getElementById('picture').complete && "
                            "document.getElementById('boxes-canvas').width > 100")
 
 
@@ -98,7 +98,7 @@ def test_undo_and_next_keyframe_shortcut(page, collection, tiny_encoder):
         page.wait_for_selector("#status:has-text('Undone')")
         assert page.evaluate(f"fetch('{url}').then(r => r.json())")["annotations"][0]["box"] == first
         page.click("#undo-button")  # undoes the creation
-        page.wait_for_function(f"document.querySelectorAll('#box-list li').length === {before}")
+        page.wait_for_function(f"() => document.querySelectorAll('#box-list li').length === {before}")
         page.locator("body").click(position={"x": 5, "y": 5})
         page.keyboard.press("n")
         page.wait_for_url("**/annotate/cuts_and_dissolve/3")

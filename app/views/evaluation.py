@@ -28,11 +28,15 @@ class _Jobs:
     def __init__(self) -> None:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluation")
         self.progress: dict[int, tuple[int, int]] = {}
+        self.cancelled: set[int] = set()
         self.lock = threading.Lock()
 
     def update(self, run_id: int, done: int, total: int) -> None:
+        """Called after every query: the place where a cancel takes effect."""
         with self.lock:
             self.progress[run_id] = (done, total)
+            if run_id in self.cancelled:
+                raise eval_runs.Cancelled()
 
 
 def _jobs() -> _Jobs:
@@ -107,6 +111,8 @@ def start():
                                   baseline_weights=app.config.get("BASELINE_WEIGHTS"),
                                   device=app.config.get("DEVICE", "auto"),
                                   progress=lambda d, t: jobs.update(run_id, d, t), run_id=run_id)
+            except eval_runs.Cancelled:
+                app.logger.info("evaluation run %s cancelled", run_id)
             except Exception:  # noqa: BLE001 - stored on the run and shown on its page
                 app.logger.exception("evaluation run %s failed", run_id)
 
@@ -121,6 +127,20 @@ def _run_or_404(run_id: int) -> dict:
     if run["status"] == "running" and run_id not in _jobs().progress and run["created_at"].timestamp() < STARTED:
         run["status"], run["message"] = "failed", "interrupted: the server stopped during the run"
     return run
+
+
+@bp.post("/runs/<int:run_id>/cancel")
+@require_role("admin")
+def cancel(run_id: int):
+    """Stop a running evaluation after its current query (a queued one never starts)."""
+    run = _run_or_404(run_id)
+    if run["status"] == "running":
+        jobs = _jobs()
+        with jobs.lock:
+            jobs.cancelled.add(run_id)
+        if run_id not in jobs.progress or run["created_at"].timestamp() < STARTED:
+            eval_runs.cancel(services.sessions(), run_id)  # not running in this process: mark it now
+    return redirect(url_for("evaluation.run_page", run_id=run_id), 303)
 
 
 @bp.get("/runs/<int:run_id>/progress")

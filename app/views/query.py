@@ -15,6 +15,7 @@ from app.models import Image, Keyframe, Video
 from app.numbers import MAX_ID
 from app.safe_files import UnsafeFile, open_keyframe, open_source, read_picture
 from app.search import Hit, Options, Outcome, QueryError, parse_box, parse_k, parse_min_score
+from app.store import files_match
 from app.uploads import read_image
 
 log = logging.getLogger("framefinder.query")
@@ -75,7 +76,7 @@ def _like_vector(like: str):
     entry = snap.find(like)
     if entry is None:
         raise QueryError(f"unknown item '{like}' for 'more like this'")
-    return services.collection().stored_vector(entry)
+    return services.collection().stored_vector(snap, entry)
 
 
 def has_query() -> bool:
@@ -188,12 +189,16 @@ MAX_DB_ID = MAX_ID
 
 
 def keyframe_relpath(video_id: str, n: int) -> str | None:
-    """A keyframe's JPEG path relative to the data directory, found through the catalogue."""
+    """A keyframe's JPEG path relative to the data directory, found through the catalogue; None also while
+    the files on disk are of another revision than the catalogue's (a re-index is switching them)."""
     if not 0 < n <= MAX_DB_ID:
         return None
     with services.sessions()() as session:
-        return session.scalar(select(Keyframe.image_path).join(Video).where(Video.video_id == video_id,
-                                                                             Keyframe.n == n))
+        row = session.execute(select(Keyframe.image_path, Video.content_hash).join(Video)
+                              .where(Video.video_id == video_id, Keyframe.n == n)).first()
+    if row is None or not files_match(current_app.extensions["layout"], video_id, row.content_hash):
+        return None
+    return row.image_path
 
 
 def keyframe_pixels(item: str) -> PILImage.Image:

@@ -14,24 +14,29 @@ import sys
 from pathlib import Path
 
 from app.paths import PROJECT_ROOT, DataLayout
+from app.vectors import EXACT_BELOW
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="ViT-B-32", help="open_clip model name (default: %(default)s)")
+    p.add_argument("--model", default=None,
+                   help="open_clip model name (default: the one the collection was indexed with, else ViT-B-32)")
     p.add_argument("--pretrained", default=None,
-                   help="open_clip pretrained tag (default: a LAION-2B tag for the model), a path to a local "
-                        "checkpoint file, or 'none' for random weights")
+                   help="open_clip pretrained tag (default: the collection's weights, else a LAION-2B tag for the "
+                        "model), a path to a local checkpoint file, or 'none' for random weights (no download; "
+                        "image search works, text search means nothing)")
     p.add_argument("--model-config", default=None, metavar="JSON",
                    help="an extra open_clip model config (file or folder) to make its name known")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
-def _add_index_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=None,
-                   help="collection folder (default: the project's static/ with the database in instance/)")
+def _add_index_args(p: argparse.ArgumentParser, data_dir_help: str = "collection folder (default: the project's "
+                                                                      "static/ with the database in instance/)"
+                    ) -> None:
+    p.add_argument("--data-dir", default=None, help=data_dir_help)
     _add_model_args(p)
     p.add_argument("--index", dest="index_type", default="auto", choices=["auto", "flat", "ivf", "hnsw", "ivfpq"],
-                   help="FAISS index type (default: auto, exact below 200k vectors)")
+                   help=f"FAISS index type (default: auto: exact below {EXACT_BELOW:,} vectors, IVF-Flat while "
+                        f"float32 vectors fit 1 GB, IVF-PQ beyond)")
     p.add_argument("--keyframe-interval", type=float, default=4.0, metavar="SECONDS",
                    help="one more keyframe per this many seconds of a long shot (default: %(default)s)")
     p.add_argument("--keyframe-size", type=int, default=1280, metavar="PIXELS",
@@ -88,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "indexes it and serves it. Without network the CLIP weights cannot be "
                                         "fetched: the demo then says so and uses random weights. Remove it with "
                                         "rm -rf demo/.")
-    _add_index_args(p_demo)
+    _add_index_args(p_demo, "the demo's folder (default: demo/ in the project)")
     p_demo.add_argument("--host", default="127.0.0.1")
     p_demo.add_argument("--port", type=int, default=5000)
     p_demo.add_argument("--no-serve", action="store_true", help="index only, do not start the server")
@@ -217,18 +222,19 @@ def _demo_account(layout: DataLayout) -> None:
 
     with open_database(layout.database_url)() as session:
         if accounts.listing(session):
-            print("Demo accounts exist already (offline.py users list --data-dir ...).")
+            print(f"Demo accounts exist already: `.venv/bin/python offline.py users passwd demo --data-dir "
+                  f"{layout.data_dir}` sets a new password for demo.")
             return
         password = secrets.token_urlsafe(12)
         accounts.add(session, "demo", password, "admin")
     print(f"Log in as demo with the password {password} to run evaluations and draw boxes "
-          f"(shown once; `offline.py users passwd demo --data-dir {layout.data_dir}` sets another).")
+          f"(shown once; `.venv/bin/python offline.py users passwd demo --data-dir {layout.data_dir}` sets another).")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The demo keeps to its own folder (demo/ unless --data-dir), so the everyday commands, which use
     static/ and instance/, start from an empty collection of the user's own."""
-    from app.encoders import ClipEncoder, WeightsUnavailable, register_model_configs
+    from app.encoders import DEFAULT_MODEL, ClipEncoder, WeightsUnavailable, register_model_configs
     from app.sample import build_sample_collection, write_demo_ground_truth
 
     register_model_configs(args.model_config)
@@ -236,6 +242,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     layout = DataLayout.from_data_dir(args.data_dir)
     sample = build_sample_collection(layout.data_dir / "sample")
     write_demo_ground_truth(layout.groundtruth_dir)
+    args.model = args.model or DEFAULT_MODEL
     if args.pretrained is None:
         try:
             ClipEncoder(args.model, args.pretrained, args.device)
@@ -247,7 +254,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _demo_account(layout)
     print(f"The demo collection is in {layout.data_dir} (its own folder: `offline.py index` and `server.py` "
           f"without --data-dir use static/ and instance/). Stop the server with Ctrl+C; remove the demo with "
-          f"`rm -rf {layout.data_dir}`; serve it again with `python server.py --data-dir {layout.data_dir}`.")
+          f"`rm -rf {layout.data_dir}`; serve it again with `.venv/bin/python server.py --data-dir {layout.data_dir}`.")
     if args.no_serve:
         return status
     import server

@@ -83,7 +83,7 @@ def weights_notice(meta: dict) -> str | None:
 
     return (f"This collection was indexed with random weights (--pretrained none): an image finds its "
             f"near-copies, but text search and the scores mean nothing. For real search, get "
-            f"{weights_hint(meta['model'])}, then index into a new folder: python offline.py index PATHS "
+            f"{weights_hint(meta['model'])}, then index into a new folder: .venv/bin/python offline.py index PATHS "
             f"--pretrained /path/to/open_clip_pytorch_model.bin --data-dir NEW_DIR.")
 
 

@@ -138,7 +138,9 @@ class ClipEncoder:
             if "download" in str(exc).lower() or "hub" in str(exc).lower():
                 raise WeightsUnavailable(
                     f"Could not download the '{weights}' weights for {model} (no network?); "
-                    f"pass --pretrained PATH to a local checkpoint file ({weights_hint(model, weights)}).") from exc
+                    f"pass --pretrained PATH to a local checkpoint file ({weights_hint(model, weights)}), or "
+                    f"--pretrained none for random weights to try Framefinder without them (image search "
+                    f"works, text search means nothing).") from exc
             raise
         self.fingerprint = weights_fingerprint(self.model)
         self.model.eval()

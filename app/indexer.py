@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from app import aic, atomic, vectors
 from app.archives import extract_archive
-from app.encoders import ClipEncoder, WeightsUnavailable, default_pretrained
+from app.encoders import DEFAULT_MODEL, ClipEncoder, WeightsUnavailable, default_pretrained
 from app.media import Discovery, Problem, discover
 from app.models import Image, IndexRun, Keyframe, Setting, Video
 from app.paths import DataLayout
@@ -60,8 +60,8 @@ class ModelMismatch(RuntimeError):
 
 @dataclass
 class IndexOptions:
-    model: str = "ViT-B-32"
-    pretrained: str | None = None
+    model: str | None = None  # None: the collection's model (what it was indexed with), else ViT-B-32
+    pretrained: str | None = None  # None: the collection's weights for that model, else its LAION-2B tag
     device: str = "auto"
     index_type: str = "auto"
     interval_s: float = 4.0
@@ -128,6 +128,17 @@ def check_identity(session: Session, model: str, pretrained: str) -> None:
         raise ModelMismatch(f"this collection was indexed with --model {known[0]} --pretrained {known[1]}; "
                             f"refusing to mix in vectors of --model {model} --pretrained {pretrained}. "
                             f"Use the same model, or another --data-dir.")
+
+
+def resolve_identity(session: Session, model: str | None, pretrained: str | None) -> tuple[str, str]:
+    """What the user named, completed by what the collection was indexed with: indexing more files into a
+    collection needs no --model/--pretrained (random-weight collections included)."""
+    known = collection_identity(session) if _has_items(session) else None
+    if model is None:
+        model = known[0] if known else DEFAULT_MODEL
+    if pretrained is None:
+        pretrained = known[1] if known and known[0] == model else default_pretrained(model)
+    return model, pretrained
 
 
 def check_fingerprint(session: Session, encoder: ClipEncoder) -> None:
@@ -434,10 +445,10 @@ def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, sess
     """Everything `offline.py index` does, with the checks made before any work."""
     layout.ensure()
     with collection_lock(layout), session_factory() as session:
-        pretrained = options.pretrained or default_pretrained(options.model)
-        check_identity(session, options.model, pretrained)
+        model, pretrained = resolve_identity(session, options.model, options.pretrained)
+        check_identity(session, model, pretrained)
         if encoder is None:
-            encoder = ClipEncoder(options.model, pretrained, options.device, options.batch_size)
+            encoder = ClipEncoder(model, pretrained, options.device, options.batch_size)
         check_fingerprint(session, encoder)
         recover_staged(session, layout)  # finish (or drop) what a killed run had staged
         run = IndexRun(model=encoder.model_name, pretrained=encoder.pretrained, index_type=options.index_type)

@@ -132,30 +132,32 @@ class Candidate:
 
 
 class KeyframeSelector:
-    """Fed the frames of each shot in order; emits keyframes when the shot closes."""
+    """Fed the frames of each shot in order; emits keyframes when the shot closes. Segments, margins and
+    spacing are measured on the frames' own timestamps, so sparse and variable-frame-rate files are right."""
 
     def __init__(self, fps: float, interval_s: float = 4.0, margin_s: float = 0.3) -> None:
-        self.segment_frames = max(1, round(fps * interval_s))
-        self.margin = max(0, round(fps * margin_s))
+        self.interval_s = max(interval_s, 1e-3)
+        self.margin_s = max(0.0, margin_s - 1e-6)  # a frame exactly margin_s in counts as outside
         self._segments: dict[int, Candidate] = {}
         self._edge: Candidate | None = None  # best frame within the margin of either end
-        self._tail: deque[Candidate] = deque()  # the last `margin` frames: maybe near the end
-        self._shot_start: int | None = None
+        self._tail: deque[Candidate] = deque()  # frames within the margin of the newest: maybe near the end
+        self._shot_start: float | None = None
         self.blank_backup: ChosenKeyframe | None = None  # used only if the whole video is blank
 
     def offer(self, cand: Candidate) -> None:
         """A frame of the currently open shot, in order."""
         if self._shot_start is None:
-            self._shot_start = cand.frame_idx
+            self._shot_start = cand.pts_time
         self._tail.append(cand)
-        if len(self._tail) > self.margin:
+        while self._tail and self._tail[0].pts_time < cand.pts_time - self.margin_s:
             self._place(self._tail.popleft())
 
     def _place(self, cand: Candidate) -> None:
-        if cand.frame_idx < self._shot_start + self.margin:
+        into = cand.pts_time - self._shot_start - self.margin_s
+        if into < 0:
             self._keep_edge(cand)
             return
-        segment = (cand.frame_idx - self._shot_start - self.margin) // self.segment_frames
+        segment = int(into // self.interval_s)
         best = self._segments.get(segment)
         if best is None or cand.rank() > best.rank():
             self._segments[segment] = cand
@@ -183,6 +185,6 @@ class KeyframeSelector:
         chosen: list[Candidate] = []
         for c in sorted(keep or [top], key=Candidate.rank, reverse=True):
             # neighbouring segments may pick nearly the same moment: keep the better one only
-            if all(abs(c.frame_idx - k.frame_idx) >= self.segment_frames // 2 for k in chosen):
+            if all(abs(c.pts_time - k.pts_time) >= self.interval_s / 2 for k in chosen):
                 chosen.append(c)
         return [c.chosen(shot.shot) for c in sorted(chosen, key=lambda c: c.frame_idx)]

@@ -170,9 +170,14 @@ def process_video(path: Path, transnet: torch.nn.Module, *, interval_s: float = 
     info = result.info
     result.width, result.height = info.width, info.height
     declared = info.declared_frames
-    if declared > 0 and result.frames < declared * (1 - TRUNCATION_TOLERANCE) - 1:
-        raise VideoError(f"truncated: decoded {result.frames} of the {declared} frames the container declares "
-                         f"(the file is probably cut short)")
+    # Fewer frames than declared is not enough: a Cinepak AVI may declare 444 frames and hold 68 that span its
+    # whole 29.6 s. Cut short means the frames also stop well before the declared duration.
+    short_of_frames = declared > 0 and result.frames < declared * (1 - TRUNCATION_TOLERANCE) - 1
+    declared_s = max(info.duration_s or 0.0, declared / info.fps if info.fps else 0.0)
+    short_of_time = result.duration < declared_s * (1 - TRUNCATION_TOLERANCE) - 0.5
+    if short_of_frames and short_of_time:
+        raise VideoError(f"truncated: decoded {result.frames} of the {declared} frames the container declares, "
+                         f"{result.duration:.1f} s of {declared_s:.1f} s (the file is probably cut short)")
     pipe.decide(pipe.tracker.finish())
     if not result.keyframes and pipe.selector.blank_backup is not None:
         result.keyframes.append(pipe.selector.blank_backup)  # an all-blank video still gets one keyframe

@@ -75,7 +75,9 @@ def test_random_weights_are_one_network_across_processes(demo_dir, tmp_path):
         from app.sample import make_image
 
         make_image(extra / "late_arrival.jpg", 77, t=5)
-        proc = cli("index", str(extra), "--data-dir", str(demo_dir), "--pretrained", "none", *TINY_ARGS)
+        # the everyday command, without --model or --pretrained: the collection's own model and weights
+        proc = cli("index", str(extra), "--data-dir", str(demo_dir), "--model-config", str(TINY_CONFIG),
+                   "--device", "cpu", "--no-progress")
         assert proc.returncode == 0, proc.stderr
         status, body = post_image(base + "/api/search", extra / "late_arrival.jpg", {"k": "3"})
         assert Path(body["results"][0]["image_path"]).name == "late_arrival.jpg", body

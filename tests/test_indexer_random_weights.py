@@ -132,6 +132,7 @@ def test_without_network_the_default_weights_fail_with_one_sentence_naming_the_f
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert "--pretrained PATH" in proc.stderr
+    assert "--pretrained none" in proc.stderr  # the way to try it without weights is named too
     assert not any((tmp_path / "data" / "keyframes").glob("*"))
 
 
@@ -141,3 +142,8 @@ def test_help_describes_every_option():
     assert proc.returncode == 0
     for flag in ("--model", "--pretrained", "--device", "--index", "--prune", "--data-dir", "--keyframe-interval"):
         assert flag in proc.stdout
+    from app.vectors import EXACT_BELOW, choose_type
+
+    # the help states the same threshold as the code that picks the index type
+    assert f"exact below {EXACT_BELOW:,} vectors" in " ".join(proc.stdout.split())
+    assert choose_type(EXACT_BELOW - 1) == "flat" and choose_type(EXACT_BELOW) != "flat"

@@ -143,3 +143,13 @@ def test_a_pan_over_one_scene_is_one_shot_with_spaced_keyframes(transnet, tmp_pa
     idx = [kf.frame_idx for kf in result.keyframes]
     assert len(idx) >= 2
     assert all(b - a >= 25 for a, b in zip(idx, idx[1:], strict=False))  # at least half an interval apart
+
+
+@needs_opencv_doc
+def test_sparse_real_clip_is_whole_and_gets_keyframes_through_its_length(transnet):
+    """OpenCV's tree.avi (Cinepak) declares 444 frames at 15 fps but holds 68 that span all of its 29.6 s:
+    not a truncated file; keyframes are spaced by time, not by frame count."""
+    result = process_video(OPENCV_DATA / "tree.avi", transnet, interval_s=4.0)
+    assert result.frames == 68 and result.duration == pytest.approx(29.6, abs=0.6)
+    times = [kf.pts_time for kf in result.keyframes]
+    assert len(times) >= 5 and times[-1] - times[0] > 20, times

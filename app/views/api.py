@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
+from app import services, weights_notice
 from app.search import QueryError
 from app.views.query import hit_json, keyframe_record, run_query
 
@@ -23,8 +24,10 @@ def search():
     if request.values.get("format") == "csv":
         return Response(submission_csv(outcome.hits), mimetype="text/csv",
                         headers={"Content-Disposition": "attachment; filename=submission.csv"})
+    snap = services.collection().snapshot()
+    notice = weights_notice(snap.bundle.meta) if snap is not None else None
     body = {"results": [hit_json(h) for h in outcome.hits], "timing_ms": outcome.timing_ms,
-            "notices": outcome.notices, "kind": info.kind}
+            "notices": outcome.notices + ([notice] if notice else []), "kind": info.kind}
     if info.kind == "sequence":
         body["moments"] = [{"video_id": m.video_id, "score": round(m.score, 6), "hits": [hit_json(h) for h in m.hits]}
                            for m in outcome.moments]

@@ -129,6 +129,8 @@ def _extract_oxford(uploads: Path, stem: str, filename: str, data: bytes, final:
     if len(queries) != 1:
         raise GroundTruthError(f"{filename}: expected one folder of *_query.txt files, found {len(queries)}")
     queries[0].rename(final)
+    if folder is not None and folder != final and folder.exists():
+        _remove(folder)  # what was extracted around the query folder
 
 
 def _checked(path: Path, name: str) -> str:

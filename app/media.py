@@ -79,8 +79,13 @@ def discover(paths: list[Path], found: Discovery | None = None) -> Discovery:
                         found.aic_datasets.append(here / d)
                         dirnames.remove(d)
                 for name in sorted(filenames):
-                    if not name.startswith("."):
-                        _add_file(here / name, found, explicit=False)
+                    if name.startswith("."):
+                        continue
+                    if (here / name).is_symlink():  # a link inside a folder could point anywhere
+                        found.skipped.append(Problem(str(here / name), "a symbolic link (not followed; name the "
+                                                                       "target itself to index it)"))
+                        continue
+                    _add_file(here / name, found, explicit=False)
     return found
 
 

@@ -166,10 +166,19 @@ def _generations(index_dir: Path) -> list[str]:
     return ([current] if current in names else []) + [n for n in names if n != current]
 
 
+def _read(path: Path, reader):
+    """Read one file of a generation; a failure names the file."""
+    try:
+        return reader(path)
+    except (RuntimeError, ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{path.name}: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") \
+            from None
+
+
 def _load_generation(folder: Path, use_gpu: bool | None) -> IndexBundle:
-    index = faiss.read_index(str(folder / "index.faiss"))
-    ids = np.load(folder / "ids.npy", allow_pickle=False)
-    meta = json.loads((folder / "meta.json").read_text())
+    index = _read(folder / "index.faiss", lambda p: faiss.read_index(str(p)))
+    ids = _read(folder / "ids.npy", lambda p: np.load(p, allow_pickle=False))
+    meta = _read(folder / "meta.json", lambda p: json.loads(p.read_text()))
     if ids.ndim != 2 or ids.shape[1] != 2 or len(ids) != index.ntotal:
         raise ValueError(f"ids.npy holds {ids.shape} for an index of {index.ntotal} vectors")
     apply_search_params(index, meta.get("params", {}))
@@ -189,15 +198,15 @@ def load_current(index_dir: Path, use_gpu: bool | None = None) -> IndexBundle | 
         try:
             bundle = _load_generation(index_dir / name, use_gpu)
         except (RuntimeError, ValueError, OSError, EOFError) as exc:
-            problems.append(f"{index_dir / name}: {str(exc).splitlines()[0][:200]}")
+            problems.append(f"{index_dir / name}/{str(exc).splitlines()[0][:300]}")
             continue
         if problems or name != pointer(index_dir):
             log.warning("index generation %s is used because the current one cannot be loaded (%s); "
                         "offline.py index rebuilds it", name, "; ".join(problems) or "CURRENT names no folder")
         return bundle
     if problems:
-        raise IndexDamaged(f"no generation of the index can be loaded ({problems[0]}); run `python offline.py "
-                           f"index PATHS` again to rebuild it from the catalogue and feature files")
+        raise IndexDamaged(f"no generation of the index can be loaded ({problems[0]}); run `.venv/bin/python "
+                           f"offline.py index PATHS` again to rebuild it from the catalogue and feature files")
     return None
 
 

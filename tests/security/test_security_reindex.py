@@ -1,0 +1,108 @@
+"""Finding 7: `kill -9` while a changed video is re-indexed never leaves the served collection inconsistent
+(no 500, no picture of the new video under an old entry, no vector read past a file's end), and the next
+run finishes the job. offline.py runs as a separate process, killed at several points."""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
+
+from app.models import Keyframe, Video
+from app.paths import DataLayout
+from app.store import SOURCE_MARKER
+from tests.conftest import ROOT, index_args
+from tests.processes import cli
+
+VIDEO = "clip"
+
+
+def _catalogue(data: Path) -> tuple[str, int]:
+    engine = create_engine(DataLayout.from_data_dir(data).database_url)
+    with Session(engine) as s:
+        video = s.scalar(select(Video).where(Video.video_id == VIDEO))
+        count = s.scalar(select(func.count(Keyframe.id)).where(Keyframe.video_pk == video.id))
+        result = video.content_hash, count
+    engine.dispose()
+    return result
+
+
+def _files(data: Path) -> tuple[str | None, int, int, int]:
+    layout = DataLayout.from_data_dir(data)
+    folder = layout.keyframes_dir / VIDEO
+    marker = (folder / SOURCE_MARKER).read_text().strip() if (folder / SOURCE_MARKER).exists() else None
+    jpgs = len(list(folder.glob("*.jpg")))
+    rows = len(np.load(layout.video_feature_path(VIDEO)))
+    listed = len(list(csv.DictReader(open(layout.map_dir / f"{VIDEO}.csv"))))
+    return marker, jpgs, rows, listed
+
+
+def _check_served(app, old_items: list[str]) -> dict:
+    """Everything a user can reach answers sensibly; pictures match the catalogue's revision or are 404."""
+    client = app.test_client()
+    seen = {"ok": 0, "404": 0}
+    r = client.get("/api/search?q=anything&k=200")
+    assert r.status_code == 200, r.get_data(as_text=True)
+    items = [h["item"] for h in r.get_json()["results"] if h["video_id"] == VIDEO]
+    for item in set(items) | set(old_items):
+        like = client.get(f"/api/search?like={item}&k=5")
+        assert like.status_code in (200, 400), (item, like.status_code, like.get_data(as_text=True)[:200])
+        n = int(item.rsplit("/", 1)[1])
+        pic = client.get(f"/keyframes/{VIDEO}/{n}.jpg")
+        assert pic.status_code in (200, 404), (item, pic.status_code)
+        seen["ok" if pic.status_code == 200 else "404"] += 1
+    return seen
+
+
+def test_kills_during_a_reindex_leave_a_consistent_collection(tmp_path, media_dir, tiny_encoder):
+    from app import create_app
+
+    media = tmp_path / "media"
+    media.mkdir()
+    target = media / f"{VIDEO}.webm"
+    shutil.copy(media_dir / "videos" / "long_shot.webm", target)
+    data = tmp_path / "data"
+    assert cli("index", str(media), *index_args(data)).returncode == 0
+    app = create_app({"DATA_DIR": str(data), "ENCODER": tiny_encoder, "TESTING": True, "INDEX_CHECK_SECONDS": 0})
+    old_hash, old_count = _catalogue(data)
+    old_items = [f"{VIDEO}/{n}" for n in range(1, old_count + 1)]
+    _check_served(app, old_items)
+
+    # the same name, other content: a changed video to re-index
+    target.unlink()
+    shutil.copy(media_dir / "videos" / "cuts_and_dissolve.mp4", media / f"{VIDEO}.webm")
+    kills = 0
+    for delay in (2.0, 3.0, 3.6, 4.2, 4.8, 5.5):
+        proc = subprocess.Popen([sys.executable, str(ROOT / "offline.py"), "index", str(media), *index_args(data)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        _check_served(app, old_items)
+        db_hash, db_count = _catalogue(data)
+        marker, jpgs, rows, listed = _files(data)
+        if marker == db_hash:  # files of the catalogue's revision: all of them agree
+            assert jpgs == rows == listed == db_count, (marker, jpgs, rows, listed, db_count)
+        else:  # switching: the pictures are refused rather than shown under the wrong entries
+            for n in range(1, db_count + 1):
+                assert app.test_client().get(f"/keyframes/{VIDEO}/{n}.jpg").status_code == 404
+        if proc.returncode == 0:
+            break
+    assert kills >= 2
+    assert cli("index", str(media), *index_args(data)).returncode == 0
+    db_hash, db_count = _catalogue(data)
+    assert db_hash != old_hash
+    assert _files(data) == (db_hash, db_count, db_count, db_count)
+    assert not (data / ".staging").exists() or not any((data / ".staging").iterdir())
+    seen = _check_served(app, old_items)
+    assert seen["ok"] >= 1

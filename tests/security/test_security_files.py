@@ -22,7 +22,7 @@ def test_with_the_login_gate_no_data_file_is_served_to_anonymous_users(hostile, 
 
     data = hostile["data"]
     app = create_app({"DATA_DIR": str(data), "ENCODER": tiny_encoder, "TESTING": True,
-                      "SEARCH_REQUIRES_LOGIN": True})
+                      "SEARCH_REQUIRES_LOGIN": True, "DATABASE_URL": hostile["url"]})
     client = app.test_client()
     layout = DataLayout.from_data_dir(data)
     generation = (layout.index_dir / "CURRENT").read_text().strip()

@@ -44,6 +44,7 @@ def _add_index_args(p: argparse.ArgumentParser, data_dir_help: str = "collection
     p.add_argument("--batch-size", type=int, default=32, help="CLIP batch size (default: %(default)s)")
     p.add_argument("--prune", action="store_true", help="remove entries whose files are gone")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--verbose", action="store_true", help="log each step (staged, committed, published) per video")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,7 +266,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(levelname)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from app.encoders import WeightsUnavailable
     from app.indexer import CollectionBusy, ModelMismatch
 

@@ -283,11 +283,14 @@ class Indexer:
         video_id = existing.video_id if existing else unique_video_id(self.session, path.stem, str(path))
         shots = [(s.start_frame, s.end_frame) for s in result.shots]
         write_video_files(self.layout, video_id, state.content_hash, result.fps, records, shots, features)
+        log.info("staged %s", video_id)
         self.progress.update("keyframes", len(records))
         replace_video_rows(self.session, self.layout, existing, video_id, str(path), state, result.fps,
                            result.frames, (result.width, result.height), "video", records, shots,
                            duration=result.duration)
+        log.info("committed %s", video_id)
         publish_video_files(self.layout, video_id)
+        log.info("published %s", video_id)
         self._proxy(path, video_id, result.info)
         self.summary.keyframes += len(records)
         return "updated" if existing else "added"

@@ -283,6 +283,7 @@ def main() -> int:
             t.start()
         started = time.monotonic()
         cycle = 0
+        run_s = 5.0
         while time.monotonic() - started < args.minutes * 60:
             cycle += 1
             variant = tmp / "variants" / f"{CHANGING}_{cycle % 2}.mp4"
@@ -293,15 +294,32 @@ def main() -> int:
             else:
                 make_image(extra, 100 + cycle)
             proc = subprocess.Popen([sys.executable, str(ROOT / "offline.py"), "index", str(media), "--data-dir",
-                                     str(data), "--prune", *model_args(args)],
+                                     str(data), "--prune", "--verbose", *model_args(args)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             killed = False
-            if rng.random() < 0.85:
-                time.sleep(rng.uniform(0.5, 7.0))
+            t0 = time.monotonic()
+            err = ""
+            plan = rng.random() if cycle > 2 else 1.0  # the first runs finish: they tell how long a run takes
+            if plan < 0.4:  # kill at a random moment
+                time.sleep(rng.uniform(0.2, 1.05) * run_s)
                 if proc.poll() is None:
                     os.kill(proc.pid, signal.SIGKILL)
                     killed = True
-            _, err = proc.communicate()
+            elif plan < 0.85:  # kill the moment the changed video reaches a step of its switch
+                step = rng.choice(["staged", "committed", "published"])
+                for line in proc.stderr:
+                    err += line
+                    if line.rstrip().endswith(f"{step} {CHANGING}"):
+                        os.kill(proc.pid, signal.SIGKILL)
+                        killed = True
+                        counts.add(f"kills right after '{step}'")
+                        break
+            if killed and (data / ".staging" / CHANGING).exists():
+                counts.add("kills during the re-index (new files staged)")
+            out, rest = proc.communicate()
+            err += rest or ""
+            if not killed:
+                run_s = time.monotonic() - t0 if cycle <= 2 else 0.8 * run_s + 0.2 * (time.monotonic() - t0)
             counts.add("indexer kills" if killed else "indexer runs finished")
             if not killed and proc.returncode not in (0, 1):
                 counts.error(f"indexer exited {proc.returncode}: {err[-300:]}")
@@ -340,6 +358,8 @@ def main() -> int:
     row = {"bench": "faults", "minutes": args.minutes, "model": args.model, "cycles": cycle,
            "indexer_kills": counts.c["indexer kills"], "indexer_runs_finished": counts.c["indexer runs finished"],
            "switching_states_seen": counts.c["switching states seen"],
+           "kills_with_staged_files": counts.c["kills during the re-index (new files staged)"],
+           "kills_at_steps": {k: v for k, v in counts.c.items() if k.startswith("kills right after")},
            "searches": sum(v for k, v in counts.c.items() if k.startswith("search ")),
            "search_statuses": {k[7:]: v for k, v in counts.c.items() if k.startswith("search ")},
            "pictures": {k[8:]: v for k, v in counts.c.items() if k.startswith("picture ")},
@@ -347,9 +367,11 @@ def main() -> int:
            "boxes_confirmed": len(expected), "boxes_lost": lost, "boxes_duplicated": duplicated,
            "boxes_differing": changed, "server_log_500s": server_500s, "errors": counts.c["errors"],
            "first_errors": counts.errors}
-    print(f"{cycle} indexer cycles in {args.minutes:g} min: {row['indexer_kills']} killed with SIGKILL, "
-          f"{row['indexer_runs_finished']} finished; {row['switching_states_seen']} kills caught a video "
+    print(f"{cycle} indexer cycles in {args.minutes:g} min: {row['indexer_kills']} killed with SIGKILL "
+          f"({row['kills_with_staged_files']} while the changed video's new files were staged), "
+          f"{row['indexer_runs_finished']} finished; {row['switching_states_seen']} checks caught a video "
           f"between revisions")
+    print(f"kills at steps of the changed video's switch: {row['kills_at_steps']}")
     print(f"searches {row['searches']} {row['search_statuses']}; pictures {row['pictures']}; edits {row['edits']}")
     print(f"boxes confirmed {len(expected)}, lost {lost}, duplicated {duplicated}, differing {changed}; "
           f"HTTP 500s {server_500s}; errors {counts.c['errors']}")

@@ -56,6 +56,12 @@ class Counts:
         with self.lock:
             self.c[key] += n
 
+    def outcome(self, what: str, status: int, body: bytes) -> None:
+        """One answer: counted by status; a 5xx is an error."""
+        self.add(f"{what} {status}")
+        if status >= 500:
+            self.error(f"{what}: {status} {body[:200]!r}")
+
     def error(self, text: str) -> None:
         with self.lock:
             self.c["errors"] += 1
@@ -155,9 +161,7 @@ def searcher(base: str, stop: threading.Event, counts: Counts, keyframes_dir: Pa
             if not stop.is_set():
                 counts.error(f"{kind}: {exc}")
             continue
-        counts.add(f"search {status}")
-        if status >= 500:
-            counts.error(f"search {kind}: {status} {body[:200]!r}")
+        counts.outcome("search", status, body)
 
 
 def editor(base: str, token: str, stop: threading.Event, counts: Counts, ledger: dict, rng: random.Random) -> None:
@@ -195,9 +199,7 @@ def editor(base: str, token: str, stop: threading.Event, counts: Counts, ledger:
             if not stop.is_set():
                 counts.error(f"edit: {exc}")
             continue
-        counts.add(f"edit {status}")
-        if status >= 500:
-            counts.error(f"edit: {status} {body[:200]!r}")
+        counts.outcome("edit", status, body)
 
 
 def check_consistency(data: Path, base: str, counts: Counts) -> None:

@@ -29,12 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     from app.paths import DataLayout
     from app.search import QueryError
     from app.services import searcher
-    from app.startup import explain
+    from app.startup import check_catalogue, explain
 
     try:
         app = create_app({"DATA_DIR": args.data_dir, "MODEL_CONFIG": args.model_config, "DEVICE": args.device,
                           "BASELINE_WEIGHTS": args.baseline_weights})
         with app.app_context():
+            check_catalogue(app.extensions["collection"], app.extensions["layout"])
             try:
                 searcher()  # load the model now, not on the first query
             except QueryError as exc:

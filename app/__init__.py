@@ -8,6 +8,7 @@ from pathlib import Path
 
 from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter
 
@@ -19,14 +20,20 @@ csrf = CSRFProtect()
 
 
 def _secret_key(instance_dir: Path) -> str:
-    """A random key kept in the instance folder, so sessions survive restarts."""
+    """A random key kept in the instance folder, so sessions survive restarts. A missing, empty or short key
+    (a damaged file) is replaced, which ends the sessions signed with the old one."""
     path = instance_dir / "secret_key"
-    if not path.exists():
+    key = path.read_text(errors="replace").strip() if path.is_file() else ""
+    if len(key) < 32:
+        if path.exists() or path.is_symlink():
+            logging.getLogger("framefinder").warning("%s was empty or too short; a new key was made", path)
+            path.unlink()
         instance_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
-    return path.read_text().strip()
+        key = path.read_text().strip()
+    return key
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -163,6 +170,14 @@ def _register_errors(app: Flask) -> None:
     def index_damaged(exc: IndexDamaged):
         app.logger.error("%s", exc)
         return _error(503, f"The search index cannot be read: {exc}")
+
+    @app.errorhandler(OperationalError)
+    def database_busy(exc: OperationalError):
+        if "locked" in str(exc.orig or exc):
+            return _error(503, "The database is busy with a large write (an import or an index run); try again "
+                               "in a moment.")
+        app.logger.exception("database error")
+        return _error(500, "Something went wrong on the server; the error was logged.")
 
     @app.errorhandler(RecursionError)
     def too_deep(exc: RecursionError):

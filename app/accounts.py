@@ -29,6 +29,10 @@ def _token_hash(token: str) -> str:
 
 
 MIN_DISTINCT = 5
+COMMON_PASSWORDS = frozenset("""password password1 passw0rd 12345678 123456789 1234567890 qwertyui qwerty123
+iloveyou letmein1 welcome1 admin123 abc12345 football baseball sunshine princess trustno1 monkey123 dragon12
+superman starwars whatever 11111111 00000000 87654321 password123 qwerty12 1q2w3e4r 1qaz2wsx zaq12wsx""".split())
+_RUNS = ("abcdefghijklmnopqrstuvwxyz", "qwertyuiopasdfghjklzxcvbnm", "0123456789")
 
 
 def _check_password(password: str, name: str = "") -> None:
@@ -37,8 +41,15 @@ def _check_password(password: str, name: str = "") -> None:
         raise AccountError(f"the password must have at least {MIN_PASSWORD} characters that are not spaces")
     if len(set(password)) < MIN_DISTINCT:
         raise AccountError(f"the password must use at least {MIN_DISTINCT} different characters")
-    if name and password.strip().lower() == name.lower():
-        raise AccountError("the password must not be the user name")
+    lowered = password.lower()
+    if name and len(name) >= 3 and name.lower() in lowered:
+        raise AccountError("the password must not contain the user name")
+    if lowered.strip() in COMMON_PASSWORDS or any(lowered in run for run in _RUNS):
+        raise AccountError("that password is one of the most common ones; choose another")
+    kinds = sum(bool(k) for k in (any(c.isalpha() for c in password), any(c.isdigit() for c in password),
+                                  any(not c.isalnum() for c in password)))
+    if kinds < 2:
+        raise AccountError("the password must mix at least two of letters, digits, and spaces or symbols")
 
 
 def find(session: Session, name: str) -> User | None:

@@ -69,7 +69,7 @@ def read_video(folder: Path, csv_path: Path) -> AicVideo:
     rows.sort(key=lambda r: r["n"])
     by_number: dict[int, Path] = {}
     for p in (folder / "keyframes" / video_id).glob("*"):
-        if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp") and p.stem.isdigit():
+        if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp") and p.stem.isascii() and p.stem.isdigit():
             by_number[int(p.stem)] = p
     missing_images = [r["n"] for r in rows if r["n"] not in by_number]
     if missing_images:

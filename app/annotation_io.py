@@ -14,38 +14,50 @@ from sqlalchemy.orm import Session
 from app import boxes
 from app.boxes import AnnotationError
 from app.models import Annotation, User
+from app.numbers import is_id
 from app.paths import DataLayout
 
 CSV_COLUMNS = ("target", "x", "y", "w", "h", "label", "note", "author")
-MAX_IMPORT = 100_000
+MAX_IMPORT = 10_000  # one import holds the database's write lock: about 8 s at this size on SQLite
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting so as a formula
 
 
+def _formula_like(cell: str) -> bool:
+    """Starts with a formula character, possibly behind quotes that an earlier escape added."""
+    return cell.lstrip("'").startswith(FORMULA_START)
+
+
 def formula_safe(cell: object) -> object:
-    """A text cell a spreadsheet shows as text: a leading quote before a formula start (OWASP's rule)."""
-    if isinstance(cell, str) and cell.startswith(FORMULA_START):
+    """A text cell a spreadsheet shows as text: a leading quote before a formula start (OWASP's rule); a cell
+    that already starts with quotes before one gets one more, so that unquoting gives it back exactly."""
+    if isinstance(cell, str) and _formula_like(cell):
         return "'" + cell
     return cell
 
 
 def formula_unquote(cell: str) -> str:
     """The inverse, so that an exported CSV imports back to the same labels and notes."""
-    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_START) else cell
+    return cell[1:] if cell.startswith("'") and _formula_like(cell[1:]) else cell
 
 
 def to_coco(session: Session, layout: DataLayout, rows: list[Annotation]) -> dict:
     images: dict[str, dict] = {}
     categories: dict[str, int] = {}
-    out = []
+    out, skipped = [], []
     for a in rows:
         if a.target not in images:
-            t = boxes.target_of(session, layout, a)
+            try:
+                t = boxes.target_of(session, layout, a)
+            except AnnotationError as exc:  # its frame or image is gone: listed, not fatal to the export
+                skipped.append({"id": a.id, "target": a.target, "reason": str(exc)})
+                continue
             images[a.target] = {"id": len(images) + 1, "file_name": a.target, "width": t.width, "height": t.height}
         cat = categories.setdefault(a.label.name, len(categories) + 1)
         out.append({"id": a.id, "image_id": images[a.target]["id"], "category_id": cat, "bbox": [a.x, a.y, a.w, a.h],
                     "area": a.w * a.h, "iscrowd": 0, "note": a.note, "author": a.author.name})
     return {"info": {"description": "Framefinder annotations"}, "images": list(images.values()),
-            "categories": [{"id": i, "name": n} for n, i in categories.items()], "annotations": out}
+            "categories": [{"id": i, "name": n} for n, i in categories.items()], "annotations": out,
+            "skipped": skipped}
 
 
 def to_csv(rows: list[Annotation]) -> str:
@@ -64,7 +76,10 @@ def to_aic(session: Session, layout: DataLayout, rows: list[Annotation]) -> dict
     for a in rows:
         if a.video_id is None:
             continue
-        t = boxes.target_of(session, layout, a)
+        try:
+            t = boxes.target_of(session, layout, a)
+        except AnnotationError:  # its keyframe is gone (re-indexed): nothing to anchor it to
+            continue
         entry = out.setdefault(a.target, {"detection_class_names": [], "detection_scores": [], "detection_boxes": []})
         entry["detection_class_names"].append(a.label.name)
         entry["detection_scores"].append(1.0)
@@ -75,7 +90,7 @@ def to_aic(session: Session, layout: DataLayout, rows: list[Annotation]) -> dict
 
 def _payload(target: str, box, label, note) -> dict:
     video, _, n = str(target).rpartition("/")
-    key = "keyframe" if video and n.isdigit() and not str(target).startswith("/") else "image"
+    key = "keyframe" if video and is_id(n) and not str(target).startswith("/") else "image"
     return {key: target, "box": box, "label": label, "note": note}
 
 
@@ -91,6 +106,8 @@ def records_from_coco(data: bytes) -> list[dict]:
         raise AnnotationError("the JSON is nested too deeply") from None
     except (KeyError, TypeError) as exc:
         raise AnnotationError(f"not a COCO file: missing {exc} (needs images, categories, annotations)") from None
+    if not isinstance(items, list) or not isinstance(doc["images"], list):
+        raise AnnotationError("not a COCO file: images and annotations must be lists")
     out = []
     for i, ann in enumerate(items):
         try:

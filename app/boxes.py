@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from app.models import Annotation, Image, Keyframe, Label, User, Video
-from app.numbers import finite
+from app.numbers import MAX_ID, finite, is_id
 from app.paths import DataLayout
 from app.safe_files import UnsafeFile, open_keyframe, open_source, read_picture
 
@@ -51,7 +51,7 @@ class Target:
 
 def resolve_keyframe(session: Session, layout: DataLayout, item: str) -> Target:
     video_id, _, n = str(item).rpartition("/")
-    if not video_id or not n.isdigit():
+    if not video_id or not is_id(n):
         raise AnnotationError(f"keyframe must be '<video_id>/<n>', not '{str(item)[:80]}'")
     rel = session.scalar(select(Keyframe.image_path).join(Video).where(Video.video_id == video_id,
                                                                        Keyframe.n == int(n)))
@@ -61,8 +61,10 @@ def resolve_keyframe(session: Session, layout: DataLayout, item: str) -> Target:
         handle, _ = open_keyframe(layout.data_dir, rel)
         with handle, PILImage.open(handle) as im:
             width, height = im.size
-    except (OSError, UnsafeFile):
-        raise AnnotationError(f"the picture of keyframe '{video_id}/{n}' is missing on disk", 404) from None
+    except UnsafeFile as exc:
+        raise AnnotationError(f"the picture of keyframe '{video_id}/{n}' cannot be used: {exc}", 404) from None
+    except OSError as exc:
+        raise AnnotationError(f"the picture of keyframe '{video_id}/{n}' is damaged ({exc})", 404) from None
     return Target(video_id, int(n), None, width, height, lambda: read_picture(open_keyframe(layout.data_dir, rel)))
 
 
@@ -108,8 +110,10 @@ def check_label(raw) -> str:
     label = " ".join(raw.split())
     if len(label) > MAX_LABEL:
         raise AnnotationError(f"label is {len(label)} characters long; the limit is {MAX_LABEL}")
-    if any(unicodedata.category(c) == "Cc" for c in label):
-        raise AnnotationError("label must not contain control characters")
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in label):
+        raise AnnotationError("label must not contain control characters or lone surrogates")
+    if not any(unicodedata.category(c)[0] in "LNPS" for c in label):
+        raise AnnotationError("label must contain a visible character")
     return label
 
 
@@ -120,6 +124,8 @@ def check_note(raw) -> str:
         raise AnnotationError("note must be text")
     if len(raw) > MAX_NOTE:
         raise AnnotationError(f"note is {len(raw)} characters long; the limit is {MAX_NOTE}")
+    if any(unicodedata.category(c) == "Cs" for c in raw):
+        raise AnnotationError("note must be valid text (it holds a lone surrogate)")
     return raw
 
 
@@ -165,9 +171,9 @@ def parse_version(raw) -> int | None:
     """The version a client edited: a JSON whole number (or the digits of a query parameter)."""
     if raw is None:
         return None
-    if isinstance(raw, bool) or not isinstance(raw, (int, str)) or (isinstance(raw, str) and not raw.isdigit()):
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)) or (isinstance(raw, str) and not is_id(raw)):
         raise AnnotationError("version must be a whole number (the 'version' of the stored record)")
-    if len(str(raw)) > 18:
+    if not 0 <= int(raw) <= MAX_ID:
         raise AnnotationError("version is out of range")
     return int(raw)
 
@@ -233,7 +239,7 @@ def search(session: Session, video_id: str | None = None, label: str | None = No
         stmt = stmt.where(User.name == author)
     if target:
         video, _, n = target.rpartition("/")
-        if video and n.isdigit():
+        if video and is_id(n):
             stmt = stmt.where(Annotation.video_id == video, Annotation.n == int(n))
         else:
             stmt = stmt.where(Annotation.image_path == target)

@@ -114,13 +114,12 @@ def _extract_oxford(uploads: Path, stem: str, filename: str, data: bytes, final:
     archive = uploads / f".{stem}.zip"
     made.append(archive)
     atomic.write_bytes(archive, data)
-    files, failed, skipped = extract_archive(archive, uploads, max_total=MAX_EXPANDED_BYTES,
+    folder = uploads / f".{stem}.extracted"  # everything extracted lands here, removed on any failure
+    made.append(folder)
+    files, failed, skipped = extract_archive(archive, folder, max_total=MAX_EXPANDED_BYTES,
                                              accept=lambda p: p.suffix.lower() in TEXT_SUFFIXES,
                                              max_entries=MAX_FILES)
     archive.unlink(missing_ok=True)
-    folder = next((p for p in [files[0].parent, *files[0].parents] if p.parent == uploads), None) if files else None
-    if folder is not None:
-        made.append(folder)
     if failed or any(p.name.lower().endswith(".pkl") for p in skipped) or not files:
         reason = (failed[0].name.rsplit(":", 1)[-1] + ": " + failed[0].reason) if failed else \
             "pickles are never accepted from an upload" if skipped else "no .txt or .csv files inside"
@@ -129,8 +128,7 @@ def _extract_oxford(uploads: Path, stem: str, filename: str, data: bytes, final:
     if len(queries) != 1:
         raise GroundTruthError(f"{filename}: expected one folder of *_query.txt files, found {len(queries)}")
     queries[0].rename(final)
-    if folder is not None and folder != final and folder.exists():
-        _remove(folder)  # what was extracted around the query folder
+    _remove(folder)  # what was extracted around the query folder
 
 
 def _checked(path: Path, name: str) -> str:

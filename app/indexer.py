@@ -39,6 +39,7 @@ from app.store import (
     recover_staged,
     remove_video_files,
     replace_video_rows,
+    staged_proxy_path,
     unique_video_id,
     write_video_files,
 )
@@ -283,6 +284,7 @@ class Indexer:
         video_id = existing.video_id if existing else unique_video_id(self.session, path.stem, str(path))
         shots = [(s.start_frame, s.end_frame) for s in result.shots]
         write_video_files(self.layout, video_id, state.content_hash, result.fps, records, shots, features)
+        self._proxy(path, video_id, result.info)
         log.info("staged %s", video_id)
         self.progress.update("keyframes", len(records))
         replace_video_rows(self.session, self.layout, existing, video_id, str(path), state, result.fps,
@@ -291,18 +293,16 @@ class Indexer:
         log.info("committed %s", video_id)
         publish_video_files(self.layout, video_id)
         log.info("published %s", video_id)
-        self._proxy(path, video_id, result.info)
         self.summary.keyframes += len(records)
         return "updated" if existing else "added"
 
     def _proxy(self, path: Path, video_id: str, info) -> None:
-        """A browser-playable copy when the original is not; a failure only costs the player."""
-        target = self.layout.proxy_path(video_id)
-        target.unlink(missing_ok=True)
+        """A browser-playable copy when the original is not, staged with the video's other files so that it
+        switches with them (a failure only costs the player)."""
         if info is None or browser_playable(path, info):
             return
         try:
-            make_proxy(path, target, info.rotation)
+            make_proxy(path, staged_proxy_path(self.layout, video_id), info.rotation)
         except VideoError as exc:
             self.summary.skipped.append(Problem(str(path), f"indexed, but {exc}; the page shows keyframes only"))
 

@@ -62,7 +62,8 @@ class Keyframe(Base):
     """A keyframe; row n-1 of the video's feature file holds its embedding."""
 
     __tablename__ = "keyframes"
-    __table_args__ = (UniqueConstraint("video_pk", "n"),)
+    # ids are never reused: a served index generation names keyframes by id
+    __table_args__ = (UniqueConstraint("video_pk", "n"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     video_pk: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
@@ -80,6 +81,7 @@ class Image(Base):
     """A still image, kept where it is; its embedding lives in feature/images/<content_hash>.npy."""
 
     __tablename__ = "images"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused (index generations name them)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     path: Mapped[str] = mapped_column(Text, unique=True)
@@ -151,6 +153,7 @@ class User(Base):
     """An account: admin (users, evaluations), annotator (own boxes), viewer (search only)."""
 
     __tablename__ = "users"
+    __table_args__ = {"sqlite_autoincrement": True}  # a removed user's id (and old cookies) never come back
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)

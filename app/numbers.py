@@ -35,3 +35,9 @@ def whole(raw: object, name: str, low: int, high: int) -> int:
     if value != int(value):
         raise ValueError(f"{name} must be a whole number")
     return int(value)
+
+
+def is_id(text: str, max_digits: int = 18) -> bool:
+    """ASCII digits only ('²' and '٥' are digits to str.isdigit, and int() refuses or misreads them), short
+    enough for a 64-bit database integer."""
+    return 0 < len(text) <= max_digits and text.isascii() and text.isdigit()

@@ -23,7 +23,8 @@ class UnsafeFile(LookupError):
 
 
 def open_beneath(root: Path, relative: str | Path) -> tuple[BinaryIO, os.stat_result]:
-    """Open root/relative for reading; no component of `relative` may be a link or '..'.
+    """Open root/relative for reading; no component of `relative` may be a link or '..', and the file must
+    have a single name (Framefinder writes its files so; a hard link could be the secret key or /etc/shadow).
     The root itself is trusted (the operator chose it)."""
     parts = Path(relative).parts
     if not parts or Path(relative).is_absolute() or any(p in ("..", ".", "") for p in parts):
@@ -32,7 +33,11 @@ def open_beneath(root: Path, relative: str | Path) -> tuple[BinaryIO, os.stat_re
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         raise UnsafeFile(f"the folder {root} cannot be opened") from None
-    return _walk(fd, parts)
+    handle, st = _walk(fd, parts)
+    if st.st_nlink != 1:
+        handle.close()
+        raise UnsafeFile(f"'{parts[-1]}' has other names (a hard link); refusing it")
+    return handle, st
 
 
 def open_indexed(path: str | Path, size: int | None = None, mtime_ns: int | None = None
@@ -84,10 +89,14 @@ def send_opened(handle: BinaryIO, st: os.stat_result, name: str, max_age: int, m
 def read_picture(opened: tuple[BinaryIO, os.stat_result]):
     """The RGB pixels of an opened image file (closed afterwards)."""
     from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
 
     handle, _ = opened
-    with handle, PILImage.open(handle) as im:
-        return im.convert("RGB")
+    try:
+        with handle, PILImage.open(handle) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError, PILImage.DecompressionBombError, ValueError) as exc:
+        raise UnsafeFile(f"the picture is damaged ({exc})") from None
 
 
 def open_keyframe(data_dir: Path, rel_path: str) -> tuple[BinaryIO, os.stat_result]:

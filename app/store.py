@@ -112,6 +112,10 @@ def write_video_files(layout: DataLayout, video_id: str, source_hash: str, fps: 
     atomic.write_text(stage / "SOURCE", source_hash)  # last: the stage is complete
 
 
+def staged_proxy_path(layout: DataLayout, video_id: str) -> Path:
+    return staging_dir(layout, video_id) / "proxy.mp4"
+
+
 def publish_video_files(layout: DataLayout, video_id: str) -> None:
     """Move a complete stage into the AI Challenge layout. Each step is a rename and can be redone, so a
     kill half-way is finished by the next run. The keyframes folder (with its source marker) goes last."""
@@ -125,6 +129,11 @@ def publish_video_files(layout: DataLayout, video_id: str) -> None:
         if (stage / name).exists():
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(stage / name, final)
+    if (stage / "proxy.mp4").exists():
+        layout.proxies_dir.mkdir(parents=True, exist_ok=True)
+        os.replace(stage / "proxy.mp4", layout.proxy_path(video_id))
+    elif (stage / "keyframes").exists():  # not yet published, and this revision plays as it is: no proxy
+        layout.proxy_path(video_id).unlink(missing_ok=True)
     if (stage / "keyframes").exists():
         atomic.replace_dir(stage / "keyframes", layout.keyframes_dir / video_id)
     shutil.rmtree(stage, ignore_errors=True)

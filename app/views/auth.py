@@ -16,6 +16,7 @@ from werkzeug.exceptions import Forbidden, Unauthorized
 
 from app import accounts, services
 from app.models import User
+from app.numbers import is_id
 
 bp = Blueprint("auth", __name__)
 login_manager = LoginManager()
@@ -32,7 +33,7 @@ def init_auth(app) -> None:
 def load_user(session_id: str) -> User | None:
     """The cookie's '<id>:<session version>'; a version older than the user's (logout, new password) fails."""
     user_id, _, version = (session_id or "").partition(":")
-    if not (user_id.isdigit() and version.isdigit()) or len(user_id) > 18 or len(version) > 18:
+    if not (is_id(user_id) and is_id(version)):
         return None
     with services.sessions()() as session:
         user = session.get(User, int(user_id))

@@ -15,6 +15,7 @@ from app import eval_runs, gt_sets, services
 from app.baselines import BASELINES
 from app.groundtruth import ANNOTATIONS_SET, PROTOCOL_HELP, PROTOCOLS, GroundTruthError
 from app.metrics import RECALL_POINTS
+from app.numbers import is_id
 from app.views.auth import require_role
 from app.views.query import item_url
 
@@ -29,6 +30,7 @@ class _Jobs:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluation")
         self.progress: dict[int, tuple[int, int]] = {}
         self.cancelled: set[int] = set()
+        self.started: set[int] = set()
         self.lock = threading.Lock()
 
     def update(self, run_id: int, done: int, total: int) -> None:
@@ -105,6 +107,10 @@ def start():
 
     def work() -> None:
         with app.app_context():
+            with jobs.lock:
+                if run_id in jobs.cancelled:  # cancelled while it waited for the run ahead of it
+                    return
+                jobs.started.add(run_id)
             try:
                 eval_runs.execute(app.extensions["layout"], sessions, snap, gt, config,
                                   lambda: services.searcher().encoder, protocol=protocol,
@@ -132,14 +138,15 @@ def _run_or_404(run_id: int) -> dict:
 @bp.post("/runs/<int:run_id>/cancel")
 @require_role("admin")
 def cancel(run_id: int):
-    """Stop a running evaluation after its current query (a queued one never starts)."""
+    """Stop a running evaluation after its current query; a queued one never starts."""
     run = _run_or_404(run_id)
     if run["status"] == "running":
         jobs = _jobs()
         with jobs.lock:
             jobs.cancelled.add(run_id)
-        if run_id not in jobs.progress or run["created_at"].timestamp() < STARTED:
-            eval_runs.cancel(services.sessions(), run_id)  # not running in this process: mark it now
+            running_here = run_id in jobs.started
+        if not running_here:  # queued, or left over from another server process: it never runs
+            eval_runs.cancel(services.sessions(), run_id)
     return redirect(url_for("evaluation.run_page", run_id=run_id), 303)
 
 
@@ -176,10 +183,10 @@ def query_page(run_id: int, i: int):
 
 @bp.get("/compare")
 def compare():
-    try:
-        a_id, b_id = int(request.args.get("a", "")), int(request.args.get("b", ""))
-    except ValueError:
+    raw_a, raw_b = request.args.get("a", ""), request.args.get("b", "")
+    if not (is_id(raw_a) and is_id(raw_b)):
         abort(400, description="choose two runs to compare (a and b)")
+    a_id, b_id = int(raw_a), int(raw_b)
     a, b = _run_or_404(a_id), _run_or_404(b_id)
     if a["gt_name"] != b["gt_name"]:
         abort(400, description=f"runs {a_id} and {b_id} used different ground truth ({a['gt_name']} vs "

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from app import services
 from app.models import Image, Keyframe, Video
-from app.numbers import MAX_ID
+from app.numbers import MAX_ID, is_id
 from app.safe_files import UnsafeFile, open_keyframe, open_source, read_picture
 from app.search import Hit, Options, Outcome, QueryError, parse_box, parse_k, parse_min_score
 from app.store import files_match
@@ -204,14 +204,14 @@ def keyframe_relpath(video_id: str, n: int) -> str | None:
 def keyframe_pixels(item: str) -> PILImage.Image:
     """The stored keyframe '<video_id>/<n>' (or collection image 'image:<id>'), for a region drawn on it."""
     try:
-        if item.startswith("image:") and item[6:].isdigit():
+        if item.startswith("image:") and is_id(item[6:]):
             with services.sessions()() as session:
                 row = session.get(Image, int(item[6:])) if int(item[6:]) <= MAX_DB_ID else None
             if row is None:
                 raise QueryError(f"unknown image '{item}'")
             return read_picture(open_source(row))
         video_id, _, n = item.rpartition("/")
-        rel = keyframe_relpath(video_id, int(n)) if n.isdigit() else None
+        rel = keyframe_relpath(video_id, int(n)) if is_id(n) else None
         if rel is None:
             raise QueryError(f"unknown keyframe '{item}'")
         return read_picture(open_keyframe(current_app.extensions["layout"].data_dir, rel))

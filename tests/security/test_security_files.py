@@ -175,6 +175,15 @@ def test_a_damaged_catalogue_is_one_sentence_naming_the_file_and_the_fix(collect
     assert indexing.returncode == 2 and "Traceback" not in indexing.stderr and "damaged" in indexing.stderr
 
 
+def test_an_empty_catalogue_beside_an_index_is_one_sentence(collection):
+    db = collection / "instance" / "framefinder.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    proc = _serve_fails(collection)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "knows none of them" in proc.stderr and str(db) in proc.stderr
+
+
 def test_an_instance_folder_that_is_a_file_is_one_sentence(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -30,6 +30,13 @@ def _snapshot(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")} if folder.exists() else set()
 
 
+def _zip_with(name: str) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(name, "still_0 1 1 5 5\n")
+    return buf.getvalue()
+
+
 def _oxford_zip(box: str = "10 10 100 100") -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -65,6 +72,7 @@ def test_refused_uploads_leave_nothing_behind(hostile):
         ("inf.zip", _oxford_zip("inf 0 10 10"), "finite"),
         ("nan.zip", _oxford_zip("nan nan 10 10"), "finite"),
         ("huge.csv", b"query_id,query,video_id,start_frame,end_frame\n" + b"q,w,v,1,2\n" * 600_000, "at most"),
+        ("longname.zip", _zip_with("set/" + "l" * 300 + "_query.txt"), "long"),
     ]
     for name, data, words in cases:
         r = _upload(client, name, data)
@@ -105,3 +113,26 @@ def test_a_long_run_can_be_cancelled(hostile):
     assert state["status"] == "cancelled" and state["done"] < 20_000
     assert 'id="run-cancelled"' in client.get(run_page).get_data(as_text=True)
     (root / "long.csv").unlink()
+
+
+def test_a_queued_run_that_is_cancelled_never_starts(hostile):
+    root = DataLayout.from_data_dir(hostile["data"]).groundtruth_dir
+    rows = "".join(f"q{i},words number {i},cuts_and_dissolve,1,5\n" for i in range(20_000))
+    (root / "long2.csv").write_text("query_id,query,video_id,start_frame,end_frame\n" + rows)
+    client = _admin(hostile)
+    ids = []
+    for _ in range(2):
+        r = client.post("/evaluation", data={"csrf_token": csrf_of(client), "gt": "long2.csv", "model": "clip"})
+        ids.append(int(r.headers["Location"].rstrip("/").split("/")[-1]))
+    first, queued = ids
+    client.post(f"/evaluation/runs/{queued}/cancel", data={"csrf_token": csrf_of(client)})
+    assert client.get(f"/evaluation/runs/{queued}/progress").get_json()["status"] == "cancelled"
+    client.post(f"/evaluation/runs/{first}/cancel", data={"csrf_token": csrf_of(client)})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and client.get(f"/evaluation/runs/{first}/progress").get_json()["status"] \
+            == "running":
+        time.sleep(0.2)
+    time.sleep(1.0)
+    state = client.get(f"/evaluation/runs/{queued}/progress").get_json()
+    assert state["status"] == "cancelled" and state["done"] == 0
+    (root / "long2.csv").unlink()

@@ -62,7 +62,7 @@ def _check_served(app, old_items: list[str]) -> dict:
     return seen
 
 
-def test_kills_during_a_reindex_leave_a_consistent_collection(tmp_path, media_dir, tiny_encoder):
+def test_kills_during_a_reindex_leave_a_consistent_collection(tmp_path, media_dir, truths, tiny_encoder):
     from app import create_app
 
     media = tmp_path / "media"
@@ -104,5 +104,12 @@ def test_kills_during_a_reindex_leave_a_consistent_collection(tmp_path, media_di
     assert db_hash != old_hash
     assert _files(data) == (db_hash, db_count, db_count, db_count)
     assert not (data / ".staging").exists() or not any((data / ".staging").iterdir())
+    # the browser copy belongs to the new content (its own length), however the runs were killed
+    import av
+
+    proxy = DataLayout.from_data_dir(data).proxy_path(VIDEO)
+    with av.open(str(proxy)) as c:
+        seconds = float(c.streams.video[0].duration * c.streams.video[0].time_base)
+    assert abs(seconds - truths["cuts_and_dissolve"].frames / 25.0) < 0.2, seconds
     seen = _check_served(app, old_items)
     assert seen["ok"] >= 1

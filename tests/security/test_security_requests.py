@@ -193,6 +193,25 @@ def test_no_input_gives_a_server_error(hostile):
         responses.append(client.get(f"/api/search?like=cuts_and_dissolve/1&box={value},0,10,10"))
         responses.append(client.post("/api/search", data={"region_of": "cuts_and_dissolve/1",
                                                            "box": f"0,0,{value},10"}))
+    for odd in ("%C2%B2", "%D9%A5", "9" * 25, "9" * 5000):  # '²' and '٥' are digits to str.isdigit
+        responses.append(client.get(f"/api/search?region_of=cuts_and_dissolve/{odd}"))
+        responses.append(client.get(f"/api/search?region_of=image:{odd}"))
+        responses.append(client.get(f"/api/annotations?target=cuts_and_dissolve/{odd}"))
+        responses.append(client.get(f"/evaluation/compare?a={odd}&b=1"))
+        responses.append(client.delete(f"/api/annotations/{box['id']}?version={odd}", headers=ann))
+    for target in ("cuts_and_dissolve/²", "cuts_and_dissolve/" + "9" * 25):
+        responses.append(client.post("/api/annotations", json={**BOX, "keyframe": target}, headers=ann))
+        responses.append(client.post("/api/annotations/import", headers=ann, data={"file": (io.BytesIO(
+            f"target,x,y,w,h,label\n{target},0,0,5,5,x\n".encode()), "odd.csv")}))
+    responses.append(client.patch(f"/api/annotations/{box['id']}", json={"version": "²"}, headers=ann))
+    for field in ("label", "note"):  # lone surrogates
+        responses.append(client.post("/api/annotations", data='{"keyframe": "cuts_and_dissolve/1", "box": [1, 1, 5, '
+                                     '5], "label": "x", "' + field + '": "\\ud800"}', content_type="application/json",
+                                     headers=ann))
+    for items in ("5", "null", "{}"):
+        doc = '{"images": [], "categories": [], "annotations": ' + items + "}"
+        responses.append(client.post("/api/annotations/import", headers=ann,
+                                     data={"file": (io.BytesIO(doc.encode()), "odd.json")}))
     for path in (f"/images/{HUGE}", f"/keyframes/cuts_and_dissolve/{HUGE}.jpg", f"/keyframe/cuts_and_dissolve/{HUGE}",
                  f"/api/keyframes/cuts_and_dissolve/{HUGE}", f"/annotate/cuts_and_dissolve/{HUGE}",
                  f"/annotate/image/{HUGE}", f"/annotations/{HUGE}/crop.jpg", f"/evaluation/runs/{HUGE}",
@@ -257,7 +276,8 @@ def test_pages_carry_security_headers(hostile):
     assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["X-Frame-Options"] == "DENY"
 
 
-@pytest.mark.parametrize("password", [" " * 8, "        x", "aaaaaaaaaaaa", "ab ab ab ab"])
+@pytest.mark.parametrize("password", [" " * 8, "        x", "aaaaaaaaaaaa", "ab ab ab ab", "password", "12345678",
+                                      "qwertyui", "abcdefgh", "Password", "weakling99"])
 def test_weak_passwords_are_refused(hostile, password):
     from app import accounts
 
@@ -321,3 +341,64 @@ def test_another_annotators_box_cannot_be_changed(hostile):
     assert r.status_code == 403
     r = client.delete(f"/api/annotations/{box['id']}", headers=bearer(hostile, "bob"))
     assert r.status_code == 403
+
+
+def test_a_removed_users_cookie_never_belongs_to_the_next_user(hostile):
+    """Ids are never reused, so a cookie kept from a removed account cannot become a new admin's."""
+    from app import accounts
+
+    app = hostile["app"]
+    with app.extensions["sessions"]() as session:
+        accounts.add(session, "shortlived", PASSWORD, "viewer")
+    _, saved = _logged_in_cookie(app, "shortlived")
+    with app.extensions["sessions"]() as session:
+        accounts.remove(session, "shortlived")
+        accounts.add(session, "newadmin", PASSWORD, "admin")
+    replay = app.test_client()
+    replay.set_cookie("session", saved)
+    page = replay.get("/").get_data(as_text=True)
+    assert 'id="who"' not in page and "newadmin" not in page
+
+
+def test_a_damaged_keyframe_is_a_clear_4xx(hostile):
+    from app.paths import DataLayout
+
+    jpg = DataLayout.from_data_dir(hostile["data"]).keyframes_dir / "long_shot" / "002.jpg"
+    original = jpg.read_bytes()
+    client = hostile["app"].test_client()
+    try:
+        jpg.write_bytes(original[:100])
+        r = client.get("/api/search?region_of=long_shot/2&box=0,0,10,10")
+        assert r.status_code == 400 and "damaged" in r.get_json()["error"]
+        r = client.post("/api/annotations", json={**BOX, "keyframe": "long_shot/2"}, headers=bearer(hostile, "ann"))
+        assert r.status_code == 404 and "damaged" in r.get_json()["error"]
+    finally:
+        jpg.write_bytes(original)
+
+
+def test_a_hard_link_in_the_data_dir_is_not_served(hostile):
+    import os
+
+    from app.paths import DataLayout
+
+    layout = DataLayout.from_data_dir(hostile["data"])
+    jpg = layout.keyframes_dir / "long_shot" / "001.jpg"
+    backup = jpg.with_name("001.bak")
+    os.replace(jpg, backup)
+    os.link(layout.instance_dir / "secret_key", jpg)
+    try:
+        r = hostile["app"].test_client().get("/keyframes/long_shot/1.jpg")
+        assert r.status_code == 404 and (layout.instance_dir / "secret_key").read_bytes() not in r.data
+    finally:
+        jpg.unlink()
+        os.replace(backup, jpg)
+
+
+def test_an_empty_secret_key_is_replaced(tmp_path, tiny_encoder):
+    from app import create_app
+
+    (tmp_path / "instance").mkdir()
+    (tmp_path / "instance" / "secret_key").write_text("  \n")
+    app = create_app({"DATA_DIR": str(tmp_path), "ENCODER": tiny_encoder, "TESTING": True})
+    assert len(app.config["SECRET_KEY"]) >= 32
+    assert app.test_client().get("/login").status_code == 200

@@ -69,8 +69,9 @@ def add(session: Session, name: str, password: str, role: str) -> User:
         raise AccountError("a user name is 1-64 letters, digits, '.', '_' or '-'")
     if role not in ROLES:
         raise AccountError(f"role must be one of {', '.join(ROLES)}")
-    if find(session, name) is not None:
-        raise AccountError(f"a user named '{find(session, name).name}' already exists (names ignore case)")
+    taken = find(session, name)
+    if taken is not None:
+        raise AccountError(f"a user named '{taken.name}' already exists (names ignore case)")
     _check_password(password, name)
     user = User(name=name, password_hash=generate_password_hash(password), role=role)
     session.add(user)

@@ -20,7 +20,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from app.models import Annotation, Image, Keyframe, Label, User, Video
 from app.numbers import MAX_ID, finite, is_id
 from app.paths import DataLayout
-from app.safe_files import UnsafeFile, open_keyframe, open_source, read_picture
+from app.safe_files import UnsafeFile, open_beneath, open_source, read_picture
 
 MAX_BOX = 1_000_000  # pixels: far beyond any image, far below any overflow
 MAX_LABEL = 100
@@ -58,14 +58,14 @@ def resolve_keyframe(session: Session, layout: DataLayout, item: str) -> Target:
     if rel is None:
         raise AnnotationError(f"unknown keyframe '{video_id}/{n}'", 404)
     try:
-        handle, _ = open_keyframe(layout.data_dir, rel)
+        handle, _ = open_beneath(layout.data_dir, rel)
         with handle, PILImage.open(handle) as im:
             width, height = im.size
     except UnsafeFile as exc:
         raise AnnotationError(f"the picture of keyframe '{video_id}/{n}' cannot be used: {exc}", 404) from None
     except OSError as exc:
         raise AnnotationError(f"the picture of keyframe '{video_id}/{n}' is damaged ({exc})", 404) from None
-    return Target(video_id, int(n), None, width, height, lambda: read_picture(open_keyframe(layout.data_dir, rel)))
+    return Target(video_id, int(n), None, width, height, lambda: read_picture(open_beneath(layout.data_dir, rel)))
 
 
 def resolve_image(session: Session, path: str) -> Target:

@@ -61,6 +61,11 @@ class Snapshot:
                 return entry
         return None
 
+    def vector(self, entry: Entry) -> np.ndarray:
+        """The vector of an entry ("more like this") from this generation itself, so it always belongs to
+        the same revision as the index (a re-index may be rewriting the .npy files meanwhile)."""
+        return vectors.vector_of(self.bundle, entry.row).reshape(1, -1)
+
     def rows_of(self, names: set[str]) -> np.ndarray:
         """Rows whose item ('<video_id>/<n>') or image path is in `names`."""
         return np.array([i for i, e in enumerate(self.entries) if e.kind >= 0 and
@@ -115,7 +120,7 @@ class Collection:
         if now - self._checked >= self.check_every_s or self._loaded_for is _NOTHING_LOADED:
             self._checked = now
             pointer = vectors.pointer(self.layout.index_dir)
-            if pointer != self._loaded_for or (self._snapshot is None and pointer is None):
+            if pointer != self._loaded_for or self._snapshot is None:
                 with self._lock:
                     if pointer != self._loaded_for or self._snapshot is None:
                         self._snapshot = self._load()
@@ -140,11 +145,6 @@ class Collection:
 
         with self.sessions() as session:
             return {a.target for a in search(session, label=label, limit=1_000_000)}
-
-    def stored_vector(self, snap: Snapshot, entry: Entry) -> np.ndarray:
-        """The vector of an entry ("more like this") from the served generation itself, so it always
-        belongs to the same revision as the index (a re-index may be rewriting the .npy files meanwhile)."""
-        return vectors.vector_of(snap.bundle, entry.row).reshape(1, -1)
 
     def live_keyframes(self, db_ids: list[int]) -> set[int]:
         """Which of these keyframe rows still exist: a re-indexed video's old rows are gone, and the served

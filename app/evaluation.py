@@ -322,9 +322,9 @@ def _item_key(e: Entry) -> str:
 
 
 def _pixels(e: Entry, layout: DataLayout) -> PILImage.Image:
-    from app.safe_files import open_indexed, open_keyframe, read_picture
+    from app.safe_files import open_beneath, open_indexed, read_picture
 
-    return read_picture(open_keyframe(layout.data_dir, e.rel_path) if e.rel_path else open_indexed(e.source_path))
+    return read_picture(open_beneath(layout.data_dir, e.rel_path) if e.rel_path else open_indexed(e.source_path))
 
 
 def baseline_features(encoder, snap: Snapshot, layout: DataLayout, progress: Progress | None = None,

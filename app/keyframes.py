@@ -135,7 +135,7 @@ class KeyframeSelector:
     """Fed the frames of each shot in order; emits keyframes when the shot closes. Segments, margins and
     spacing are measured on the frames' own timestamps, so sparse and variable-frame-rate files are right."""
 
-    def __init__(self, fps: float, interval_s: float = 4.0, margin_s: float = 0.3) -> None:
+    def __init__(self, interval_s: float = 4.0, margin_s: float = 0.3) -> None:
         self.interval_s = max(interval_s, 1e-3)
         self.margin_s = max(0.0, margin_s - 1e-6)  # a frame exactly margin_s in counts as outside
         self._segments: dict[int, Candidate] = {}

@@ -5,23 +5,20 @@ the video route serves it instead of the original, with Range requests as for an
 """
 from __future__ import annotations
 
-import logging
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 
-from app.video_decode import VideoError, _fit_size, _upright, open_video
+from app.video_decode import VideoError, fit_size, open_video, upright
 
-log = logging.getLogger(__name__)
 PROXY_MAX_SIDE = 640
 MS = Fraction(1, 1000)
 
 
 def make_proxy(src: Path, dst: Path, rotation: int = 0, preset: str = "veryfast") -> None:
     """Write dst (atomically: a .part file renamed at the end)."""
-    import numpy as np
-
     tmp = dst.with_name(dst.name + ".part")
     dst.parent.mkdir(parents=True, exist_ok=True)
     container, vin = open_video(src)
@@ -32,7 +29,7 @@ def make_proxy(src: Path, dst: Path, rotation: int = 0, preset: str = "veryfast"
             vout = out.add_stream("libx264", rate=rate, options={"crf": "28", "preset": preset})
             vout.pix_fmt = "yuv420p"
             vout.codec_context.time_base = MS  # frames keep their own times (variable frame rate too)
-            w, h = _fit_size(vin.codec_context.width, vin.codec_context.height, PROXY_MAX_SIDE)
+            w, h = fit_size(vin.codec_context.width, vin.codec_context.height, PROXY_MAX_SIDE)
             size = (w // 2 * 2, h // 2 * 2)
             vout.width, vout.height = size[::-1] if rotation in (90, 270) else size
             aout = None
@@ -51,7 +48,7 @@ def make_proxy(src: Path, dst: Path, rotation: int = 0, preset: str = "veryfast"
                     if packet.stream.type == "video":
                         if rotation:
                             img = frame.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray()
-                            out_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(_upright(img, rotation)),
+                            out_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(upright(img, rotation)),
                                                                    format="rgb24")
                         else:  # straight from the decoder's YUV: no colour conversion at all
                             out_frame = frame.reformat(width=size[0], height=size[1], format="yuv420p")

@@ -99,11 +99,6 @@ def read_picture(opened: tuple[BinaryIO, os.stat_result]):
         raise UnsafeFile(f"the picture is damaged ({exc})") from None
 
 
-def open_keyframe(data_dir: Path, rel_path: str) -> tuple[BinaryIO, os.stat_result]:
-    """A keyframe JPEG (or proxy) below the data dir, by its catalogued relative path."""
-    return open_beneath(data_dir, rel_path)
-
-
 def open_source(row) -> tuple[BinaryIO, os.stat_result]:
     """A catalogued source file (an Image or Video row: path, size, mtime_ns) as it was indexed."""
     return open_indexed(row.path, row.size, row.mtime_ns)

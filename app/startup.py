@@ -46,7 +46,8 @@ def explain(exc: BaseException, layout: DataLayout) -> str | None:
                     f"writes {db}-wal and {db}-shm beside it).")
         if "not a database" in text or "malformed" in text or "corrupt" in text:
             return (f"the catalogue {db} is damaged ({text}); restore it from a backup, or move it away and run "
-                    f"`python offline.py index PATHS` to build a new one (feature files are reused where unchanged).")
+                    f"`.venv/bin/python offline.py index PATHS` to build a new one (feature files are reused where "
+                    f"unchanged).")
         if "unable to open" in text:
             return f"the catalogue {db} cannot be opened ({text}); check that its folder exists and is writable."
         return f"the catalogue database cannot be used ({text}); check DATABASE_URL or {db}."

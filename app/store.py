@@ -1,7 +1,8 @@
 """Writing one video's derived files (AI Challenge layout) and its catalogue rows.
 
-Files are written first, atomically; the database commit comes last, so a kill before
-the commit leaves the video "not indexed" and the next run simply does it again.
+A video's files are staged beside the old ones, the catalogue commit follows, and then the
+files are renamed into place; a kill anywhere is finished or undone by the next run
+(`recover_staged`), so catalogue, files and the served index never disagree for long.
 """
 from __future__ import annotations
 

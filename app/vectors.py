@@ -150,19 +150,13 @@ def pointer(index_dir: Path) -> str | None:
         return None
 
 
-def current_generation(index_dir: Path) -> str | None:
-    name = pointer(index_dir)
-    return name if name and (index_dir / name).is_dir() else None
-
-
-def _generations(index_dir: Path) -> list[str]:
+def _generations(index_dir: Path, current: str | None) -> list[str]:
     """Every complete generation folder, the one CURRENT names first, then newest first."""
     try:
         names = sorted((p.name for p in index_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
                        reverse=True)
     except FileNotFoundError:
         return []
-    current = pointer(index_dir)
     return ([current] if current in names else []) + [n for n in names if n != current]
 
 
@@ -194,13 +188,14 @@ def load_current(index_dir: Path, use_gpu: bool | None = None) -> IndexBundle | 
     """The generation CURRENT names or, if it is missing or damaged, the newest intact one (a warning says
     which). None when there is no generation at all; IndexDamaged when none can be read."""
     problems = []
-    for name in _generations(index_dir):
+    current = pointer(index_dir)
+    for name in _generations(index_dir, current):
         try:
             bundle = _load_generation(index_dir / name, use_gpu)
         except (RuntimeError, ValueError, OSError, EOFError) as exc:
             problems.append(f"{index_dir / name}/{str(exc).splitlines()[0][:300]}")
             continue
-        if problems or name != pointer(index_dir):
+        if problems or name != current:
             log.warning("index generation %s is used because the current one cannot be loaded (%s); "
                         "offline.py index rebuilds it", name, "; ".join(problems) or "CURRENT names no folder")
         return bundle

@@ -61,10 +61,10 @@ class DecodedFrame:
         else:
             bgr = self.picture.reformat(width=self.size[0], height=self.size[1], format="bgr24",
                                         interpolation="AREA").to_ndarray()
-        return _upright(bgr, self.rotation)
+        return upright(bgr, self.rotation)
 
 
-def _upright(image: np.ndarray, rotation: int) -> np.ndarray:
+def upright(image: np.ndarray, rotation: int) -> np.ndarray:
     rotation %= 360
     if rotation == 90:
         return cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)
@@ -75,7 +75,7 @@ def _upright(image: np.ndarray, rotation: int) -> np.ndarray:
     return image
 
 
-def _fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+def fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     """The stored picture's size with its longest side at most max_side (never enlarged)."""
     scale = max_side / max(width, height)
     if scale >= 1:
@@ -140,7 +140,7 @@ def decode_frames(path: Path, max_side: int, info_out: list) -> Iterator[Decoded
         for index, frame in enumerate(_packets_frames(container, stream, info)):
             if size is None:
                 info.rotation = int(getattr(frame, "rotation", 0) or 0) % 360
-                size = _fit_size(frame.width, frame.height, max_side)
+                size = fit_size(frame.width, frame.height, max_side)
                 if info.rotation in (90, 270):
                     info.width, info.height = frame.height, frame.width
                 else:

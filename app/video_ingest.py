@@ -64,27 +64,27 @@ def _reader(path: Path, max_side: int, out: queue.Queue, info_out: list, stop: t
 class _Pipeline:
     """Frames wait here for their transition probability, quality and shot decision."""
 
-    def __init__(self, fps: float, interval_s: float, threshold: float, result: VideoResult) -> None:
+    def __init__(self, interval_s: float, threshold: float, result: VideoResult) -> None:
         self.tracker = ShotTracker(threshold)
-        self.selector = KeyframeSelector(fps, interval_s)
+        self.selector = KeyframeSelector(interval_s)
         self.window = QualityWindow()
         self.result = result
         self.awaiting_prob: deque[list] = deque()  # [frame, quality or None]
         self.by_index: dict[int, Candidate] = {}  # probability known, shot decision pending
-        self.unscored: deque[list] = deque()  # entries whose quality waits for the next frame
+        self.unscored: list | None = None  # the newest entry: its quality waits for the next frame
 
     def add(self, frame: DecodedFrame) -> None:
         entry = [frame, None]
         finished = self.window.push(frame.grey, frame_quality(frame.grey, frame.small_rgb))
         if finished is not None:
-            self.unscored.popleft()[1] = finished
-        self.unscored.append(entry)
+            self.unscored[1] = finished
+        self.unscored = entry
         self.awaiting_prob.append(entry)
 
     def flush_quality(self) -> None:
         finished = self.window.flush()
         if finished is not None:
-            self.unscored.popleft()[1] = finished
+            self.unscored[1] = finished
 
     def settle(self, probs: list[tuple[float, float]]) -> None:
         for single, many in probs:
@@ -142,7 +142,7 @@ def process_video(path: Path, transnet: torch.nn.Module, *, interval_s: float = 
             if pipe is None:
                 info = info_out[0]
                 result.fps, result.info = info.fps, info
-                pipe = _Pipeline(info.fps, interval_s, threshold, result)
+                pipe = _Pipeline(interval_s, threshold, result)
             t0 = time.perf_counter()
             pipe.add(item)
             result.frames += 1

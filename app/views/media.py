@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from app import services
 from app.models import Image, Video
-from app.safe_files import UnsafeFile, open_keyframe, open_source, send_opened
+from app.safe_files import UnsafeFile, open_beneath, open_source, send_opened
 from app.views.query import MAX_DB_ID, keyframe_record, keyframe_relpath
 
 bp = Blueprint("media", __name__)
@@ -31,7 +31,7 @@ def keyframe_image(video_id: str, n: int):
     rel = keyframe_relpath(video_id, n)
     if rel is None:
         abort(404, description=f"no keyframe {n} in video '{video_id}'")
-    handle, st = _opened(open_keyframe, _layout().data_dir, rel)
+    handle, st = _opened(open_beneath, _layout().data_dir, rel)
     return send_opened(handle, st, Path(rel).name, CACHE_SECONDS)
 
 
@@ -56,7 +56,7 @@ def video_file(video_id: str):
     layout = _layout()
     proxy = layout.proxy_path(row.video_id)
     if proxy.exists():
-        handle, st = _opened(open_keyframe, layout.data_dir, proxy.relative_to(layout.data_dir))
+        handle, st = _opened(open_beneath, layout.data_dir, proxy.relative_to(layout.data_dir))
         return send_opened(handle, st, proxy.name, CACHE_SECONDS, mimetype="video/mp4")
     handle, st = _opened(open_source, row)
     return send_opened(handle, st, Path(row.path).name, CACHE_SECONDS)

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from app import services
 from app.models import Image, Keyframe, Video
 from app.numbers import MAX_ID, is_id
-from app.safe_files import UnsafeFile, open_keyframe, open_source, read_picture
+from app.safe_files import UnsafeFile, open_beneath, open_source, read_picture
 from app.search import Hit, Options, Outcome, QueryError, parse_box, parse_k, parse_min_score
 from app.store import files_match
 from app.uploads import read_image
@@ -76,7 +76,7 @@ def _like_vector(like: str):
     entry = snap.find(like)
     if entry is None:
         raise QueryError(f"unknown item '{like}' for 'more like this'")
-    return services.collection().stored_vector(snap, entry)
+    return snap.vector(entry)
 
 
 def has_query() -> bool:
@@ -214,6 +214,6 @@ def keyframe_pixels(item: str) -> PILImage.Image:
         rel = keyframe_relpath(video_id, int(n)) if is_id(n) else None
         if rel is None:
             raise QueryError(f"unknown keyframe '{item}'")
-        return read_picture(open_keyframe(current_app.extensions["layout"].data_dir, rel))
+        return read_picture(open_beneath(current_app.extensions["layout"].data_dir, rel))
     except UnsafeFile as exc:
         raise QueryError(f"the picture of '{item}' cannot be read: {exc}") from None

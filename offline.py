@@ -216,7 +216,6 @@ DEMO_DIR = PROJECT_ROOT / "demo"
 def _demo_account(layout: DataLayout) -> None:
     """An admin account for the demo only (evaluations and annotation need one), with a random password
     shown once here and stored only as a hash; a demo that already has accounts is left alone."""
-    import secrets
 
     from app import accounts
     from app.db import open_database
@@ -226,7 +225,7 @@ def _demo_account(layout: DataLayout) -> None:
             print(f"Demo accounts exist already: `.venv/bin/python offline.py users passwd demo --data-dir "
                   f"{layout.data_dir}` sets a new password for demo.")
             return
-        password = secrets.token_urlsafe(12)
+        password = accounts.random_password("demo")
         accounts.add(session, "demo", password, "admin")
     print(f"Log in as demo with the password {password} to run evaluations and draw boxes "
           f"(shown once; `.venv/bin/python offline.py users passwd demo --data-dir {layout.data_dir}` sets another).")

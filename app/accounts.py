@@ -52,6 +52,17 @@ def _check_password(password: str, name: str = "") -> None:
         raise AccountError("the password must mix at least two of letters, digits, and spaces or symbols")
 
 
+def random_password(name: str = "") -> str:
+    """A fresh password that the rule above accepts (a random draw can be letters only: drawn again)."""
+    while True:
+        password = secrets.token_urlsafe(12)
+        try:
+            _check_password(password, name)
+        except AccountError:
+            continue
+        return password
+
+
 def find(session: Session, name: str) -> User | None:
     """Names are unique without regard to case ('ADMIN1' is 'admin1'), and found so."""
     return session.scalar(select(User).where(func.lower(User.name) == (name or "").lower()))

@@ -402,3 +402,11 @@ def test_an_empty_secret_key_is_replaced(tmp_path, tiny_encoder):
     app = create_app({"DATA_DIR": str(tmp_path), "ENCODER": tiny_encoder, "TESTING": True})
     assert len(app.config["SECRET_KEY"]) >= 32
     assert app.test_client().get("/login").status_code == 200
+
+
+def test_generated_passwords_always_pass_the_rule():
+    """The demo's admin password is drawn at random; a draw of letters only must never reach the rule."""
+    from app import accounts
+
+    for _ in range(2000):
+        accounts._check_password(accounts.random_password("demo"), "demo")

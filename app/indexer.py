@@ -7,7 +7,6 @@ longer matches it) and forgiving (a bad file is reported and skipped).
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import time
 from collections import deque
@@ -17,15 +16,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app import aic, atomic, vectors
+from app import aic, atomic
 from app.archives import extract_archive
 from app.encoders import DEFAULT_MODEL, ClipEncoder, WeightsUnavailable, default_pretrained
+from app.index_build import refresh_index
 from app.media import Discovery, Problem, discover
 from app.models import Image, IndexRun, Keyframe, Setting, Video
 from app.paths import DataLayout
@@ -392,55 +391,9 @@ class Indexer:
         self.session.commit()
 
     def _refresh_index(self) -> None:
-        signature = catalogue_signature(self.session)
-        current = vectors.load_current(self.layout.index_dir, use_gpu=False)
-        wanted = self.options.index_type
-        if current is not None and current.meta.get("signature") == signature and (
-                wanted == "auto" or current.meta.get("params", {}).get("type") == wanted):
-            self.summary.index_size = current.size
-            return
-        self.summary.index_size = rebuild_index(self.session, self.layout, self.encoder.identity,
-                                                self.encoder.dim, wanted, fingerprint=self.encoder.fingerprint)
-        self.summary.index_rebuilt = True
-
-
-def catalogue_signature(session: Session) -> str:
-    """Changes whenever the set of indexed vectors changes."""
-    h = hashlib.blake2b(digest_size=16)
-    for vid, chash in session.execute(select(Video.video_id, Video.content_hash).order_by(Video.id)):
-        h.update(f"v:{vid}:{chash}\n".encode())
-    for path, chash in session.execute(select(Image.path, Image.content_hash).order_by(Image.id)):
-        h.update(f"i:{path}:{chash}\n".encode())
-    return h.hexdigest()
-
-
-def rebuild_index(session: Session, layout: DataLayout, identity: tuple[str, str], dim: int,
-                  index_type: str = "auto", params: dict | None = None, fingerprint: str | None = None) -> int:
-    """Build a FAISS generation from the per-video and per-image feature files."""
-    parts: list[np.ndarray] = []
-    ids: list[np.ndarray] = []
-    for video in session.scalars(select(Video).order_by(Video.id)):
-        kf_ids = session.scalars(select(Keyframe.id).where(Keyframe.video_pk == video.id)
-                                 .order_by(Keyframe.n)).all()
-        feats = np.load(layout.video_feature_path(video.video_id), allow_pickle=False)
-        if len(feats) != len(kf_ids):
-            raise RuntimeError(f"{video.video_id}: {len(feats)} feature rows for {len(kf_ids)} keyframes")
-        parts.append(feats)
-        ids.append(np.stack([np.full(len(kf_ids), vectors.KIND_KEYFRAME), np.array(kf_ids)], axis=1))
-    images = session.execute(select(Image.id, Image.content_hash).order_by(Image.id)).all()
-    if images:
-        parts.append(np.stack([np.load(layout.image_feature_dir / f"{h}.npy") for _, h in images]))
-        ids.append(np.array([(vectors.KIND_IMAGE, i) for i, _ in images]))
-    matrix = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, dim), np.float32)
-    id_map = np.concatenate(ids).astype(np.int64) if ids else np.zeros((0, 2), np.int64)
-    index, used = vectors.build_index(matrix, index_type, params)
-    meta = {"model": identity[0], "pretrained": identity[1], "weights_fingerprint": fingerprint,
-            "dim": dim, "count": len(matrix),
-            "params": used, "signature": catalogue_signature(session),
-            "created": datetime.now(UTC).isoformat()}
-    vectors.save_generation(layout.index_dir, index, id_map, meta,
-                            rerank=matrix if used["type"] == "ivfpq" else None)
-    return len(matrix)
+        self.summary.index_size, self.summary.index_rebuilt = refresh_index(
+            self.session, self.layout, self.encoder.identity, self.encoder.dim, self.options.index_type,
+            fingerprint=self.encoder.fingerprint)
 
 
 def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, session_factory,
@@ -472,5 +425,4 @@ def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, sess
         return summary
 
 
-__all__ = ["CollectionBusy", "IndexOptions", "ModelMismatch", "RunSummary", "WeightsUnavailable", "run_index",
-           "rebuild_index"]
+__all__ = ["CollectionBusy", "IndexOptions", "ModelMismatch", "RunSummary", "WeightsUnavailable", "run_index"]

@@ -29,7 +29,8 @@ from werkzeug.serving import make_server  # noqa: E402
 from app import create_app  # noqa: E402
 from app.db import open_database  # noqa: E402
 from app.encoders import ClipEncoder, register_model_configs  # noqa: E402
-from app.indexer import IndexOptions, rebuild_index, run_index  # noqa: E402
+from app.index_build import rebuild_index  # noqa: E402
+from app.indexer import IndexOptions, run_index  # noqa: E402
 from app.models import Keyframe, Video  # noqa: E402
 from app.paths import DataLayout  # noqa: E402
 from app.sample import build_sample_collection  # noqa: E402

@@ -185,7 +185,7 @@ def test_server_picks_up_a_new_index_without_restart(app, indexed, tiny_encoder)
     from sqlalchemy.orm import sessionmaker
 
     from app.db import make_engine
-    from app.indexer import rebuild_index
+    from app.index_build import rebuild_index
 
     client = app.test_client()
     before = client.get("/api/search?q=x&k=1000").get_json()["results"]

@@ -13,8 +13,24 @@ import logging
 import sys
 from pathlib import Path
 
-from app.paths import PROJECT_ROOT, DataLayout
+from app.paths import PROJECT_ROOT
+from app.settings import help_text
 from app.vectors import EXACT_BELOW
+
+
+def _add_settings_args(p: argparse.ArgumentParser, *names: str, data_dir_help: str | None = None) -> None:
+    """Flags of app.settings (default None: not given, so the environment or instance file may say)."""
+    p.add_argument("--data-dir", default=None, help=data_dir_help or help_text("data_dir"))
+    p.add_argument("--database-url", default=None, help=help_text("database_url"))
+    for name in names:
+        p.add_argument(f"--{name.replace('_', '-')}", default=None, help=help_text(name))
+
+
+def _settings(args: argparse.Namespace):
+    """The one settings object of this run."""
+    from app.settings import FIELDS, Settings
+
+    return Settings.load({f.name: getattr(args, f.name, None) for f in FIELDS})
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -24,15 +40,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="open_clip pretrained tag (default: the collection's weights, else a LAION-2B tag for the "
                         "model), a path to a local checkpoint file, or 'none' for random weights (no download; "
                         "image search works, text search means nothing)")
-    p.add_argument("--model-config", default=None, metavar="JSON",
-                   help="an extra open_clip model config (file or folder) to make its name known")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
-def _add_index_args(p: argparse.ArgumentParser, data_dir_help: str = "collection folder (default: the project's "
-                                                                      "static/ with the database in instance/)"
-                    ) -> None:
-    p.add_argument("--data-dir", default=None, help=data_dir_help)
+def _add_index_args(p: argparse.ArgumentParser, data_dir_help: str | None = None) -> None:
+    _add_settings_args(p, "device", "model_config", data_dir_help=data_dir_help)
     _add_model_args(p)
     p.add_argument("--index", dest="index_type", default="auto", choices=["auto", "flat", "ivf", "hnsw", "ivfpq"],
                    help=f"FAISS index type (default: auto: exact below {EXACT_BELOW:,} vectors, IVF-Flat while "
@@ -43,6 +54,13 @@ def _add_index_args(p: argparse.ArgumentParser, data_dir_help: str = "collection
                    help="longest side of saved keyframes (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="CLIP batch size (default: %(default)s)")
     p.add_argument("--prune", action="store_true", help="remove entries whose files are gone")
+    p.add_argument("--force", action="store_true",
+                   help="ingest the named files again even when unchanged (after changing --keyframe-interval or "
+                        "--keyframe-size); frames that carry boxes stay keyframes")
+    p.add_argument("--features-model", default=None, metavar="'MODEL PRETRAINED'",
+                   help="the open_clip model and weights that made an AI Challenge dataset's clip-features-* files "
+                        "(or a MODEL file beside them says so); without it they are computed again, since a "
+                        "matching dimension does not prove the model")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--verbose", action="store_true", help="log each step (staged, committed, published) per video")
 
@@ -64,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("gt_path", type=Path, metavar="GT_PATH",
                         help="a ground-truth file or folder, or @annotations for the boxes saved on the "
                              "annotation pages")
-    p_eval.add_argument("--data-dir", default=None, help="collection folder (default: the project's static/)")
+    _add_settings_args(p_eval, "device", "model_config", "baseline_weights")
     p_eval.add_argument("--protocol", default=None,
                         help="headline protocol: standard|good|ok|junk (Oxford), easy|medium|hard (Revisited; "
                              "default medium)")
@@ -72,13 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of query images kept outside the indexed collection")
     p_eval.add_argument("--model", default="clip",
                         help="clip (the served index, default), tv:vgg16 (fc6) or tv:resnet50 (pooled)")
-    p_eval.add_argument("--baseline-weights", default=None, metavar="PATH",
-                        help="local torchvision checkpoint (file, or folder holding torchvision's file name) for "
-                             "tv:* models; 'none' for random weights")
     p_eval.add_argument("--depth", type=int, default=None,
-                        help="ranking depth (default: whole collection up to 10,000 items, else 1,000)")
-    p_eval.add_argument("--model-config", default=None, metavar="JSON", help="extra open_clip model config")
-    p_eval.add_argument("--device", default="auto")
+                        help="ranking depth, 1 to 1,000,000 (default: whole collection up to 10,000 items, "
+                             "else 1,000)")
     p_users = sub.add_parser("users", help="manage accounts: add, list, remove, passwd, token",
                              description="Accounts for the web pages and the API. Roles: admin (users, "
                                          "evaluations), annotator (own boxes), viewer (search only).")
@@ -87,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_users.add_argument("--role", default="annotator", choices=["admin", "annotator", "viewer"])
     p_users.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     p_users.add_argument("--revoke", action="store_true", help="with token: revoke the token instead")
-    p_users.add_argument("--data-dir", default=None, help="collection folder (default: the project's static/)")
+    _add_settings_args(p_users)
     p_demo = sub.add_parser("demo", help="make a sample collection in demo/, index it and start the server",
                             description="Builds a sample collection (synthetic videos with known cuts, photos, and "
                                         "ground truth for /evaluation) in its own folder, demo/ (or --data-dir), "
@@ -95,18 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
                                         "fetched: the demo then says so and uses random weights. Remove it with "
                                         "rm -rf demo/.")
     _add_index_args(p_demo, "the demo's folder (default: demo/ in the project)")
-    p_demo.add_argument("--host", default="127.0.0.1")
-    p_demo.add_argument("--port", type=int, default=5000)
+    p_demo.add_argument("--host", default=None, help=help_text("host"))
+    p_demo.add_argument("--port", default=None, help=help_text("port"))
     p_demo.add_argument("--no-serve", action="store_true", help="index only, do not start the server")
     return parser
 
 
-def _options(args: argparse.Namespace):
+def _options(args: argparse.Namespace, settings):
     from app.indexer import IndexOptions
 
-    return IndexOptions(model=args.model, pretrained=args.pretrained, device=args.device,
+    named = tuple(args.features_model.split()) if getattr(args, "features_model", None) else None
+    if named is not None and len(named) != 2:
+        raise ValueError("--features-model takes 'MODEL PRETRAINED' in one argument, e.g. 'ViT-B-32 openai'")
+    return IndexOptions(model=args.model, pretrained=args.pretrained, device=settings.device, features_model=named,
                         index_type=args.index_type, interval_s=args.keyframe_interval,
                         keyframe_max_side=args.keyframe_size, batch_size=args.batch_size, prune=args.prune,
+                        force=args.force,
                         progress=False if args.no_progress else None)
 
 
@@ -124,21 +142,24 @@ def cmd_index(args: argparse.Namespace, paths: list[Path]) -> int:
     from app.encoders import register_model_configs
     from app.indexer import run_index
 
-    register_model_configs(args.model_config)
-    layout = DataLayout.from_data_dir(args.data_dir)
+    settings = _settings(args)
+    register_model_configs(settings.model_config)
+    layout = settings.layout
     layout.ensure()
-    return _report(run_index(layout, paths, _options(args), open_database(layout.database_url)))
+    return _report(run_index(layout, paths, _options(args, settings),
+                             open_database(settings.database_url, layout.data_dir)))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from app import eval_runs, groundtruth
+    from app import eval_runs, evaluation, groundtruth
     from app.collection import Collection
     from app.db import open_database
     from app.encoders import encoder_for_index, register_model_configs
 
-    register_model_configs(args.model_config)
-    layout = DataLayout.from_data_dir(args.data_dir)
-    sessions = open_database(layout.database_url)
+    settings = _settings(args)
+    register_model_configs(settings.model_config)
+    layout = settings.layout
+    sessions = open_database(settings.database_url, layout.data_dir)
     snap = Collection(layout, sessions).snapshot()
     if snap is None:
         print("error: the collection has no index yet: run `python offline.py index PATH` first", file=sys.stderr)
@@ -150,13 +171,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             gt = annotations_ground_truth(sessions)
         else:
             gt = groundtruth.load(args.gt_path, allow_pickle=True)
-        config = eval_runs.configuration(snap, args.model, args.baseline_weights)
-        config.depth = args.depth
+        config = eval_runs.configuration(snap, args.model, settings.baseline_weights)
+        config.depth = evaluation.checked_depth(args.depth)  # before the run is stored: a bad flag is no run
         meta = snap.bundle.meta
         run_id, result = eval_runs.execute(
-            layout, sessions, snap, gt, config, lambda: encoder_for_index(meta, args.device),
-            protocol=args.protocol, queries_dir=args.queries_dir, baseline_weights=args.baseline_weights,
-            device=args.device)
+            layout, sessions, snap, gt, config, lambda: encoder_for_index(meta, settings.device),
+            protocol=args.protocol, queries_dir=args.queries_dir, baseline_weights=settings.baseline_weights,
+            device=settings.device)
     except (groundtruth.GroundTruthError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -182,9 +203,10 @@ def cmd_users(args: argparse.Namespace) -> int:
     from app import accounts
     from app.db import open_database
 
-    layout = DataLayout.from_data_dir(args.data_dir)
+    settings = _settings(args)
+    layout = settings.layout
     layout.ensure()
-    sessions = open_database(layout.database_url)
+    sessions = open_database(settings.database_url, layout.data_dir)
     with sessions() as session:
         if args.action == "list":
             for user in accounts.listing(session):
@@ -213,14 +235,15 @@ def cmd_users(args: argparse.Namespace) -> int:
 DEMO_DIR = PROJECT_ROOT / "demo"
 
 
-def _demo_account(layout: DataLayout) -> None:
+def _demo_account(settings) -> None:
     """An admin account for the demo only (evaluations and annotation need one), with a random password
     shown once here and stored only as a hash; a demo that already has accounts is left alone."""
 
     from app import accounts
     from app.db import open_database
 
-    with open_database(layout.database_url)() as session:
+    layout = settings.layout
+    with open_database(settings.database_url, layout.data_dir)() as session:
         if accounts.listing(session):
             print(f"Demo accounts exist already: `.venv/bin/python offline.py users passwd demo --data-dir "
                   f"{layout.data_dir}` sets a new password for demo.")
@@ -237,21 +260,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from app.encoders import DEFAULT_MODEL, ClipEncoder, WeightsUnavailable, register_model_configs
     from app.sample import build_sample_collection, write_demo_ground_truth
 
-    register_model_configs(args.model_config)
     args.data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else str(DEMO_DIR)
-    layout = DataLayout.from_data_dir(args.data_dir)
+    settings = _settings(args)
+    register_model_configs(settings.model_config)
+    layout = settings.layout
     sample = build_sample_collection(layout.data_dir / "sample")
     write_demo_ground_truth(layout.groundtruth_dir)
     args.model = args.model or DEFAULT_MODEL
     if args.pretrained is None:
         try:
-            ClipEncoder(args.model, args.pretrained, args.device)
+            ClipEncoder(args.model, args.pretrained, settings.device)
         except WeightsUnavailable as exc:
             print(f"{exc}\nDemo only: continuing with random weights (--pretrained none); "
                   f"text search will not be meaningful, image search still is.", file=sys.stderr)
             args.pretrained = "none"
     status = cmd_index(args, [sample])
-    _demo_account(layout)
+    _demo_account(settings)
     print(f"The demo collection is in {layout.data_dir} (its own folder: `offline.py index` and `server.py` "
           f"without --data-dir use static/ and instance/). Stop the server with Ctrl+C; remove the demo with "
           f"`rm -rf {layout.data_dir}`; serve it again with `.venv/bin/python server.py --data-dir {layout.data_dir}`.")
@@ -259,8 +283,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return status
     import server
 
-    return server.main(["--host", args.host, "--port", str(args.port), "--data-dir", args.data_dir]
-                       + (["--model-config", args.model_config] if args.model_config else []))
+    return server.serve(settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,7 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - a broken data dir gets a sentence; anything else re-raises
         from app.startup import explain
 
-        sentence = explain(exc, DataLayout.from_data_dir(getattr(args, "data_dir", None)))
+        try:
+            settings = _settings(args)
+        except ValueError:
+            raise exc from None
+        sentence = explain(exc, settings)
         if sentence is None:
             raise
         print(f"error: {sentence}", file=sys.stderr)

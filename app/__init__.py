@@ -10,10 +10,12 @@ from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
-from werkzeug.routing import IntegerConverter
+from werkzeug.routing import BaseConverter, IntegerConverter, ValidationError
 
+from app.items import BadItemRef, ItemRef
 from app.numbers import MAX_ID
-from app.paths import PROJECT_ROOT, DataLayout
+from app.paths import PROJECT_ROOT
+from app.settings import FIELDS, Settings
 from app.vectors import IndexDamaged
 
 csrf = CSRFProtect()
@@ -36,26 +38,35 @@ def _secret_key(instance_dir: Path) -> str:
     return key
 
 
-def create_app(config: dict | None = None) -> Flask:
-    """Config: DATA_DIR, DATABASE_URL, MODEL_CONFIG, DEVICE, MAX_CONTENT_LENGTH...; also instance/config.py and
-    FRAMEFINDER_* environment variables. ENCODER may hand in an already loaded encoder."""
+def create_app(config: dict | None = None, settings: Settings | None = None) -> Flask:
+    """`settings`: what the entry point loaded (flags > environment > instance/config.py > defaults). Without
+    it, upper-case setting names in `config` count as flags (DATA_DIR, DATABASE_URL, ...); other keys of
+    `config` go to Flask as they are (TESTING; ENCODER hands in an already loaded encoder)."""
+    config = dict(config or {})
+    if settings is None:
+        settings = Settings.load({f.name: config.pop(f.name.upper()) for f in FIELDS if f.name.upper() in config})
     # Flask's own static route serves the page assets only (assets/ at /static/...); the collection's files in
     # the data dir (static/ by default) are reachable only through the catalogue's checked, gated routes.
     app = Flask(__name__, template_folder=str(PROJECT_ROOT / "templates"), static_folder=str(PROJECT_ROOT / "assets"),
-                static_url_path="/static", instance_relative_config=True)
-    app.config.update(DATA_DIR=None, MODEL_CONFIG=None, DEVICE="auto", MAX_CONTENT_LENGTH=20 * 1024 * 1024,
-                      RESULTS_PER_PAGE=50, INDEX_CHECK_SECONDS=1.0, BASELINE_WEIGHTS=None,
-                      LOGIN_RATE_LIMIT="10 per minute", SEARCH_REQUIRES_LOGIN=False,
-                      SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", WTF_CSRF_TIME_LIMIT=None)
-    app.config.from_pyfile("config.py", silent=True)
-    app.config.from_prefixed_env("FRAMEFINDER")
-    app.config.update(config or {})
-    layout = DataLayout.from_data_dir(app.config["DATA_DIR"])
+                static_url_path="/static")
+    app.config.update(RESULTS_PER_PAGE=50, LOGIN_RATE_LIMIT="10 per minute", SESSION_COOKIE_HTTPONLY=True,
+                      SESSION_COOKIE_SAMESITE="Lax", WTF_CSRF_TIME_LIMIT=None)
+    app.config.update(settings.extra)
+    app.config.update(DATA_DIR=settings.data_dir, DATABASE_URL=settings.database_url,
+                      MODEL_CONFIG=settings.model_config, DEVICE=settings.device,
+                      BASELINE_WEIGHTS=settings.baseline_weights, SEARCH_REQUIRES_LOGIN=settings.search_requires_login,
+                      MAX_CONTENT_LENGTH=settings.max_upload_mb * 1024 * 1024,
+                      INDEX_CHECK_SECONDS=settings.index_check_seconds)
+    app.config.update(config)
+    app.extensions["settings"] = settings
+    layout = settings.layout
     layout.ensure()
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _secret_key(layout.instance_dir)
     app.extensions["layout"] = layout
     app.url_map.converters["int"] = BoundedInt  # before any route: every <int:...> is a sane id
+    app.url_map.converters["item"] = ItemConverter
+    app.add_template_filter(item_label)
     csrf.init_app(app)
 
     from app.services import init_services
@@ -120,6 +131,31 @@ class BoundedInt(IntegerConverter):
     def __init__(self, url_map, fixed_digits: int = 0, min: int | None = None,  # noqa: A002 - werkzeug's names
                  max: int | None = None, signed: bool = False) -> None:  # noqa: A002
         super().__init__(url_map, fixed_digits, min, MAX_ID if max is None else max, signed)
+
+
+class ItemConverter(BaseConverter):
+    """<item:ref> in routes: an ItemRef ('<video_id>@<frame_idx>' or 'image:<content_hash>'); anything else is
+    a 404 before the view runs."""
+
+    regex = r"[^/]{1,400}"
+
+    def to_python(self, value: str) -> ItemRef:
+        try:
+            return ItemRef.parse(value)
+        except BadItemRef:
+            raise ValidationError() from None
+
+    def to_url(self, value: ItemRef | str) -> str:
+        return super().to_url(str(value))
+
+
+def item_label(item: ItemRef | str) -> str:
+    """How a page names an item in words: 'L01_V001 · frame 1234', or the image's short hash."""
+    try:
+        ref = item if isinstance(item, ItemRef) else ItemRef.parse(item)
+    except BadItemRef:
+        return str(item)
+    return f"{ref.video_id} · frame {ref.frame_idx}" if ref.is_frame else f"image {ref.image_hash[:12]}"
 
 
 # The pages' own scripts and styles are files under /static; nothing inline runs, nothing embeds the pages.

@@ -1,8 +1,9 @@
 """Import of datasets in the HCMC AI Challenge layout.
 
 keyframes/<video_id>/<n>.jpg, map-keyframes/<video_id>.csv (n,pts_time,fps,frame_idx) and,
-when present, clip-features-*/<video_id>.npy, used instead of recomputing when their
-shape fits the chosen model.
+when present, clip-features-*/<video_id>.npy, used instead of recomputing only when the operator
+says which model made them (a MODEL file beside them, or --features-model) and it is the
+collection's model: a matching dimension alone proves nothing.
 """
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from app.media import BadMediaFile
+
 REQUIRED_COLUMNS = ("n", "pts_time", "fps", "frame_idx")
 
 
-class DatasetError(Exception):
+class DatasetError(BadMediaFile):
     """One video of the dataset is malformed; it is reported and skipped."""
 
 
@@ -76,6 +79,18 @@ def read_video(folder: Path, csv_path: Path) -> AicVideo:
         raise DatasetError(f"{csv_path}: keyframe images missing for n={missing_images[:5]}")
     features = next((p for p in sorted(folder.glob(f"clip-features*/{video_id}.npy"))), None)
     return AicVideo(video_id, csv_path, rows, [by_number[r["n"]] for r in rows], features)
+
+
+MODEL_FILE = "MODEL"  # beside clip-features-*/<video>.npy: 'MODEL PRETRAINED' (open_clip names) that made them
+
+
+def declared_model(features_dir: Path) -> tuple[str, str] | None:
+    """Which open_clip model and weights made a dataset's features, as its MODEL file says (None: not said)."""
+    try:
+        words = (features_dir / MODEL_FILE).read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return (words[0], words[1]) if len(words) == 2 else None
 
 
 def precomputed_features(video: AicVideo, dim: int) -> np.ndarray | None:

@@ -9,15 +9,15 @@ import csv
 import io
 import json
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import boxes
 from app.boxes import AnnotationError
-from app.models import Annotation, User
-from app.numbers import is_id
+from app.models import Annotation, Keyframe, User, Video
 from app.paths import DataLayout
 
-CSV_COLUMNS = ("target", "x", "y", "w", "h", "label", "note", "author")
+CSV_COLUMNS = ("item", "x", "y", "w", "h", "label", "note", "author")
 MAX_IMPORT = 10_000  # one import holds the database's write lock: about 8 s at this size on SQLite
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting so as a formula
 
@@ -40,27 +40,44 @@ def formula_unquote(cell: str) -> str:
     return cell[1:] if cell.startswith("'") and _formula_like(cell[1:]) else cell
 
 
+def _file_name(session: Session, t: boxes.Target) -> str:
+    """COCO file_name, relative to the collection root: the keyframe file below the data dir, or the image's
+    path below the folder that was indexed. Never a full server path."""
+    if t.ref.is_frame:
+        return session.scalar(select(Keyframe.image_path).join(Video).where(
+            Video.video_id == t.ref.video_id, Keyframe.frame_idx == t.ref.frame_idx)) or str(t.ref)
+    return t.label
+
+
 def to_coco(session: Session, layout: DataLayout, rows: list[Annotation]) -> dict:
-    images: dict[str, dict] = {}
+    """COCO JSON. `bbox` is in the pixels of the file named (a keyframe may be smaller than its video);
+    `source_bbox` and each image's `item` keep the exact box for an import back."""
+    images: dict[str, tuple[dict, boxes.Target]] = {}
     categories: dict[str, int] = {}
     out, skipped = [], []
     for a in rows:
         if a.target not in images:
             try:
                 t = boxes.target_of(session, layout, a)
-            except AnnotationError as exc:  # its frame or image is gone: listed, not fatal to the export
-                skipped.append({"id": a.id, "target": a.target, "reason": str(exc)})
+            except AnnotationError as exc:  # orphaned: listed, not fatal to the export
+                skipped.append({"id": a.id, "item": a.target, "reason": str(exc)})
                 continue
-            images[a.target] = {"id": len(images) + 1, "file_name": a.target, "width": t.width, "height": t.height}
+            images[a.target] = ({"id": len(images) + 1, "file_name": _file_name(session, t), "item": a.target,
+                                 "width": t.picture_size[0], "height": t.picture_size[1],
+                                 "source_width": t.width, "source_height": t.height}, t)
+        image, t = images[a.target]
+        left, top, right, bottom = t.on_picture((a.x, a.y, a.w, a.h))
         cat = categories.setdefault(a.label.name, len(categories) + 1)
-        out.append({"id": a.id, "image_id": images[a.target]["id"], "category_id": cat, "bbox": [a.x, a.y, a.w, a.h],
-                    "area": a.w * a.h, "iscrowd": 0, "note": a.note, "author": a.author.name})
-    return {"info": {"description": "Framefinder annotations"}, "images": list(images.values()),
+        out.append({"id": a.id, "image_id": image["id"], "category_id": cat,
+                    "bbox": [left, top, right - left, bottom - top], "area": (right - left) * (bottom - top),
+                    "source_bbox": [a.x, a.y, a.w, a.h], "iscrowd": 0, "note": a.note, "author": a.author.name})
+    return {"info": {"description": "Framefinder annotations"}, "images": [i for i, _ in images.values()],
             "categories": [{"id": i, "name": n} for n, i in categories.items()], "annotations": out,
             "skipped": skipped}
 
 
 def to_csv(rows: list[Annotation]) -> str:
+    """One box per line, in the item's source pixels."""
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(CSV_COLUMNS)
@@ -70,15 +87,15 @@ def to_csv(rows: list[Annotation]) -> str:
 
 
 def to_aic(session: Session, layout: DataLayout, rows: list[Annotation]) -> dict:
-    """Per keyframe, the AI Challenge object-file fields: class names, scores, and boxes as
-    normalised [ymin, xmin, ymax, xmax]. Images (not keyframes) are left out."""
+    """Per frame ('<video_id>@<frame_idx>'), the AI Challenge object-file fields: class names, scores, and
+    boxes as [ymin, xmin, ymax, xmax] normalised to the frame. Images and orphaned boxes are left out."""
     out: dict[str, dict] = {}
     for a in rows:
         if a.video_id is None:
             continue
         try:
             t = boxes.target_of(session, layout, a)
-        except AnnotationError:  # its keyframe is gone (re-indexed): nothing to anchor it to
+        except AnnotationError:
             continue
         entry = out.setdefault(a.target, {"detection_class_names": [], "detection_scores": [], "detection_boxes": []})
         entry["detection_class_names"].append(a.label.name)
@@ -88,16 +105,28 @@ def to_aic(session: Session, layout: DataLayout, rows: list[Annotation]) -> dict
     return out
 
 
-def _payload(target: str, box, label, note) -> dict:
-    video, _, n = str(target).rpartition("/")
-    key = "keyframe" if video and is_id(n) and not str(target).startswith("/") else "image"
-    return {key: target, "box": box, "label": label, "note": note}
+def _payload(item, box, label, note) -> dict:
+    return {"item": item, "box": box, "label": label, "note": note}
+
+
+def _coco_box(ann: dict, image: dict) -> list:
+    """The exact source box when the file has one (our own export), else bbox scaled from the file's pixels."""
+    if "source_bbox" in ann:
+        return ann["source_bbox"]
+    bbox, sw, sh = ann["bbox"], image.get("source_width"), image.get("source_height")
+    if not sw or not sh or not isinstance(bbox, list) or len(bbox) != 4:
+        return bbox
+    try:
+        fx, fy = float(sw) / float(image["width"]), float(sh) / float(image["height"])
+        return [float(bbox[0]) * fx, float(bbox[1]) * fy, float(bbox[2]) * fx, float(bbox[3]) * fy]
+    except (TypeError, ValueError, ZeroDivisionError):
+        return bbox
 
 
 def records_from_coco(data: bytes) -> list[dict]:
     try:
         doc = json.loads(data.decode("utf-8"))
-        images = {img["id"]: img["file_name"] for img in doc["images"]}
+        images = {img["id"]: img for img in doc["images"]}
         cats = {c["id"]: c["name"] for c in doc["categories"]}
         items = doc["annotations"]
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -111,7 +140,9 @@ def records_from_coco(data: bytes) -> list[dict]:
     out = []
     for i, ann in enumerate(items):
         try:
-            out.append(_payload(images[ann["image_id"]], ann["bbox"], cats[ann["category_id"]], ann.get("note", "")))
+            image = images[ann["image_id"]]
+            out.append(_payload(image.get("item", image.get("file_name")), _coco_box(ann, image),
+                                cats[ann["category_id"]], ann.get("note", "")))
         except (KeyError, TypeError) as exc:
             raise AnnotationError(f"annotations[{i}]: missing or unknown {exc}") from None
     return out
@@ -124,10 +155,14 @@ def records_from_csv(data: bytes) -> list[dict]:
         raise AnnotationError(f"not UTF-8 text ({exc.reason})") from None
     reader = csv.DictReader(io.StringIO(text))
     try:
+        if "target" in (reader.fieldnames or []) and "item" not in (reader.fieldnames or []):
+            raise AnnotationError("line 1: this CSV names keyframes by number in keyframe pixels (the form before "
+                                  "boxes were anchored on frames); export it again from this version, whose "
+                                  "'item' column names '<video_id>@<frame_idx>' in source pixels")
         missing = [c for c in CSV_COLUMNS[:6] if c not in (reader.fieldnames or [])]
         if missing:
             raise AnnotationError(f"line 1: missing column(s) {', '.join(missing)}")
-        return [_payload(formula_unquote(r["target"] or ""), [r["x"], r["y"], r["w"], r["h"]],
+        return [_payload(formula_unquote(r["item"] or ""), [r["x"], r["y"], r["w"], r["h"]],
                          formula_unquote(r["label"] or ""), formula_unquote(r.get("note") or "")) for r in reader]
     except csv.Error as exc:  # a field over the csv module's 128 KB limit, a NUL byte, ...
         raise AnnotationError(f"line {reader.line_num}: not readable CSV ({exc})") from None

@@ -1,9 +1,9 @@
 """Bounding-box annotations: validation, storage with optimistic locking, and who may change what.
 
-Boxes are [x, y, w, h] in the target image's own pixels (whatever size a page shows it at)
-and must lie inside it with a positive size. A target is a keyframe '<video_id>/<n>' or an
-image by its path in the collection. Every function validates everything first and writes
-nothing on error.
+Boxes are [x, y, w, h] in the item's source pixels (the video frame at full size, or the image)
+and must lie inside it with a positive size. An item is named by an ItemRef: a frame
+'<video_id>@<frame_idx>' or an image 'image:<content_hash>'. Every function validates
+everything first and writes nothing on error.
 """
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image as PILImage
-from sqlalchemy import select
+from sqlalchemy import and_, exists, func, not_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
+from app.items import BadItemRef, ItemRef
 from app.models import Annotation, Image, Keyframe, Label, User, Video
 from app.numbers import MAX_ID, finite, is_id
 from app.paths import DataLayout
@@ -37,56 +38,86 @@ class AnnotationError(ValueError):
 
 @dataclass
 class Target:
-    video_id: str | None
-    n: int | None
-    image_path: str | None
+    """The item a box is on. Boxes are in `width` x `height`: the source video's pixels for a frame (whatever
+    --keyframe-size made the stored keyframe), the image's own pixels for an image."""
+
+    ref: ItemRef
     width: int
     height: int
-    pixels: Callable[[], PILImage.Image]  # reads the picture (links refused), for crops
+    picture_size: tuple[int, int]  # pixels of the stored picture (the keyframe JPEG, or the image)
+    pixels: Callable[[], PILImage.Image]  # reads the stored picture (links refused), for crops
+    label: str  # how a page names it: 'L01_V001 · frame 1234' or the image's name
 
     @property
     def name(self) -> str:
-        return f"{self.video_id}/{self.n}" if self.video_id is not None else self.image_path or ""
+        return str(self.ref)
+
+    def on_picture(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """A box in source pixels as (left, top, right, bottom) on the stored picture."""
+        sx, sy = self.picture_size[0] / self.width, self.picture_size[1] / self.height
+        x, y, w, h = box
+        return (round(x * sx), round(y * sy), max(round((x + w) * sx), round(x * sx) + 1),
+                max(round((y + h) * sy), round(y * sy) + 1))
 
 
-def resolve_keyframe(session: Session, layout: DataLayout, item: str) -> Target:
-    video_id, _, n = str(item).rpartition("/")
-    if not video_id or not is_id(n):
-        raise AnnotationError(f"keyframe must be '<video_id>/<n>', not '{str(item)[:80]}'")
-    rel = session.scalar(select(Keyframe.image_path).join(Video).where(Video.video_id == video_id,
-                                                                       Keyframe.n == int(n)))
-    if rel is None:
-        raise AnnotationError(f"unknown keyframe '{video_id}/{n}'", 404)
+def _picture_size(layout: DataLayout, rel: str, ref: ItemRef) -> tuple[int, int]:
     try:
         handle, _ = open_beneath(layout.data_dir, rel)
         with handle, PILImage.open(handle) as im:
-            width, height = im.size
+            return im.size
     except UnsafeFile as exc:
-        raise AnnotationError(f"the picture of keyframe '{video_id}/{n}' cannot be used: {exc}", 404) from None
+        raise AnnotationError(f"the picture of {ref} cannot be used: {exc}", 404) from None
     except OSError as exc:
-        raise AnnotationError(f"the picture of keyframe '{video_id}/{n}' is damaged ({exc})", 404) from None
-    return Target(video_id, int(n), None, width, height, lambda: read_picture(open_beneath(layout.data_dir, rel)))
+        raise AnnotationError(f"the picture of {ref} is damaged ({exc})", 404) from None
 
 
-def resolve_image(session: Session, path: str) -> Target:
-    row = session.scalar(select(Image).where(Image.path == str(path)))
+def resolve_frame(session: Session, layout: DataLayout, ref: ItemRef) -> Target:
+    row = session.execute(select(Keyframe.image_path, Video.width, Video.height).join(Video)
+                          .where(Video.video_id == ref.video_id, Keyframe.frame_idx == ref.frame_idx)).first()
     if row is None:
-        raise AnnotationError(f"no image '{str(path)[:200]}' in the collection", 404)
-    return Target(None, None, row.path, row.width, row.height, lambda: read_picture(open_source(row)))
+        raise AnnotationError(f"video '{ref.video_id}' has no keyframe at frame {ref.frame_idx}", 404)
+    shown = _picture_size(layout, row.image_path, ref)
+    width, height = (row.width, row.height) if row.width and row.height else shown
+    rel = row.image_path
+    return Target(ref, width, height, shown, lambda: read_picture(open_beneath(layout.data_dir, rel)),
+                  f"{ref.video_id} · frame {ref.frame_idx}")
+
+
+def image_row(session: Session, ref: ItemRef) -> Image | None:
+    """The catalogued image with this content (the first one catalogued, when copies sit at several paths)."""
+    return session.scalar(select(Image).where(Image.content_hash == ref.image_hash).order_by(Image.id).limit(1))
+
+
+def resolve_image(session: Session, ref: ItemRef) -> Target:
+    row = image_row(session, ref)
+    if row is None:
+        raise AnnotationError(f"no image with content {ref.image_hash} in the collection", 404)
+    return Target(ref, row.width, row.height, (row.width, row.height), lambda: read_picture(open_source(row)),
+                  row.display_name)
+
+
+def resolve_ref(session: Session, layout: DataLayout, ref: ItemRef) -> Target:
+    return resolve_frame(session, layout, ref) if ref.is_frame else resolve_image(session, ref)
+
+
+def parse_item(raw) -> ItemRef:
+    try:
+        return ItemRef.parse(raw)
+    except BadItemRef as exc:
+        raise AnnotationError(str(exc)) from None
 
 
 def resolve(session: Session, layout: DataLayout, payload: dict) -> Target:
-    if payload.get("keyframe") and payload.get("image"):
-        raise AnnotationError("give either keyframe or image, not both")
-    if payload.get("keyframe"):
-        return resolve_keyframe(session, layout, payload["keyframe"])
-    if payload.get("image"):
-        return resolve_image(session, payload["image"])
-    raise AnnotationError("say what is annotated: keyframe '<video_id>/<n>' or image '<path>'")
+    if "item" not in payload:
+        raise AnnotationError("say what is annotated: item '<video_id>@<frame_idx>' or 'image:<content_hash>'")
+    return resolve_ref(session, layout, parse_item(payload["item"]))
 
 
 def target_of(session: Session, layout: DataLayout, a: Annotation) -> Target:
-    return resolve_keyframe(session, layout, a.target) if a.video_id is not None else resolve_image(session, a.target)
+    ref = a.ref
+    if ref is None:
+        raise AnnotationError(f"annotation {a.id} is orphaned: {a.target}", 404)
+    return resolve_ref(session, layout, ref)
 
 
 def check_box(raw, target: Target) -> tuple[int, int, int, int]:
@@ -149,7 +180,8 @@ def create(session: Session, layout: DataLayout, user: User, payload: dict, comm
     target = resolve(session, layout, payload)
     x, y, w, h = check_box(payload.get("box"), target)
     label, note = check_label(payload.get("label")), check_note(payload.get("note"))
-    a = Annotation(video_id=target.video_id, n=target.n, image_path=target.image_path, x=x, y=y, w=w, h=h,
+    a = Annotation(video_id=target.ref.video_id, frame_idx=target.ref.frame_idx, image_hash=target.ref.image_hash,
+                   x=x, y=y, w=w, h=h,
                    label=label_row(session, label), note=note, author_id=user.id)
     session.add(a)
     if commit:
@@ -228,8 +260,21 @@ def delete(session: Session, user: User, annotation_id: int, version=None) -> No
         raise AnnotationError(f"annotation {annotation_id} was changed meanwhile; reload it", 409) from None
 
 
+def _frame_exists():
+    return exists().where(Keyframe.video_pk == Video.id, Video.video_id == Annotation.video_id,
+                          Keyframe.frame_idx == Annotation.frame_idx)
+
+
+def _orphaned():
+    """Boxes whose frame or image is not catalogued now (re-indexed away, pruned, or an old-form leftover)."""
+    on_frame = and_(Annotation.video_id.is_not(None), not_(_frame_exists()))
+    on_image = and_(Annotation.video_id.is_(None),
+                    not_(exists().where(Image.content_hash == Annotation.image_hash)))
+    return or_(on_frame, on_image)
+
+
 def search(session: Session, video_id: str | None = None, label: str | None = None, author: str | None = None,
-           target: str | None = None, limit: int = 5000) -> list[Annotation]:
+           item: ItemRef | None = None, orphaned: bool = False, limit: int = 5000) -> list[Annotation]:
     stmt = select(Annotation).join(Label).join(User).order_by(Annotation.id)
     if video_id:
         stmt = stmt.where(Annotation.video_id == video_id)
@@ -237,25 +282,44 @@ def search(session: Session, video_id: str | None = None, label: str | None = No
         stmt = stmt.where(Label.name == label)
     if author:
         stmt = stmt.where(User.name == author)
-    if target:
-        video, _, n = target.rpartition("/")
-        if video and is_id(n):
-            stmt = stmt.where(Annotation.video_id == video, Annotation.n == int(n))
-        else:
-            stmt = stmt.where(Annotation.image_path == target)
+    if item is not None and item.is_frame:
+        stmt = stmt.where(Annotation.video_id == item.video_id, Annotation.frame_idx == item.frame_idx)
+    elif item is not None:
+        stmt = stmt.where(Annotation.video_id.is_(None), Annotation.image_hash == item.image_hash)
+    if orphaned:
+        stmt = stmt.where(_orphaned())
     return list(session.scalars(stmt.limit(limit)).unique())
 
 
-def as_json(a: Annotation) -> dict:
-    return {"id": a.id, "keyframe": a.target if a.video_id is not None else None,
-            "image": a.image_path, "video_id": a.video_id, "n": a.n, "box": [a.x, a.y, a.w, a.h],
-            "label": a.label.name, "note": a.note, "author": a.author.name, "version": a.version,
-            "created": a.created_at.isoformat(), "updated": a.updated_at.isoformat()}
+def orphaned_ids(session: Session, ids: list[int]) -> set[int]:
+    """Which of these boxes are orphaned (pages mark them)."""
+    if not ids:
+        return set()
+    return set(session.scalars(select(Annotation.id).where(Annotation.id.in_(ids), _orphaned())))
+
+
+def count_orphaned(session: Session) -> int:
+    return int(session.scalar(select(func.count(Annotation.id)).where(_orphaned())) or 0)
+
+
+def annotated_frames(session: Session, video_id: str) -> set[int]:
+    """Frames of a video that carry boxes: a re-index keeps them as keyframes, so every box stays on its frame."""
+    return set(session.scalars(select(Annotation.frame_idx).where(Annotation.video_id == video_id,
+                                                                  Annotation.frame_idx.is_not(None))))
+
+
+def as_json(a: Annotation, orphaned: bool | None = None) -> dict:
+    """A box as the API and pages show it; `box` is in the item's source pixels (see Target)."""
+    out = {"id": a.id, "item": a.target, "video_id": a.video_id, "frame_idx": a.frame_idx,
+           "image_hash": a.image_hash, "box": [a.x, a.y, a.w, a.h], "label": a.label.name, "note": a.note,
+           "author": a.author.name, "version": a.version, "created": a.created_at.isoformat(),
+           "updated": a.updated_at.isoformat()}
+    if orphaned is not None:
+        out["orphaned"] = orphaned
+    return out
 
 
 def label_counts(session: Session) -> list[tuple[str, int]]:
-    from sqlalchemy import func
-
     rows = session.execute(select(Label.name, func.count(Annotation.id)).join(Annotation)
                            .group_by(Label.name).order_by(func.count(Annotation.id).desc(), Label.name))
     return [(name, count) for name, count in rows]

@@ -1,25 +1,32 @@
-"""The served collection: the current FAISS generation plus a catalogue aligned with its ids.
+"""The served collection: the current FAISS generation plus the catalogue facts of its rows, as column arrays.
 
-Loaded once and swapped atomically when offline.py publishes a new generation, so
-queries never touch a half-written index and never wait on the database per result.
+A generation is loaded once, in the background, and swapped in atomically when offline.py publishes a new one:
+a request never waits for a load and never touches a half-written index. Per row the snapshot holds a few numpy
+columns (kind, database id, video, frame, keyframe number, time, shot, folder), not one Python object per vector;
+the `Entry` a page shows is made from them for the hits only.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import vectors
-from app.models import Image, Keyframe, Video
+from app.items import ItemRef
+from app.models import Annotation, Image, Keyframe, Video
 from app.paths import DataLayout
 
+log = logging.getLogger(__name__)
 
-@dataclass
+
+@dataclass(frozen=True)
 class Entry:
     """What a result shows; video fields are None for plain images."""
 
@@ -31,125 +38,314 @@ class Entry:
     pts_time: float | None
     shot_id: int | None
     rel_path: str | None  # keyframe path relative to the data directory
-    source_path: str  # the original video or image file
+    source_path: str  # the original video or image file (server side only: pages show `name`)
     feature_key: str = ""  # video id (row n-1 of feature/<id>.npy) or image content hash
     row: int = -1  # FAISS row in the generation
+    name: str = ""  # what pages show: the video id, or the image's path below the folder that was indexed
+
+    @property
+    def ref(self) -> ItemRef:
+        return ItemRef.frame(self.video_id, self.frame_idx) if self.video_id is not None \
+            else ItemRef.image(self.feature_key)
 
     @property
     def item(self) -> str:
-        """How pages and the API name an item: '<video_id>/<n>' or 'image:<id>'."""
-        return f"image:{self.db_id}" if self.video_id is None else f"{self.video_id}/{self.n}"
+        """How pages and the API name an item (see app.items)."""
+        return str(self.ref)
+
+
+HIDDEN = Entry(-1, -1, None, None, None, None, None, None, "")
+
+
+@dataclass
+class Columns:
+    """Per FAISS row: what the catalogue says of it. -1 (or '') where a field does not apply."""
+
+    kind: np.ndarray  # int8: 0 keyframe, 1 image, -1 unknown to the catalogue (never shown)
+    db_id: np.ndarray  # int64
+    video: np.ndarray  # int32 index into Snapshot.videos, -1 for images
+    frame: np.ndarray  # int64 frame_idx
+    n: np.ndarray  # int32 keyframe number in this revision
+    pts: np.ndarray  # float64 seconds
+    shot: np.ndarray  # int64 shot row id
+    folder: np.ndarray  # int32 index into Snapshot.folders
+    image_key: np.ndarray  # object: image content hash ('' for keyframes)
+    image_path: np.ndarray  # object: image file (None for keyframes)
+    image_name: np.ndarray  # object: image display name
+
+
+@dataclass
+class VideoFacts:
+    video_id: str
+    path: str
+    content_hash: str
+
+
+class EntryView(Sequence):
+    """The snapshot's rows as Entry objects, made on access (for code that walks every row, like evaluation)."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self._snap = snap
+
+    def __len__(self) -> int:
+        return len(self._snap.cols.kind)
+
+    def __getitem__(self, row):  # type: ignore[override]
+        if isinstance(row, slice):
+            return [self._snap.entry(i) for i in range(*row.indices(len(self)))]
+        return self._snap.entry(int(row))
+
+    def __iter__(self) -> Iterator[Entry]:
+        return (self._snap.entry(i) for i in range(len(self)))
 
 
 @dataclass
 class Snapshot:
     bundle: vectors.IndexBundle
-    entries: list[Entry]
-    video_of_row: np.ndarray  # (N,) video id string per FAISS row ('' for images)
+    cols: Columns
+    videos: list[VideoFacts]
     folders: np.ndarray  # distinct source folders
-    folder_of_row: np.ndarray  # (N,) index into `folders` per FAISS row
+    layout: DataLayout
+    hidden: np.ndarray = field(default=None)  # bool per row: its video was re-indexed after this generation
+    _video_index: dict[str, int] = field(default_factory=dict)
+    _by_frame: np.ndarray = field(default=None)  # rows sorted by (video, frame)
+    _image_row: dict[str, int] = field(default_factory=dict)
+    _label_rows: dict[tuple, np.ndarray] = field(default_factory=dict)
 
-    def find(self, item: str) -> Entry | None:
-        """The live entry named by `item` ('<video_id>/<n>' or 'image:<id>')."""
-        if item.startswith("image:"):
-            candidates = np.flatnonzero(self.video_of_row == "")
-        else:
-            candidates = np.flatnonzero(self.video_of_row == item.rpartition("/")[0])
-        for row in candidates:
-            entry = self.entries[row]
-            if entry.kind >= 0 and entry.item == item:
-                return entry
+    def __post_init__(self) -> None:
+        c = self.cols
+        self.hidden = np.zeros(len(c.kind), dtype=bool) if self.hidden is None else self.hidden
+        self._video_index = {v.video_id: i for i, v in enumerate(self.videos)}
+        keyframe_rows = np.flatnonzero(c.kind == vectors.KIND_KEYFRAME)
+        order = np.lexsort((c.frame[keyframe_rows], c.video[keyframe_rows]))
+        self._by_frame = keyframe_rows[order]
+        self._image_row = {}
+        for row in np.flatnonzero(c.kind == vectors.KIND_IMAGE).tolist():
+            self._image_row.setdefault(c.image_key[row], row)
+
+    @property
+    def size(self) -> int:
+        return len(self.cols.kind)
+
+    @property
+    def entries(self) -> EntryView:
+        return EntryView(self)
+
+    def visible(self, row: int) -> bool:
+        return self.cols.kind[row] >= 0 and not self.hidden[row]
+
+    def entry(self, row: int) -> Entry:
+        c = self.cols
+        kind = int(c.kind[row])
+        if kind == vectors.KIND_KEYFRAME:
+            video = self.videos[int(c.video[row])]
+            n = int(c.n[row])
+            return Entry(kind, int(c.db_id[row]), video.video_id, n, int(c.frame[row]), float(c.pts[row]),
+                         int(c.shot[row]) if c.shot[row] >= 0 else None,
+                         self.layout.keyframe_relpath(video.video_id, n), video.path, video.video_id, row,
+                         video.video_id)
+        if kind == vectors.KIND_IMAGE:
+            return Entry(kind, int(c.db_id[row]), None, None, None, None, None, None, c.image_path[row],
+                         c.image_key[row], row, c.image_name[row])
+        return HIDDEN
+
+    def row_of(self, ref: ItemRef) -> int | None:
+        """The row of an item, through the precomputed maps (no scan)."""
+        if not ref.is_frame:
+            row = self._image_row.get(ref.image_hash)
+            return row if row is not None and self.visible(row) else None
+        vidx = self._video_index.get(ref.video_id)
+        if vidx is None:
+            return None
+        c, rows = self.cols, self._by_frame
+        lo = np.searchsorted(c.video[rows], vidx, side="left")
+        hi = np.searchsorted(c.video[rows], vidx, side="right")
+        at = lo + np.searchsorted(c.frame[rows[lo:hi]], ref.frame_idx)
+        if at < hi and c.frame[rows[at]] == ref.frame_idx and self.visible(int(rows[at])):
+            return int(rows[at])
         return None
+
+    def find(self, ref: ItemRef) -> Entry | None:
+        row = self.row_of(ref)
+        return None if row is None else self.entry(row)
 
     def vector(self, entry: Entry) -> np.ndarray:
         """The vector of an entry ("more like this") from this generation itself, so it always belongs to
         the same revision as the index (a re-index may be rewriting the .npy files meanwhile)."""
         return vectors.vector_of(self.bundle, entry.row).reshape(1, -1)
 
-    def rows_of(self, names: set[str]) -> np.ndarray:
-        """Rows whose item ('<video_id>/<n>') or image path is in `names`."""
-        return np.array([i for i, e in enumerate(self.entries) if e.kind >= 0 and
-                         (e.item if e.video_id is not None else e.source_path) in names], dtype=np.int64)
+    def rows_of(self, refs: set[ItemRef]) -> np.ndarray:
+        return np.array(sorted(r for r in (self.row_of(ref) for ref in refs) if r is not None), dtype=np.int64)
+
+    def rows_of_video(self, video_id: str) -> np.ndarray:
+        vidx = self._video_index.get(video_id, -2)
+        return self.cols.video == vidx
 
     def rows_in_folder(self, folder: str) -> np.ndarray:
         """FAISS rows whose source file lies in `folder` or below (a path prefix, not a substring)."""
         folder = folder.rstrip("/")
         wanted = [i for i, f in enumerate(self.folders) if f == folder or f.startswith(folder + "/")]
-        return np.isin(self.folder_of_row, wanted)
+        return np.isin(self.cols.folder, wanted)
+
+    def label_rows(self, key: tuple, load) -> np.ndarray:
+        """Rows carrying a label, cached per (label, state of the boxes); `load` gives the refs on a miss."""
+        rows = self._label_rows.get(key)
+        if rows is None:
+            if len(self._label_rows) > 256:
+                self._label_rows.clear()
+            rows = self._label_rows[key] = self.rows_of(load())
+        return rows
 
 
-def _load_entries(session: Session, ids: np.ndarray) -> list[Entry]:
-    kf_rows = {row.id: row for row in session.execute(
-        select(Keyframe.id, Keyframe.n, Keyframe.frame_idx, Keyframe.pts_time, Keyframe.shot_id,
-               Keyframe.image_path, Video.video_id, Video.path).join(Video, Keyframe.video_pk == Video.id))}
-    img_rows = {row.id: row for row in session.execute(select(Image.id, Image.path, Image.content_hash))}
-    entries = []
-    for row_number, (kind, db_id) in enumerate(ids.tolist()):
-        if kind == vectors.KIND_KEYFRAME and db_id in kf_rows:
-            r = kf_rows[db_id]
-            entries.append(Entry(kind, db_id, r.video_id, r.n, r.frame_idx, r.pts_time, r.shot_id, r.image_path,
-                                 r.path, r.video_id, row_number))
-        elif kind == vectors.KIND_IMAGE and db_id in img_rows:
-            r = img_rows[db_id]
-            entries.append(Entry(kind, db_id, None, None, None, None, None, None, r.path, r.content_hash,
-                                 row_number))
-        else:  # catalogue changed under an older index: keep alignment, never show it
-            entries.append(Entry(-1, db_id, None, None, None, None, None, None, ""))
-    return entries
+def _columns(session: Session, ids: np.ndarray) -> tuple[Columns, list[VideoFacts], np.ndarray]:
+    n_rows = len(ids)
+    kinds, db_ids = (ids[:, 0], ids[:, 1]) if n_rows else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    cols = Columns(np.full(n_rows, -1, np.int8), db_ids.astype(np.int64), np.full(n_rows, -1, np.int32),
+                   np.full(n_rows, -1, np.int64), np.full(n_rows, -1, np.int32), np.zeros(n_rows, np.float64),
+                   np.full(n_rows, -1, np.int64), np.full(n_rows, -1, np.int32), np.full(n_rows, "", object),
+                   np.full(n_rows, None, object), np.full(n_rows, "", object))
+    videos = [VideoFacts(*r) for r in session.execute(select(Video.video_id, Video.path, Video.content_hash)
+                                                       .order_by(Video.id))]
+    video_index = {v.video_id: i for i, v in enumerate(videos)}
+    source_folder = [str(Path(v.path).parent) for v in videos]
+    folder_text = np.full(n_rows, "", object)
 
+    kf_rows = np.flatnonzero(kinds == vectors.KIND_KEYFRAME)
+    if len(kf_rows):
+        kf = session.execute(select(Keyframe.id, Video.video_id, Keyframe.frame_idx, Keyframe.n, Keyframe.pts_time,
+                                    Keyframe.shot_id).join(Video, Keyframe.video_pk == Video.id)).all()
+        if kf:
+            table = np.array([(r[0], video_index[r[1]], r[2], r[3], r[5] if r[5] is not None else -1) for r in kf],
+                             dtype=np.int64)
+            pts = np.array([r[4] for r in kf], dtype=np.float64)
+            order = np.argsort(table[:, 0])
+            pos = np.searchsorted(table[order, 0], db_ids[kf_rows])
+            pos = np.minimum(pos, len(order) - 1)
+            found = table[order[pos], 0] == db_ids[kf_rows]
+            rows, src = kf_rows[found], order[pos[found]]
+            cols.kind[rows] = vectors.KIND_KEYFRAME
+            cols.video[rows], cols.frame[rows], cols.n[rows] = table[src, 1], table[src, 2], table[src, 3]
+            cols.shot[rows], cols.pts[rows] = table[src, 4], pts[src]
+            folder_text[rows] = [source_folder[v] for v in table[src, 1].tolist()]
 
-_NOTHING_LOADED = object()
+    img_rows = np.flatnonzero(kinds == vectors.KIND_IMAGE)
+    if len(img_rows):
+        images = {r.id: r for r in session.execute(select(Image.id, Image.path, Image.content_hash, Image.name))}
+        for row in img_rows.tolist():
+            r = images.get(int(db_ids[row]))
+            if r is not None:
+                cols.kind[row] = vectors.KIND_IMAGE
+                cols.image_key[row], cols.image_path[row] = r.content_hash, r.path
+                cols.image_name[row] = r.name or Path(r.path).name
+                folder_text[row] = str(Path(r.path).parent)
+    folders, cols.folder[:] = np.unique(folder_text, return_inverse=True) if n_rows else (np.zeros(0, object), [])
+    return cols, videos, folders
 
 
 class Collection:
-    """Thread-safe access to the newest complete index generation."""
+    """Thread-safe access to the newest complete index generation.
+
+    `snapshot()` never loads inside a request once something is served: a changed CURRENT (checked at most
+    every `check_every_s`) starts a background load, and the new snapshot replaces the old in one assignment.
+    The same background step hides rows of videos re-indexed since the generation was built (their new
+    keyframes come with the next generation), one small query per interval instead of one per search.
+    """
 
     def __init__(self, layout: DataLayout, sessions: sessionmaker, check_every_s: float = 1.0) -> None:
         self.layout = layout
         self.sessions = sessions
         self.check_every_s = check_every_s
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one loader at a time
         self._snapshot: Snapshot | None = None
-        self._checked = 0.0
-        self._loaded_for: object = _NOTHING_LOADED  # what CURRENT said when the snapshot was loaded
+        self._loaded_for: str | None = None  # what CURRENT said when the snapshot was loaded
+        self._checked = float("-inf")
+        self._worker: threading.Thread | None = None
+        self.load_error: BaseException | None = None
+
+    def load_now(self) -> Snapshot | None:
+        """Load (or reload) in the calling thread: at start-up, and in tools that need the newest generation."""
+        with self._lock:
+            self._refresh()
+        if self.load_error is not None:
+            raise self.load_error
+        return self._snapshot
 
     def snapshot(self) -> Snapshot | None:
-        """The served generation; reloaded when CURRENT names another one. A damaged current generation
-        falls back to the newest intact one (vectors.load_current), loaded once, not on every request."""
+        """The served generation. The first call of a process loads it (start-up); later ones only look."""
+        if self._snapshot is None and self._loaded_for is None and self._worker is None:
+            return self.load_now()
         now = time.monotonic()
-        if now - self._checked >= self.check_every_s or self._loaded_for is _NOTHING_LOADED:
+        if now - self._checked >= self.check_every_s:
             self._checked = now
-            pointer = vectors.pointer(self.layout.index_dir)
-            if pointer != self._loaded_for or self._snapshot is None:
-                with self._lock:
-                    if pointer != self._loaded_for or self._snapshot is None:
-                        self._snapshot = self._load()
-                        self._loaded_for = pointer
+            self._start_background()
+        if self._snapshot is None and self.load_error is not None:
+            raise self.load_error
         return self._snapshot
+
+    def wait(self, timeout_s: float = 30.0) -> Snapshot | None:
+        """Until a background load that is under way has finished (tests and tools)."""
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout_s)
+        return self._snapshot
+
+    def _start_background(self) -> None:
+        if self._worker is not None and self._worker.is_alive():
+            return
+        self._worker = threading.Thread(target=self._background, name="collection-refresh", daemon=True)
+        self._worker.start()
+
+    def _background(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._refresh()
+        except Exception:  # noqa: BLE001 - a failed refresh keeps serving the previous snapshot
+            log.exception("refreshing the served collection failed; the previous generation stays served")
+        finally:
+            self._lock.release()
+
+    def _refresh(self) -> None:
+        current = vectors.pointer(self.layout.index_dir)
+        if current != self._loaded_for or self._snapshot is None:
+            try:
+                snap = self._load()
+            except vectors.IndexDamaged as exc:
+                self.load_error = exc
+                return
+            self.load_error = None
+            self._snapshot, self._loaded_for = snap, current
+        elif self._snapshot is not None:
+            self._hide_reindexed(self._snapshot)
 
     def _load(self) -> Snapshot | None:
         bundle = vectors.load_current(self.layout.index_dir)
         if bundle is None:
             return None
         with self.sessions() as session:
-            entries = _load_entries(session, bundle.ids)
-        videos = np.array([e.video_id or "" for e in entries], dtype=object)
-        folders, folder_of_row = np.unique(
-            np.array([str(Path(e.source_path).parent) if e.source_path else "" for e in entries], dtype=object),
-            return_inverse=True)
-        return Snapshot(bundle, entries, videos, folders, folder_of_row)
+            cols, videos, folders = _columns(session, bundle.ids)
+        return Snapshot(bundle, cols, videos, folders, self.layout)
 
-    def annotated_with(self, label: str) -> set[str]:
-        """Targets ('<video_id>/<n>' or image paths) that carry a box with this label."""
+    def _hide_reindexed(self, snap: Snapshot) -> None:
+        with self.sessions() as session:
+            now = {r[0]: r[1] for r in session.execute(select(Video.video_id, Video.content_hash))}
+        changed = [i for i, v in enumerate(snap.videos) if now.get(v.video_id) != v.content_hash]
+        hidden = np.isin(snap.cols.video, changed) if changed else np.zeros(snap.size, dtype=bool)
+        if not np.array_equal(hidden, snap.hidden):
+            snap.hidden = hidden  # one assignment: a search sees the old mask or the new one
+
+    def boxes_state(self) -> tuple:
+        """Changes whenever a box is added, edited or removed (by any process): the label cache's key."""
+        with self.sessions() as session:
+            return tuple(session.execute(select(func.count(Annotation.id), func.max(Annotation.id),
+                                                func.max(Annotation.updated_at))).one())
+
+    def labelled_rows(self, snap: Snapshot, label: str) -> np.ndarray:
+        """Rows that carry a box with this label (cached until the boxes change)."""
         from app.boxes import search
 
-        with self.sessions() as session:
-            return {a.target for a in search(session, label=label, limit=1_000_000)}
+        def refs() -> set[ItemRef]:
+            with self.sessions() as session:
+                return {a.ref for a in search(session, label=label, limit=10_000_000) if a.ref is not None}
 
-    def live_keyframes(self, db_ids: list[int]) -> set[int]:
-        """Which of these keyframe rows still exist: a re-indexed video's old rows are gone, and the served
-        generation's entries for them are hidden until the new generation is published."""
-        if not db_ids:
-            return set()
-        with self.sessions() as session:
-            return set(session.scalars(select(Keyframe.id).where(Keyframe.id.in_(db_ids))))
+        return snap.label_rows((label, self.boxes_state()), refs)

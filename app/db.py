@@ -31,18 +31,20 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def alembic_config(url: str) -> Config:
+def alembic_config(url: str, data_dir: Path | None = None) -> Config:
+    """`data_dir` lets a migration read the collection's files (0005 reads keyframe sizes to convert boxes)."""
     cfg = Config()
+    cfg.attributes["data_dir"] = str(data_dir) if data_dir is not None else None
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
 
-def upgrade(url: str) -> None:
+def upgrade(url: str, data_dir: Path | None = None) -> None:
     """Bring the schema to the newest migration (creates everything on an empty database)."""
-    command.upgrade(alembic_config(url), "head")
+    command.upgrade(alembic_config(url, data_dir), "head")
 
 
-def open_database(url: str) -> sessionmaker[Session]:
-    upgrade(url)
+def open_database(url: str, data_dir: Path | None = None) -> sessionmaker[Session]:
+    upgrade(url, data_dir)
     return sessionmaker(bind=make_engine(url), expire_on_commit=False)

@@ -9,6 +9,8 @@ import contextlib
 import os
 import socket
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import numpy as np
@@ -81,15 +83,30 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def _hub_reachable(host: str = "huggingface.co") -> bool:
+def _hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
+    """Whether the hub's name resolves within a few seconds (a lookup in a worker thread: no process-wide
+    socket timeout is changed)."""
+    pool = ThreadPoolExecutor(max_workers=1)
     try:
-        socket.setdefaulttimeout(3)
-        socket.getaddrinfo(host, 443)
+        pool.submit(socket.getaddrinfo, host, 443).result(timeout=timeout_s)
         return True
-    except OSError:
+    except (OSError, FutureTimeout):
         return False
     finally:
-        socket.setdefaulttimeout(None)
+        pool.shutdown(wait=False)
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """huggingface_hub uses its local cache only inside (it fails at once instead of retrying a dead network)."""
+    import huggingface_hub.constants as hub
+
+    before = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = before
 
 
 @contextlib.contextmanager
@@ -123,15 +140,12 @@ class ClipEncoder:
                 raise WeightsUnavailable(f"'{weights}' is neither a pretrained tag of {model} nor a file; "
                                          f"pass --pretrained PATH to a local checkpoint file "
                                          f"({weights_hint(model)}).")
-            if not _hub_reachable():
-                import huggingface_hub.constants as hub
-
-                hub.HF_HUB_OFFLINE = True  # use the local cache only, fail at once otherwise
+        offline = weights is not None and not Path(weights).is_file() and not _hub_reachable()
         weights_precision = "fp16" if self.device.startswith("cuda") and precision == "auto" else "fp32"
         try:
             # Random weights are drawn from a fixed seed, so the indexer, the server and every later
             # run build the very same network (the fingerprint recorded with the index checks it).
-            with _seeded(RANDOM_WEIGHTS_SEED) if weights is None else contextlib.nullcontext():
+            with _seeded(RANDOM_WEIGHTS_SEED) if weights is None else _hub_offline(offline):
                 self.model, _, self.preprocess = open_clip.create_model_and_transforms(
                     model, pretrained=weights, device=self.device, precision=weights_precision)
         except RuntimeError as exc:

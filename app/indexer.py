@@ -14,8 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import Enum
 from pathlib import Path
 
+import numpy as np
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 from sqlalchemy import func, select
@@ -23,9 +25,10 @@ from sqlalchemy.orm import Session
 
 from app import aic, atomic
 from app.archives import extract_archive
+from app.boxes import annotated_frames
 from app.encoders import DEFAULT_MODEL, ClipEncoder, WeightsUnavailable, default_pretrained
 from app.index_build import refresh_index
-from app.media import Discovery, Problem, discover
+from app.media import BadMediaFile, Discovery, Problem, discover
 from app.models import Image, IndexRun, Keyframe, Setting, Video
 from app.paths import DataLayout
 from app.progress import StageProgress
@@ -69,6 +72,8 @@ class IndexOptions:
     batch_size: int = 32
     prune: bool = False
     progress: bool | None = None
+    force: bool = False  # ingest again even when unchanged (new keyframe settings)
+    features_model: tuple[str, str] | None = None  # (model, pretrained) that made an AI Challenge set's features
 
 
 @dataclass
@@ -157,6 +162,39 @@ def _set_identity(session: Session, encoder: ClipEncoder) -> None:
     session.commit()
 
 
+class Outcome(Enum):
+    """What one file's step did; the value names the RunSummary counter it adds to."""
+
+    ADDED = "added"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    QUEUED = "queued"  # checked now, finished later (videos)
+
+
+def _bad_file(step):
+    """Turn the input file's own problems (unreadable, damaged image) into BadMediaFile; other errors pass."""
+    def run(path: Path):
+        try:
+            return step(path)
+        except (UnidentifiedImageError, PILImage.DecompressionBombError) as exc:
+            raise BadMediaFile(str(exc) or type(exc).__name__) from exc
+        except OSError as exc:
+            if exc.filename is not None and Path(exc.filename) != path:
+                raise  # our own files (the data dir): not this input's fault
+            raise BadMediaFile(str(exc) or type(exc).__name__) from exc
+    return run
+
+
+def _read_image(path: Path) -> PILImage.Image:
+    """The RGB pixels of an image to index; the size is checked from the header before decoding (no
+    process-wide PIL setting is changed)."""
+    with PILImage.open(path) as im:
+        if im.width * im.height > MAX_IMAGE_PIXELS:
+            raise BadMediaFile(f"image of {im.width}x{im.height} pixels is over the limit of {MAX_IMAGE_PIXELS:,}")
+        im.load()
+        return im.convert("RGB")
+
+
 class Indexer:
     """One run over a list of paths. Construct, then `run()`."""
 
@@ -181,6 +219,7 @@ class Indexer:
         start = time.monotonic()
         found = discover(paths)
         self._expand_archives(found)
+        self._names = found.names
         self.summary.failed.extend(found.failed)
         self.summary.skipped.extend(found.skipped)
         _set_identity(self.session, self.encoder)
@@ -201,15 +240,14 @@ class Indexer:
         """Run one file's step; a failure is recorded, the run goes on."""
         self.summary.seen += count
         try:
-            outcome = step(path)
-        except (VideoError, aic.DatasetError, OSError, ValueError, UnidentifiedImageError,
-                PILImage.DecompressionBombError) as exc:
+            outcome = _bad_file(step)(path)
+        except BadMediaFile as exc:
             self.session.rollback()
             self.summary.failed.append(Problem(str(path), str(exc) or type(exc).__name__))
             log.warning("failed: %s: %s", path, exc)
             return
-        if outcome != "queued":
-            setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
+        if outcome is not Outcome.QUEUED:
+            setattr(self.summary, outcome.value, getattr(self.summary, outcome.value) + 1)
 
     def _expand_archives(self, found: Discovery) -> None:
         for archive in found.archives:
@@ -221,7 +259,7 @@ class Indexer:
 
     # -- videos ---------------------------------------------------------------------------
     def _unchanged(self, row, path: Path, state: FileState) -> bool:
-        if row is None:
+        if row is None or self.options.force:
             return False
         if state.same_as(row.size, row.mtime_ns):
             return True
@@ -260,21 +298,24 @@ class Indexer:
     def _submit(self, pool: ThreadPoolExecutor, ahead: deque, todo) -> None:
         item = next(todo, None)
         if item is not None:
-            path = item[0]
+            path, _, existing = item
+            video_id = existing.video_id if existing else unique_video_id(self.session, path.stem, str(path))
+            pinned = frozenset(annotated_frames(self.session, video_id))  # boxes stay on their frames
             future = pool.submit(process_video, path, self.transnet, interval_s=self.options.interval_s,
-                                 keyframe_max_side=self.options.keyframe_max_side, progress=self.progress)
+                                 keyframe_max_side=self.options.keyframe_max_side, progress=self.progress,
+                                 pinned=pinned)
             ahead.append((*item, future))
 
-    def _check_video(self, path: Path, todo: list) -> str:
+    def _check_video(self, path: Path, todo: list) -> Outcome:
         state = FileState.of(path)
         existing = self.session.scalar(select(Video).where(Video.path == str(path)))
         if self._unchanged(existing, path, state) or (existing is None and self._moved_video(path, state)):
-            return "unchanged"
+            return Outcome.UNCHANGED
         state.hash(path)
         todo.append((path, state, existing))
-        return "queued"
+        return Outcome.QUEUED
 
-    def _finish_video(self, path: Path, state: FileState, existing: Video | None, result) -> str:
+    def _finish_video(self, path: Path, state: FileState, existing: Video | None, result) -> Outcome:
         encoded = [encode_jpeg(kf.image) for kf in result.keyframes]
         features = self.encoder.encode_images([pixels[:, :, ::-1] for _, pixels in encoded])
         self.progress.update("features", len(encoded))
@@ -293,7 +334,7 @@ class Indexer:
         publish_video_files(self.layout, video_id)
         log.info("published %s", video_id)
         self.summary.keyframes += len(records)
-        return "updated" if existing else "added"
+        return Outcome.UPDATED if existing else Outcome.ADDED
 
     def _proxy(self, path: Path, video_id: str, info) -> None:
         """A browser-playable copy when the original is not, staged with the video's other files so that it
@@ -310,14 +351,35 @@ class Indexer:
         for csv_path in aic.list_videos(folder):
             self._guard(csv_path, lambda p, folder=folder: self._ingest_aic_video(folder, p))
 
-    def _ingest_aic_video(self, folder: Path, csv_path: Path) -> str:
+    def _shipped_features(self, folder: Path, video: aic.AicVideo) -> np.ndarray | None:
+        """A dataset's own features, only when the operator said which model made them (--features-model, or a
+        MODEL file beside them) and it is this collection's model; otherwise they are computed again."""
+        if video.features is None:
+            return None
+        made_by = self.options.features_model or aic.declared_model(video.features.parent)
+        if made_by is None:
+            self._note_once(folder, f"{video.features.parent.name} not used: which model made these features is "
+                                    f"not said (name it with --features-model 'MODEL PRETRAINED', or a MODEL file "
+                                    f"beside them); computed again with {' '.join(self.encoder.identity)}")
+            return None
+        if tuple(made_by) != tuple(self.encoder.identity):
+            self._note_once(folder, f"{video.features.parent.name} were made by {' '.join(made_by)}, not this "
+                                    f"collection's {' '.join(self.encoder.identity)}; computed again")
+            return None
+        return aic.precomputed_features(video, self.encoder.dim)
+
+    def _note_once(self, folder: Path, reason: str) -> None:
+        if not any(p.name == str(folder) and p.reason == reason for p in self.summary.skipped):
+            self.summary.skipped.append(Problem(str(folder), reason))
+
+    def _ingest_aic_video(self, folder: Path, csv_path: Path) -> Outcome:
         video = aic.read_video(folder, csv_path)
         key = str(folder / "keyframes" / video.video_id)
         state = FileState(0, 0, video.fingerprint())
         existing = self.session.scalar(select(Video).where(Video.path == key))
         if existing is not None and existing.content_hash == state.content_hash:
-            return "unchanged"
-        features = aic.precomputed_features(video, self.encoder.dim)
+            return Outcome.UNCHANGED
+        features = self._shipped_features(folder, video)
         if features is None:
             features = self.encoder.encode_images([PILImage.open(p).convert("RGB") for p in video.images])
         self.progress.update("features", len(features))
@@ -333,7 +395,7 @@ class Indexer:
                            size, "aic", records, None)
         publish_video_files(self.layout, video_id)
         self.summary.keyframes += len(records)
-        return "updated" if existing else "added"
+        return Outcome.UPDATED if existing else Outcome.ADDED
 
     # -- images ---------------------------------------------------------------------------------
     def _ingest_images(self, paths: list[Path]) -> None:
@@ -344,22 +406,19 @@ class Indexer:
                 self._flush_images(batch)
         self._flush_images(batch)
 
-    def _prepare_image(self, path: Path, batch: list) -> str:
+    def _prepare_image(self, path: Path, batch: list) -> Outcome:
         state = FileState.of(path)
         if state.size == 0:
-            raise ValueError("empty file (0 bytes)")
+            raise BadMediaFile("empty file (0 bytes)")
         existing = self.session.scalar(select(Image).where(Image.path == str(path)))
         if self._unchanged(existing, path, state):
-            return "unchanged"
+            if existing.name is None or existing.name != self._names.get(path, existing.name):
+                existing.name = self._names.get(path) or path.name
+                self.session.commit()
+            return Outcome.UNCHANGED
         state.hash(path)
-        PILImage.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-        with PILImage.open(path) as im:
-            if im.width * im.height > MAX_IMAGE_PIXELS:
-                raise ValueError(f"image of {im.width}x{im.height} pixels is over the limit")
-            im.load()
-            rgb = im.convert("RGB")
-        batch.append((path, state, existing, rgb))
-        return "updated" if existing else "added"
+        batch.append((path, state, existing, _read_image(path)))
+        return Outcome.UPDATED if existing else Outcome.ADDED
 
     def _flush_images(self, batch: list) -> None:
         if not batch:
@@ -370,6 +429,7 @@ class Indexer:
             atomic.save_npy(self.layout.image_feature_dir / f"{state.content_hash}.npy", vec)
             row = existing or Image(path=str(path))
             row.content_hash, row.size, row.mtime_ns = state.content_hash, state.size, state.mtime_ns
+            row.name = self._names.get(path) or path.name
             row.width, row.height = rgb.size
             row.indexed_at = datetime.now(UTC)
             self.session.add(row)
@@ -401,7 +461,9 @@ def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, sess
     """Everything `offline.py index` does, with the checks made before any work."""
     layout.ensure()
     with collection_lock(layout), session_factory() as session:
-        model, pretrained = resolve_identity(session, options.model, options.pretrained)
+        named = options.features_model  # shipped features name the model, unless the user named one
+        model, pretrained = resolve_identity(session, options.model or (named[0] if named else None),
+                                             options.pretrained or (named[1] if named and not options.model else None))
         check_identity(session, model, pretrained)
         if encoder is None:
             encoder = ClipEncoder(model, pretrained, options.device, options.batch_size)

@@ -28,6 +28,12 @@ class Discovery:
     aic_datasets: list[Path] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)
     failed: list[Problem] = field(default_factory=list)
+    names: dict[Path, str] = field(default_factory=dict)  # image -> its path below the folder that was named
+
+
+class BadMediaFile(Exception):
+    """An input file that cannot be used (unreadable, damaged, not what its name says): the run reports it and
+    goes on. Anything else that goes wrong is a bug and stops the run with a traceback."""
 
 
 def is_aic_dataset(folder: Path) -> bool:
@@ -67,6 +73,7 @@ def discover(paths: list[Path], found: Discovery | None = None) -> Discovery:
         if not path.exists():
             found.failed.append(Problem(str(raw), "no such file or folder"))
         elif path.is_file():
+            found.names[path] = path.name
             _add_file(path, found, explicit=True)
         elif is_aic_dataset(path):
             found.aic_datasets.append(path)
@@ -85,6 +92,7 @@ def discover(paths: list[Path], found: Discovery | None = None) -> Discovery:
                         found.skipped.append(Problem(str(here / name), "a symbolic link (not followed; name the "
                                                                        "target itself to index it)"))
                         continue
+                    found.names[here / name] = (here / name).relative_to(path).as_posix()
                     _add_file(here / name, found, explicit=False)
     return found
 

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from app.items import ItemRef
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -76,6 +78,10 @@ class Keyframe(Base):
     video: Mapped[Video] = relationship(back_populates="keyframes")
     shot: Mapped[Shot | None] = relationship()
 
+    @property
+    def ref(self) -> ItemRef:
+        return ItemRef.frame(self.video.video_id, self.frame_idx)
+
 
 class Image(Base):
     """A still image, kept where it is; its embedding lives in feature/images/<content_hash>.npy."""
@@ -91,6 +97,16 @@ class Image(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # what pages and exports show: the path below the folder that was indexed (never the server's full path)
+    name: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    @property
+    def ref(self) -> ItemRef:
+        return ItemRef.image(self.content_hash)
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.path.rsplit("/", 1)[-1]
 
 
 class IndexRun(Base):
@@ -183,10 +199,13 @@ class Label(Base):
 
 
 class Annotation(Base):
-    """A box on a keyframe ('<video_id>/<n>') or an image (its path), in that image's own pixels.
+    """A box on a video frame (video_id, frame_idx) in the source video's pixels, or on a catalogued image
+    (image_hash, its content hash) in its own pixels: what a re-index or a moved collection does not change.
 
-    Targets are named, not foreign keys, so re-indexing a video never deletes its boxes;
-    `version` makes an edit of a box someone else changed meanwhile fail instead of overwrite.
+    Targets are named, not foreign keys, so re-indexing never deletes a box; a box whose frame or image is no
+    longer catalogued is orphaned (listed, kept). `n` and `image_path` are set only on boxes migrated from the
+    old form whose keyframe or image was already gone (0005). `version` makes an edit of a box someone else
+    changed meanwhile fail instead of overwrite.
     """
 
     __tablename__ = "annotations"
@@ -194,6 +213,8 @@ class Annotation(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     video_id: Mapped[str | None] = mapped_column(String(255), index=True, nullable=True)
+    frame_idx: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    image_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     n: Mapped[int | None] = mapped_column(Integer, nullable=True)
     image_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     x: Mapped[int] = mapped_column(Integer)
@@ -213,5 +234,18 @@ class Annotation(Base):
     __mapper_args__ = {"version_id_col": version}
 
     @property
+    def ref(self) -> ItemRef | None:
+        """The item the box is on; None only for a migrated box whose keyframe or image was already gone."""
+        if self.video_id is not None and self.frame_idx is not None:
+            return ItemRef.frame(self.video_id, self.frame_idx)
+        if self.image_hash is not None:
+            return ItemRef.image(self.image_hash)
+        return None
+
+    @property
     def target(self) -> str:
-        return f"{self.video_id}/{self.n}" if self.video_id is not None else self.image_path or ""
+        """The item's text form; an old-form orphan shows what it was on."""
+        ref = self.ref
+        if ref is not None:
+            return str(ref)
+        return f"{self.video_id} keyframe {self.n} (before 0005)" if self.video_id else "an image no longer catalogued"

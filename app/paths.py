@@ -77,14 +77,6 @@ class DataLayout:
         """Cached features of the torchvision baselines, one .npz per model and weights."""
         return self.feature_dir / "baselines"
 
-    @property
-    def database_url(self) -> str:
-        """DATABASE_URL wins (PostgreSQL in production); SQLite in the instance folder otherwise."""
-        url = os.environ.get("DATABASE_URL")
-        if url:
-            return url
-        return f"sqlite:///{self.instance_dir / 'framefinder.db'}"
-
     def ensure(self) -> None:
         for d in (self.keyframes_dir, self.map_dir, self.shots_dir, self.image_feature_dir,
                   self.index_dir, self.proxies_dir, self.instance_dir):

@@ -155,13 +155,13 @@ class Searcher:
         """Filters restrict the search itself, so a filtered query still gets K results."""
         if not opts.video and not opts.folder and not opts.label:
             return None
-        mask = np.ones(len(snap.entries), dtype=bool)
+        mask = np.ones(snap.size, dtype=bool)
         if opts.label:
-            labelled = np.zeros(len(snap.entries), dtype=bool)
-            labelled[snap.rows_of(self.collection.annotated_with(opts.label))] = True
+            labelled = np.zeros(snap.size, dtype=bool)
+            labelled[self.collection.labelled_rows(snap, opts.label)] = True
             mask &= labelled
         if opts.video:
-            mask &= snap.video_of_row == opts.video
+            mask &= snap.rows_of_video(opts.video)
         if opts.folder:
             mask &= snap.rows_in_folder(opts.folder)
         return np.flatnonzero(mask).astype(np.int64)
@@ -172,12 +172,8 @@ class Searcher:
         fetch = min(snap.bundle.size, opts.k * (4 if opts.collapse_shots else 1))
         scores, rows = vectors.search(snap.bundle, query, fetch, self._allowed(snap, opts), opts.index_params)
         outcome.timing_ms["search"] = (time.perf_counter() - t0) * 1000
-        hits = [Hit(int(r), float(s), snap.entries[r]) for s, r in zip(scores[0], rows[0], strict=True)
-                if r >= 0 and snap.entries[r].kind >= 0]
-        keyframe_ids = [h.entry.db_id for h in hits if h.entry.kind == vectors.KIND_KEYFRAME]
-        if keyframe_ids:
-            live = self.collection.live_keyframes(keyframe_ids)
-            hits = [h for h in hits if h.entry.kind != vectors.KIND_KEYFRAME or h.entry.db_id in live]
+        hits = [Hit(int(r), float(s), snap.entry(int(r))) for s, r in zip(scores[0], rows[0], strict=True)
+                if r >= 0 and snap.visible(int(r))]
         outcome.hits = self._shape(hits, opts, outcome)
         return outcome
 
@@ -200,8 +196,8 @@ class Searcher:
         if opts.group_by_video:
             order: dict[str, int] = {}
             for h in hits:
-                order.setdefault(h.entry.video_id or h.entry.source_path, len(order))
-            hits = sorted(hits, key=lambda h: order[h.entry.video_id or h.entry.source_path])
+                order.setdefault(h.entry.video_id or h.entry.name, len(order))
+            hits = sorted(hits, key=lambda h: order[h.entry.video_id or h.entry.name])
         return hits
 
     def sequence(self, queries: list[np.ndarray], max_gap_s: float, opts: Options, outcome: Outcome) -> Outcome:

@@ -12,7 +12,7 @@ from app.search import Searcher
 
 
 def init_services(app: Flask, layout: DataLayout) -> None:
-    sessions = open_database(app.config.get("DATABASE_URL") or layout.database_url)
+    sessions = open_database(app.config["DATABASE_URL"], layout.data_dir)
     app.extensions["sessions"] = sessions
     app.extensions["collection"] = Collection(layout, sessions, app.config["INDEX_CHECK_SECONDS"])
     app.extensions["searcher_lock"] = threading.Lock()

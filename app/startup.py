@@ -8,7 +8,7 @@ import sqlite3
 
 from sqlalchemy.exc import DatabaseError, OperationalError
 
-from app.paths import DataLayout
+from app.settings import Settings, SettingsError
 from app.vectors import IndexDamaged
 
 
@@ -16,23 +16,23 @@ class CatalogueMismatch(RuntimeError):
     """The index holds vectors but the catalogue knows none of them (a deleted or replaced database)."""
 
 
-def check_catalogue(collection, layout: DataLayout) -> None:
+def check_catalogue(collection, settings: Settings) -> None:
     """Refuse to serve an index whose rows the catalogue does not know: an empty or replaced database would
     otherwise answer every search with nothing, and every account would be gone, without a word."""
     snap = collection.snapshot()
     if snap is None or snap.bundle.size == 0:
         return
-    if not any(e.kind >= 0 for e in snap.entries):
-        db = layout.database_url.removeprefix("sqlite:///")
+    if not (snap.cols.kind >= 0).any():
+        db = settings.describe_database()
         raise CatalogueMismatch(f"the index holds {snap.bundle.size} vectors but the catalogue {db} knows none of "
                                 f"them (was the database deleted or replaced?); restore it from a backup, or "
                                 f"run `.venv/bin/python offline.py index PATHS` to catalogue the media again.")
 
 
-def explain(exc: BaseException, layout: DataLayout) -> str | None:
+def explain(exc: BaseException, settings: Settings) -> str | None:
     """The sentence for a start-up failure we understand; None for anything else (a real bug)."""
-    db = layout.database_url.removeprefix("sqlite:///")
-    if isinstance(exc, (IndexDamaged, CatalogueMismatch)):
+    db, layout = settings.describe_database(), settings.layout
+    if isinstance(exc, (IndexDamaged, CatalogueMismatch, SettingsError)):
         return str(exc)
     if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno in (13, 30)):
         where = getattr(exc, "filename", None) or layout.data_dir

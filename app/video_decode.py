@@ -18,12 +18,14 @@ import av
 import cv2
 import numpy as np
 
+from app.media import BadMediaFile
+
 THUMB_SIZE = (160, 90)  # frame quality and glitch checks
 SMALL_SIZE = (48, 27)  # TransNetV2's input
 MAX_BAD_PACKETS = 200  # a stream this damaged is reported instead of indexed
 
 
-class VideoError(Exception):
+class VideoError(BadMediaFile):
     """The video cannot be used (unreadable, no picture, truncated); the run skips it and goes on."""
 
 

@@ -64,7 +64,10 @@ def _reader(path: Path, max_side: int, out: queue.Queue, info_out: list, stop: t
 class _Pipeline:
     """Frames wait here for their transition probability, quality and shot decision."""
 
-    def __init__(self, interval_s: float, threshold: float, result: VideoResult) -> None:
+    def __init__(self, interval_s: float, threshold: float, result: VideoResult,
+                 pinned: frozenset[int] = frozenset()) -> None:
+        self.pinned = pinned
+        self.pinned_chosen: list[ChosenKeyframe] = []
         self.tracker = ShotTracker(threshold)
         self.selector = KeyframeSelector(interval_s)
         self.window = QualityWindow()
@@ -96,6 +99,8 @@ class _Pipeline:
         for d in decisions:
             if isinstance(d, FrameDecision):
                 cand = self.by_index.pop(d.frame_idx)
+                if d.frame_idx in self.pinned:
+                    self.pinned_chosen.append(cand.chosen(d.shot))
                 if d.shot is not None:
                     self.selector.offer(cand)
             else:
@@ -104,8 +109,12 @@ class _Pipeline:
 
 def process_video(path: Path, transnet: torch.nn.Module, *, interval_s: float = 4.0,
                   keyframe_max_side: int = 1280, threshold: float = 0.5,
-                  progress: StageProgress | None = None, timings: dict[str, float] | None = None) -> VideoResult:
+                  progress: StageProgress | None = None, timings: dict[str, float] | None = None,
+                  pinned: frozenset[int] = frozenset()) -> VideoResult:
     """Decode, detect shots and choose keyframes. Raises VideoError for unusable files.
+
+    `pinned` frames are keyframes whatever the choice says (frames that carry boxes: a re-index with other
+    settings keeps every box on its frame).
 
     `timings` (if given) accumulates busy seconds per stage: decode (with the small copies),
     prepare (frame quality), shots (TransNetV2), keyframes (choice).
@@ -142,7 +151,7 @@ def process_video(path: Path, transnet: torch.nn.Module, *, interval_s: float = 
             if pipe is None:
                 info = info_out[0]
                 result.fps, result.info = info.fps, info
-                pipe = _Pipeline(interval_s, threshold, result)
+                pipe = _Pipeline(interval_s, threshold, result, pinned)
             t0 = time.perf_counter()
             pipe.add(item)
             result.frames += 1
@@ -179,7 +188,12 @@ def process_video(path: Path, transnet: torch.nn.Module, *, interval_s: float = 
         raise VideoError(f"truncated: decoded {result.frames} of the {declared} frames the container declares, "
                          f"{result.duration:.1f} s of {declared_s:.1f} s (the file is probably cut short)")
     pipe.decide(pipe.tracker.finish())
-    if not result.keyframes and pipe.selector.blank_backup is not None:
+    if not result.keyframes and not pipe.pinned_chosen and pipe.selector.blank_backup is not None:
         result.keyframes.append(pipe.selector.blank_backup)  # an all-blank video still gets one keyframe
+    if pipe.pinned_chosen:
+        chosen = {kf.frame_idx: kf for kf in result.keyframes}
+        for kf in pipe.pinned_chosen:
+            chosen.setdefault(kf.frame_idx, kf)
+        result.keyframes = [chosen[i] for i in sorted(chosen)]
     result.shots = pipe.tracker.shots
     return result

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -27,8 +26,8 @@ from app import accounts, create_app  # noqa: E402
 from app.db import open_database  # noqa: E402
 from app.encoders import ClipEncoder  # noqa: E402
 from app.indexer import IndexOptions, run_index  # noqa: E402
-from app.paths import DataLayout  # noqa: E402
 from app.sample import make_image  # noqa: E402
+from app.settings import Settings  # noqa: E402
 
 
 def post(url: str, token: str, payload: dict) -> int:
@@ -61,9 +60,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(5):
             make_image(Path(tmp) / "images" / f"im_{i}.jpg", i)
-        layout = DataLayout.from_data_dir(Path(tmp) / "data")
+        settings = Settings.load({"data_dir": Path(tmp) / "data"})
+        layout = settings.layout
         layout.ensure()
-        url_db = os.environ.get("DATABASE_URL") or layout.database_url
+        url_db = settings.database_url
         sessions = open_database(url_db)
         encoder = ClipEncoder("ViT-B-32", "none", "cpu")
         run_index(layout, [Path(tmp) / "images"], IndexOptions(model="ViT-B-32", pretrained="none", device="cpu",
@@ -72,7 +72,7 @@ def main() -> None:
             accounts.add(s, "bench", "bench password", "annotator")
             token = accounts.issue_token(s, "bench")
         images = [str(p.resolve()) for p in sorted((Path(tmp) / "images").glob("*.jpg"))]
-        app = create_app({"DATA_DIR": str(layout.data_dir), "ENCODER": encoder})
+        app = create_app({"ENCODER": encoder}, settings=settings)
         server = make_server("127.0.0.1", 0, app, threaded=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         api = f"http://127.0.0.1:{server.server_port}/api/annotations"

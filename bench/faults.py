@@ -46,6 +46,17 @@ PASSWORD = "fault bench password 1"
 CHANGING = "changing"
 
 
+def db_first_frame(layout, video_id: str) -> int | None:
+    """The frame of the catalogue's first keyframe of a video (None if it has none)."""
+    db = sqlite3.connect(f"file:{layout.instance_dir / 'framefinder.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        row = db.execute("SELECT k.frame_idx FROM keyframes k JOIN videos v ON k.video_pk = v.id "
+                         "WHERE v.video_id = ? ORDER BY k.n LIMIT 1", (video_id,)).fetchone()
+    finally:
+        db.close()
+    return row[0] if row else None
+
+
 class Counts:
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -147,13 +158,13 @@ def searcher(base: str, stop: threading.Event, counts: Counts, keyframes_dir: Pa
                                            f"region_of={item}&box=10,10,100,60".encode(),
                                            {"Content-Type": "application/x-www-form-urlencoded"})
                 else:
-                    video, _, n = item.rpartition("/")
+                    video = item.rpartition("@")[0]
                     files = sorted((keyframes_dir / video).glob("*.jpg"))
                     if not files:
                         continue
                     data, ctype = multipart({"k": "10"}, "q.jpg", rng.choice(files).read_bytes())
                     status, body = request(f"{base}/api/search", "POST", data, {"Content-Type": ctype})
-                    pic, _ = request(f"{base}/keyframes/{video}/{n}.jpg")
+                    pic, _ = request(f"{base}/item/{item}/picture")
                     counts.add(f"picture {pic}")
                     if pic >= 500:
                         counts.error(f"picture {item}: {pic}")
@@ -175,7 +186,7 @@ def editor(base: str, token: str, stop: threading.Event, counts: Counts, ledger:
             action = rng.choice(["create", "create", "patch", "delete"]) if mine else "create"
             if action == "create" and items:
                 tag = uuid.uuid4().hex[:12]
-                payload = {"keyframe": rng.choice(items), "box": [5, 5, 40, 30], "label": "fault", "note": tag}
+                payload = {"item": rng.choice(items), "box": [5, 5, 40, 30], "label": "fault", "note": tag}
                 status, body = request(f"{base}/api/annotations", "POST", json.dumps(payload).encode(), auth)
                 if status == 201:
                     record = json.loads(body)
@@ -223,7 +234,8 @@ def check_consistency(data: Path, base: str, counts: Counts) -> None:
         marker = (folder / SOURCE_MARKER).read_text().strip() if (folder / SOURCE_MARKER).exists() else None
         if marker != content_hash:
             counts.add("switching states seen")
-            status, _ = request(f"{base}/keyframes/{video_id}/1.jpg")
+            first = db_first_frame(layout, video_id)
+            status, _ = request(f"{base}/item/{video_id}@{first}/picture") if first is not None else (404, b"")
             if status != 404:
                 counts.error(f"{video_id}: files of another revision served ({status})")
             continue

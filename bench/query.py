@@ -34,6 +34,7 @@ from app.indexer import IndexOptions, run_index  # noqa: E402
 from app.models import Keyframe, Video  # noqa: E402
 from app.paths import DataLayout  # noqa: E402
 from app.sample import build_sample_collection  # noqa: E402
+from app.settings import Settings  # noqa: E402
 
 
 def _post_image(url: str, data: bytes) -> dict:
@@ -87,21 +88,22 @@ def main() -> None:
     args = p.parse_args()
     register_model_configs(args.model_config)
     with tempfile.TemporaryDirectory() as tmp:
-        layout = DataLayout.from_data_dir(Path(tmp) / "data")
+        settings = Settings.load({"data_dir": Path(tmp) / "data"})
+        layout = settings.layout
         layout.ensure()
         encoder = ClipEncoder(args.model, args.pretrained, "auto")
         sample = build_sample_collection(Path(tmp) / "sample")
+        sessions = open_database(settings.database_url, layout.data_dir)
         summary = run_index(layout, [sample], IndexOptions(model=args.model, pretrained=args.pretrained,
-                                                           progress=False), open_database(layout.database_url),
-                            encoder=encoder)
+                                                           progress=False), sessions, encoder=encoder)
         vectors_n = summary.index_size
         build_s = 0.0
         if args.synthetic_keyframes:
             t0 = time.perf_counter()
-            vectors_n = add_synthetic_videos(layout, open_database(layout.database_url), args.synthetic_keyframes,
-                                             encoder.identity, encoder.dim)
+            vectors_n = add_synthetic_videos(layout, sessions, args.synthetic_keyframes, encoder.identity,
+                                             encoder.dim)
             build_s = time.perf_counter() - t0
-        app = create_app({"DATA_DIR": str(layout.data_dir), "ENCODER": encoder})
+        app = create_app({"ENCODER": encoder}, settings=settings)
         t0 = time.perf_counter()
         snapshot = app.extensions["collection"].snapshot()
         load_s = time.perf_counter() - t0

@@ -67,6 +67,41 @@ def truths(media_dir):
     return media_dir_truths[str(media_dir)]
 
 
+def db_url(data_dir: Path) -> str:
+    """The catalogue URL of a collection, as the settings resolve it (TEST_DATABASE_URL runs set DATABASE_URL)."""
+    from app.settings import Settings
+
+    return Settings.load({"data_dir": data_dir}).database_url
+
+
+def frame_item(data_dir: Path, video_id: str, n: int) -> str:
+    """The item name ('<video_id>@<frame_idx>') of a video's n-th keyframe in the current catalogue."""
+    from sqlalchemy import create_engine, select
+    from sqlalchemy.orm import Session
+
+    from app.models import Keyframe, Video
+
+    engine = create_engine(db_url(data_dir))
+    with Session(engine) as s:
+        frame = s.scalar(select(Keyframe.frame_idx).join(Video).where(Video.video_id == video_id, Keyframe.n == n))
+    engine.dispose()
+    assert frame is not None, f"{video_id} has no keyframe {n}"
+    return f"{video_id}@{frame}"
+
+
+@pytest.fixture(scope="session")
+def kf(indexed):
+    """'<video>/<n>' (the n-th keyframe of the test media, as indexed by every fixture) -> its item name."""
+    cache: dict[str, str] = {}
+
+    def item(name: str) -> str:
+        if name not in cache:
+            video, _, n = name.rpartition("/")
+            cache[name] = frame_item(indexed, video, int(n))
+        return cache[name]
+    return item
+
+
 def index_args(data_dir: Path) -> list[str]:
     return ["--data-dir", str(data_dir), "--model", TINY_MODEL, "--model-config", str(TINY_CONFIG),
             "--pretrained", "none", "--device", "cpu", "--no-progress"]
@@ -75,10 +110,8 @@ def index_args(data_dir: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def indexed(tmp_path_factory, media_dir, tiny_encoder) -> Path:
     """A collection indexed from the test videos and images (tiny random-weight CLIP)."""
-    from app.paths import DataLayout
-
     data = tmp_path_factory.mktemp("collection")
-    index_media(data, DataLayout.from_data_dir(data).database_url, media_dir, tiny_encoder)
+    index_media(data, db_url(data), media_dir, tiny_encoder)
     return data
 
 
@@ -90,7 +123,7 @@ def index_media(data: Path, url: str, media: Path, encoder):
 
     layout = DataLayout.from_data_dir(data)
     layout.ensure()
-    sessions = open_database(url)
+    sessions = open_database(url, layout.data_dir)
     summary = run_index(layout, [media], IndexOptions(model=TINY_MODEL, pretrained="none", device="cpu",
                                                       interval_s=2.0, progress=False), sessions, encoder=encoder)
     assert not summary.failed

@@ -11,7 +11,7 @@ import offline
 from app import vectors
 from app.models import Image, Keyframe, Video
 from app.paths import DataLayout
-from tests.conftest import index_args
+from tests.conftest import db_url, index_args
 
 
 def run_offline(capsys, data_dir: Path, *paths: Path, extra: tuple[str, ...] = ()) -> tuple[int, str, str]:
@@ -21,7 +21,7 @@ def run_offline(capsys, data_dir: Path, *paths: Path, extra: tuple[str, ...] = (
 
 
 def catalogue_counts(data_dir: Path) -> dict[str, int]:
-    engine = create_engine(DataLayout.from_data_dir(data_dir).database_url)
+    engine = create_engine(db_url(data_dir))
     with Session(engine) as s:
         counts = {"videos": s.scalar(select(func.count(Video.id))),
                   "keyframes": s.scalar(select(func.count(Keyframe.id))),

@@ -31,20 +31,35 @@ def post(client, env, name, payload):
     return client.post("/api/annotations", json=payload, headers=bearer(env, name))
 
 
-BOX = {"keyframe": "cuts_and_dissolve/1", "box": [10, 20, 50, 40], "label": "disc", "note": "first"}
+KF: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _items(kf):
+    """Items by '<video>/<n>' of the test media (the same frames in every collection indexed from it)."""
+    for name in ("cuts_and_dissolve/1", "cuts_and_dissolve/4", "long_shot/1", "long_shot/2", "long_shot/3"):
+        KF[name] = kf(name)
+
+
+def I(name: str) -> str:  # noqa: E743 - reads as 'item'
+    return KF[name]
+
+
+def box(**change) -> dict:
+    return {"item": I("cuts_and_dissolve/1"), "box": [10, 20, 50, 40], "label": "disc", "note": "first", **change}
 
 
 def test_credentials_and_roles(env):
     client = env["app"].test_client()
-    r = client.post("/api/annotations", json=BOX)
+    r = client.post("/api/annotations", json=box())
     assert r.status_code == 401 and "log in" in r.get_json()["error"]
-    r = post(client, env, "vic", BOX)
+    r = post(client, env, "vic", box())
     assert r.status_code == 403 and "annotator" in r.get_json()["error"]
-    r = post(client, env, "ann", BOX)
+    r = post(client, env, "ann", box())
     assert r.status_code == 201, r.get_json()
     record = r.get_json()
     assert record["id"] > 0 and record["box"] == [10, 20, 50, 40] and record["author"] == "ann"
-    assert record["keyframe"] == "cuts_and_dissolve/1" and record["version"] == 1
+    assert record["item"] == I("cuts_and_dissolve/1") and record["version"] == 1
     listed = client.get("/api/annotations?video_id=cuts_and_dissolve&label=disc&author=ann").get_json()
     assert record["id"] in [a["id"] for a in listed["annotations"]]
     assert client.get("/api/annotations?author=nobody").get_json()["count"] == 0
@@ -57,13 +72,14 @@ def test_credentials_and_roles(env):
     ({"label": "x" * 10240}, 400, "the limit is 100"),
     ({"label": "  "}, 400, "label must be a non-empty text"),
     ({"note": "n" * 3000}, 400, "the limit is 2000"),
-    ({"keyframe": "cuts_and_dissolve/999"}, 404, "unknown keyframe 'cuts_and_dissolve/999'"),
-    ({"keyframe": None, "image": "/no/such.jpg"}, 404, "no image"),
+    ({"item": "cuts_and_dissolve@99999"}, 404, "has no keyframe at frame 99999"),
+    ({"item": "cuts_and_dissolve/1"}, 400, "names no item"),
+    ({"item": "image:" + "0" * 40}, 404, "no image with content"),
 ])
 def test_bad_boxes_are_refused_and_nothing_is_written(env, change, status, message):
     client = env["app"].test_client()
     before = client.get("/api/annotations").get_json()["count"]
-    r = post(client, env, "ann", {**BOX, **change})
+    r = post(client, env, "ann", box(**change))
     assert r.status_code == status and message in r.get_json()["error"]
     assert client.get("/api/annotations").get_json()["count"] == before
 
@@ -71,7 +87,7 @@ def test_bad_boxes_are_refused_and_nothing_is_written(env, change, status, messa
 def test_html_in_a_label_is_shown_as_text(env):
     client = env["app"].test_client()
     evil = "<script>alert(1)</script>"
-    r = post(client, env, "ann", {**BOX, "label": evil, "note": "<img src=x onerror=alert(2)>"})
+    r = post(client, env, "ann", {**box(), "label": evil, "note": "<img src=x onerror=alert(2)>"})
     assert r.status_code == 201
     page = client.get("/annotations").get_data(as_text=True)
     assert evil not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -81,15 +97,15 @@ def test_html_in_a_label_is_shown_as_text(env):
 def test_session_calls_need_the_csrf_token(env):
     client = env["app"].test_client()
     login(client, "ann")
-    r = client.post("/api/annotations", json=BOX)
+    r = client.post("/api/annotations", json=box())
     assert r.status_code == 400 and "CSRF" in r.get_json()["error"]
-    r = client.post("/api/annotations", json=BOX, headers={"X-CSRFToken": csrf_of(client)})
+    r = client.post("/api/annotations", json=box(), headers={"X-CSRFToken": csrf_of(client)})
     assert r.status_code == 201
 
 
 def test_only_the_author_or_an_admin_may_change_a_box(env):
     client = env["app"].test_client()
-    rec = post(client, env, "ann", BOX).get_json()
+    rec = post(client, env, "ann", box()).get_json()
     url = f"/api/annotations/{rec['id']}"
     r = client.patch(url, json={"label": "mine now", "version": rec["version"]}, headers=bearer(env, "bob"))
     assert r.status_code == 403 and "belongs to ann" in r.get_json()["error"]
@@ -102,18 +118,18 @@ def test_only_the_author_or_an_admin_may_change_a_box(env):
 
 def test_an_edit_of_a_box_changed_meanwhile_is_refused(env):
     client = env["app"].test_client()
-    rec = post(client, env, "ann", BOX).get_json()
+    rec = post(client, env, "ann", box()).get_json()
     url = f"/api/annotations/{rec['id']}"
     assert client.patch(url, json={"label": "car", "version": 1}, headers=bearer(env, "boss")).status_code == 200
     r = client.patch(url, json={"label": "truck", "version": 1}, headers=bearer(env, "ann"))
     assert r.status_code == 409 and "changed meanwhile" in r.get_json()["error"]
-    listed = client.get(f"/api/annotations?target={BOX['keyframe']}").get_json()["annotations"]
+    listed = client.get(f"/api/annotations?item={I('cuts_and_dissolve/1')}").get_json()["annotations"]
     assert next(a for a in listed if a["id"] == rec["id"])["label"] == "car"  # not silently lost
 
 
 def test_two_annotators_saving_at_once_both_keep_their_boxes(env):
     app = env["app"]
-    target = {**BOX, "keyframe": "long_shot/2"}
+    target = box(item=I("long_shot/2"))
     results = []
 
     def save(name):
@@ -125,16 +141,16 @@ def test_two_annotators_saving_at_once_both_keep_their_boxes(env):
     for t in threads:
         t.join()
     assert results == [201] * 6
-    listed = app.test_client().get("/api/annotations?target=long_shot/2").get_json()["annotations"]
+    listed = app.test_client().get(f"/api/annotations?item={I('long_shot/2')}").get_json()["annotations"]
     assert sorted(a["label"] for a in listed) == ["from ann"] * 3 + ["from bob"] * 3
 
 
 def test_export_then_import_gives_the_same_annotations(env):
     client = env["app"].test_client()
-    post(client, env, "bob", {"keyframe": "long_shot/1", "box": [5, 6, 70, 80], "label": "export me", "note": "a,b"})
+    post(client, env, "bob", {"item": I("long_shot/1"), "box": [5, 6, 70, 80], "label": "export me", "note": "a,b"})
     r = client.get("/api/annotations?author=bob").get_json()["annotations"]
     assert r
-    key = sorted((a["keyframe"], tuple(a["box"]), a["label"], a["note"]) for a in r)
+    key = sorted((a["item"], tuple(a["box"]), a["label"], a["note"]) for a in r)
     for fmt, name in (("coco", "a.json"), ("csv", "a.csv")):
         exported = client.get(f"/api/annotations/export?format={fmt}&author=bob").get_data()
         for a in client.get("/api/annotations?author=bob").get_json()["annotations"]:
@@ -143,9 +159,9 @@ def test_export_then_import_gives_the_same_annotations(env):
                         headers=bearer(env, "bob"), content_type="multipart/form-data")
         assert r.status_code == 201, r.get_json()
         back = client.get("/api/annotations?author=bob").get_json()["annotations"]
-        assert sorted((a["keyframe"], tuple(a["box"]), a["label"], a["note"]) for a in back) == key, fmt
+        assert sorted((a["item"], tuple(a["box"]), a["label"], a["note"]) for a in back) == key, fmt
     aic = json.loads(client.get("/api/annotations/export?format=aic&author=bob").get_data())
-    entry = aic["long_shot/1"]
+    entry = aic[I("long_shot/1")]
     assert "export me" in entry["detection_class_names"]
     i = entry["detection_class_names"].index("export me")
     assert entry["detection_boxes"][i] == pytest.approx([6 / 180, 5 / 320, 86 / 180, 75 / 320], abs=1e-6)
@@ -154,13 +170,15 @@ def test_export_then_import_gives_the_same_annotations(env):
 @pytest.mark.parametrize(("name", "data", "message"), [
     ("bad.json", b"{not json", "not a JSON file"),
     ("bad.json", b'{"images": []}', "not a COCO file"),
-    ("bad.csv", b"target,x,y,w,h,label\ncuts_and_dissolve/1,0,0,10,10,ok\ncuts_and_dissolve/1,0,0,-1,10,bad\n",
+    ("bad.csv", b"item,x,y,w,h,label\nKF1,0,0,10,10,ok\nKF1,0,0,-1,10,bad\n",
      "row 2: box [0, 0, -1, 10] must have a positive"),
+    ("old.csv", b"target,x,y,w,h,label\ncuts_and_dissolve/1,0,0,10,10,ok\n", "export it again from this version"),
     ("bad.txt", b"x", "upload a COCO .json or a .csv"),
 ])
 def test_a_malformed_import_writes_nothing(env, name, data, message):
     client = env["app"].test_client()
     before = client.get("/api/annotations").get_json()["count"]
+    data = data.replace(b"KF1", I("cuts_and_dissolve/1").encode())
     r = client.post("/api/annotations/import", data={"file": (io.BytesIO(data), name)},
                     headers=bearer(env, "ann"), content_type="multipart/form-data")
     assert r.status_code == 400 and message in r.get_json()["error"]
@@ -175,17 +193,17 @@ def test_tokens_can_be_revoked(env):
     with sessions() as s:
         token = accounts.issue_token(s, "bob")
     headers = {"Authorization": f"Bearer {token}"}
-    assert client.post("/api/annotations", json=BOX, headers=headers).status_code == 201
+    assert client.post("/api/annotations", json=box(), headers=headers).status_code == 201
     with sessions() as s:
         accounts.revoke_token(s, "bob")
-    assert client.post("/api/annotations", json=BOX, headers=headers).status_code == 401
+    assert client.post("/api/annotations", json=box(), headers=headers).status_code == 401
     with sessions() as s:
         env["tokens"]["bob"] = accounts.issue_token(s, "bob")
 
 
 def test_label_page_and_crops(env):
     client = env["app"].test_client()
-    rec = post(client, env, "ann", {**BOX, "label": "crop test"}).get_json()
+    rec = post(client, env, "ann", {**box(), "label": "crop test"}).get_json()
     page = client.get("/labels/crop%20test").get_data(as_text=True)
     assert f"/annotations/{rec['id']}/crop.jpg" in page
     crop = client.get(f"/annotations/{rec['id']}/crop.jpg")
@@ -226,9 +244,9 @@ def test_saved_boxes_serve_as_evaluation_ground_truth(env, tiny_encoder):
     from app.gt_sets import annotations_ground_truth
 
     client = env["app"].test_client()
-    frames = ["cuts_and_dissolve/1", "long_shot/1", "long_shot/3"]
+    frames = [I("cuts_and_dissolve/1"), I("long_shot/1"), I("long_shot/3")]
     for frame in frames:
-        assert post(client, env, "ann", {"keyframe": frame, "box": [30, 20, 120, 90], "label": "gt pair"}).status_code \
+        assert post(client, env, "ann", {"item": frame, "box": [30, 20, 120, 90], "label": "gt pair"}).status_code \
             == 201
     app = env["app"]
     sessions = app.extensions["sessions"]
@@ -249,9 +267,9 @@ def test_saved_boxes_serve_as_evaluation_ground_truth(env, tiny_encoder):
 
 def test_search_can_be_limited_to_frames_annotated_with_a_label(env):
     client = env["app"].test_client()
-    for frame in ("cuts_and_dissolve/4", "long_shot/2"):
-        assert post(client, env, "bob", {"keyframe": frame, "box": [0, 0, 30, 30], "label": "only these"}) \
+    for frame in (I("cuts_and_dissolve/4"), I("long_shot/2")):
+        assert post(client, env, "bob", {"item": frame, "box": [0, 0, 30, 30], "label": "only these"}) \
             .status_code == 201
     results = client.get("/api/search?q=anything&k=50&label=only%20these").get_json()["results"]
-    assert sorted(r["item"] for r in results) == ["cuts_and_dissolve/4", "long_shot/2"]
+    assert sorted(r["item"] for r in results) == sorted([I("cuts_and_dissolve/4"), I("long_shot/2")])
     assert client.get("/api/search?q=anything&label=no%20such%20label").get_json()["results"] == []

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.paths import DataLayout
-from tests.conftest import ARTIFACTS, CHROMIUM, index_media, serve
+from tests.conftest import ARTIFACTS, CHROMIUM, db_url, index_media, serve
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 
@@ -46,7 +46,7 @@ def test_a_video_that_cannot_play_says_why(browser, tmp_path, media_dir, tiny_en
     media.mkdir()
     shutil.copy(media_dir / "videos" / "cuts_and_dissolve.mp4", media / "old_codec.mp4")
     data = tmp_path / "data"
-    index_media(data, DataLayout.from_data_dir(data).database_url, media, tiny_encoder)
+    index_media(data, db_url(data), media, tiny_encoder)
     DataLayout.from_data_dir(data).proxy_path("old_codec").unlink()  # as if the proxy could not be made
     application = create_app({"DATA_DIR": str(data), "ENCODER": tiny_encoder, "TESTING": True})
     page = browser.new_page()

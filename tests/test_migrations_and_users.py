@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, inspect
 
 import offline
 from app.db import alembic_config
-from tests.conftest import BACKENDS, database_env
+from tests.conftest import BACKENDS, database_env, db_url
 
 TABLES = {"videos", "shots", "keyframes", "images", "index_runs", "settings", "evaluation_runs", "users",
           "labels", "annotations"}
@@ -51,9 +51,8 @@ def test_users_commands(tmp_path, monkeypatch, capsys):
     assert offline.main(["users", "passwd", "alice", "--password-stdin", *data]) == 0
     from app import accounts
     from app.db import open_database
-    from app.paths import DataLayout
 
-    with open_database(DataLayout.from_data_dir(tmp_path).database_url)() as s:
+    with open_database(db_url(tmp_path))() as s:
         assert accounts.authenticate(s, "alice", "another long one") is not None
         assert accounts.authenticate(s, "alice", "a long password") is None
         assert accounts.by_token(s, token).name == "alice"

@@ -11,7 +11,7 @@ import numpy as np
 from sqlalchemy import create_engine, text
 
 from app.paths import DataLayout
-from tests.conftest import ROOT, index_args
+from tests.conftest import ROOT, db_url, index_args
 from tests.helpers import catalogue_counts, current_index, run_offline
 
 
@@ -57,7 +57,7 @@ def test_sigkill_mid_run_keeps_previous_index_and_rerun_finishes_without_duplica
     assert code == 0 and f"unchanged {1 + done}" in out
     counts = catalogue_counts(data)
     assert counts["videos"] == 4 and counts["images"] == 1
-    engine = create_engine(DataLayout.from_data_dir(data).database_url)
+    engine = create_engine(db_url(data))
     with engine.connect() as c:
         per_video = c.execute(text("select count(*) from keyframes group by video_pk")).scalars().all()
         dupes = c.execute(text("select count(*) from (select video_pk, n from keyframes group by video_pk, n "

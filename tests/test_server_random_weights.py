@@ -5,9 +5,11 @@ import io
 import re
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from app.paths import DataLayout
+from tests.conftest import db_url, frame_item
 
 
 def _jpeg(indexed, video="long_shot", n=1) -> bytes:
@@ -24,8 +26,9 @@ def test_text_search_api_returns_documented_fields(client):
     body = r.get_json()
     assert len(body["results"]) == 5
     first = body["results"][0]
-    for key in ("video_id", "n", "frame_idx", "pts_time", "score", "keyframe_url", "image_path"):
+    for key in ("item", "video_id", "n", "frame_idx", "pts_time", "score", "picture_url", "page_url", "name"):
         assert key in first
+    assert not any(str(r["name"]).startswith("/") for r in body["results"])  # never a server path
     assert set(body["timing_ms"]) >= {"encode", "search"}
     scores = [x["score"] for x in body["results"]]
     assert scores == sorted(scores, reverse=True)
@@ -40,12 +43,12 @@ def test_exact_keyframe_as_image_query_comes_back_first_via_api(client, indexed)
     assert top["score"] > 0.99
 
 
-def test_exact_keyframe_upload_through_the_page_is_rank_one(client, indexed):
+def test_exact_keyframe_upload_through_the_page_is_rank_one(client, indexed, kf):
     r = client.post("/", data={"csrf_token": _csrf(client), "image": (io.BytesIO(_jpeg(indexed, n=3)), "q.jpg")},
                     content_type="multipart/form-data")
     assert r.status_code == 200
     first_card = re.search(r'data-item="([^"]+)"', r.get_data(as_text=True)).group(1)
-    assert first_card == "long_shot/3"
+    assert first_card == kf("long_shot/3")
 
 
 def test_page_form_without_csrf_token_is_refused(client, indexed):
@@ -63,13 +66,13 @@ def test_region_query_crops_before_encoding(client, indexed):
     assert crop["results"][0]["score"] < full["results"][0]["score"] - 1e-3
 
 
-def test_combined_text_and_image_and_more_like_this(client, indexed):
+def test_combined_text_and_image_and_more_like_this(client, indexed, kf):
     r = client.post("/api/search", data={"image": (io.BytesIO(_jpeg(indexed, n=2)), "q.jpg"), "q": "night",
                                          "text_weight": "0.2"})
     assert r.get_json()["kind"] == "combined"
-    like = client.get("/api/search?like=long_shot/2&k=1").get_json()
+    like = client.get(f"/api/search?like={kf('long_shot/2')}&k=1").get_json()
     assert (like["results"][0]["video_id"], like["results"][0]["n"]) == ("long_shot", 2)
-    assert client.get("/?like=long_shot/2").status_code == 200
+    assert client.get(f"/?like={kf('long_shot/2')}").status_code == 200
 
 
 def test_filters_apply_before_top_k(client, media_dir):
@@ -82,10 +85,10 @@ def test_filters_apply_before_top_k(client, media_dir):
     assert partial["results"] == []  # a folder is a real path prefix, not a substring
 
 
-def test_min_score_absolute_and_relative(client):
+def test_min_score_absolute_and_relative(client, kf):
     everything = client.get("/api/search?q=x&k=100").get_json()["results"]
     best = everything[0]["score"]
-    passed = client.get("/api/search?like=long_shot/2&k=100&min_score=99.99").get_json()["results"]
+    passed = client.get(f"/api/search?like={kf('long_shot/2')}&k=100&min_score=99.99").get_json()["results"]
     assert passed and len(passed) < len(everything) and all(r["score"] * 100 >= 99.99 for r in passed)
     rel = client.get("/api/search?q=x&k=100&min_score=100&score_mode=rel").get_json()["results"]
     assert [r["score"] for r in rel] == [best] * len(rel)
@@ -93,12 +96,25 @@ def test_min_score_absolute_and_relative(client):
     assert b"No result above" in page.data
 
 
-def test_group_by_video_and_one_per_shot(client):
+def test_group_by_video_and_one_per_shot(client, truths):
     grouped = client.get("/api/search?q=x&k=30&group=1").get_json()["results"]
-    order = [r["video_id"] or r["image_path"] for r in grouped]
+    order = [r["video_id"] or r["name"] for r in grouped]
     assert all(order.index(v) == i or order[i - 1] == v for i, v in enumerate(order))
+
+    def true_shot(frame: int) -> int:  # from the generator's own plan, not from the indexer
+        return next(i for i, (a, b) in enumerate(truths["long_shot"].shots) if a <= frame <= b)
+
+    everything = client.get("/api/search?q=x&k=100&video=long_shot").get_json()["results"]
+    shots_all = [true_shot(r["frame_idx"]) for r in everything if truths_has(truths, r["frame_idx"])]
+    assert len(shots_all) > len(set(shots_all)), "the test needs a shot with several keyframes"
     collapsed = client.get("/api/search?q=x&k=100&collapse=1&video=long_shot").get_json()["results"]
-    assert len(collapsed) == len({(r["video_id"], r["frame_idx"]) for r in collapsed})
+    shots = [true_shot(r["frame_idx"]) for r in collapsed if truths_has(truths, r["frame_idx"])]
+    assert len(shots) == len(set(shots)) and set(shots) == set(shots_all)
+
+
+def truths_has(truths, frame: int) -> bool:
+    """Frames inside a clean shot range (dissolve frames belong to no one shot)."""
+    return any(a <= frame <= b for a, b in truths["long_shot"].shots)
 
 
 def test_sequence_query_finds_ordered_moments_within_the_gap(client):
@@ -115,12 +131,14 @@ def test_csv_export_is_submission_format(client):
     assert 0 < len(lines) <= 7 and all(re.fullmatch(r"[A-Za-z0-9_.-]+,\d+", ln) for ln in lines)
 
 
-def test_keyframe_record_page_neighbours_and_video_range(client):
-    rec = client.get("/api/keyframes/long_shot/2").get_json()
+def test_keyframe_record_page_neighbours_and_video_range(client, indexed):
+    item = frame_item(indexed, "long_shot", 2)
+    rec = client.get(f"/api/items/{item}").get_json()
     assert rec["n"] == 2 and rec["previous"][0]["n"] == 1 and rec["shot"] is not None
-    page = client.get("/keyframe/long_shot/2")
+    assert rec["previous"][0]["item"] == frame_item(indexed, "long_shot", 1)
+    page = client.get(f"/item/{item}")
     assert page.status_code == 200 and b"#t=" in page.data
-    img = client.get(rec["keyframe_url"])
+    img = client.get(rec["picture_url"])
     assert img.status_code == 200 and img.mimetype == "image/jpeg" and "max-age" in img.headers["Cache-Control"]
     part = client.get(rec["video"]["url"], headers={"Range": "bytes=10-29"})
     assert part.status_code == 206 and len(part.data) == 20
@@ -158,15 +176,16 @@ def test_bad_inputs_get_clear_4xx_and_server_keeps_serving(client, indexed):
         client.get("/api/search?q=x&k=99999999"),
         client.get("/api/search?q=x&k=abc"),
         client.get("/api/search?like=nope/1"),
+        client.get("/api/search?like=nope@1"),
     ]
     for r in cases:
         assert r.status_code == 400, r.get_data(as_text=True)
         assert r.get_json()["error"]
-    for r in (client.get("/api/keyframes/no_such_video/1"), client.get("/keyframes/..%2F..%2Fetc/1.jpg"),
-              client.get("/keyframes/../../etc/passwd"), client.get("/video/nope"),
-              client.get("/keyframe/no_such_video/1")):
+    for r in (client.get("/api/items/no_such_video@1"), client.get("/item/..%2F..%2Fetc@1/picture"),
+              client.get("/item/../../etc/passwd"), client.get("/video/nope"), client.get("/item/nope/1"),
+              client.get("/item/no_such_video@1"), client.get("/item/image:abc/picture")):
         assert r.status_code == 404
-    assert b"Traceback" not in client.get("/keyframe/nope/1").data
+    assert b"Traceback" not in client.get("/item/nope@1").data
     page = client.get("/?q=x&k=-5")
     assert page.status_code == 400 and b"k must be between" in page.data
     assert client.get("/api/search?q=still+serving").status_code == 200
@@ -181,18 +200,28 @@ def test_upload_over_the_size_limit_is_413_with_message(app, indexed):
     assert r.status_code == 413 and "limit" in r.get_json()["error"]
 
 
-def test_server_picks_up_a_new_index_without_restart(app, indexed, tiny_encoder):
+def test_server_picks_up_a_new_index_without_restart(indexed, tiny_encoder, tmp_path):
+    """On its own copy of the collection: the shared session index stays as it was for the other tests."""
+    import shutil
+
     from sqlalchemy.orm import sessionmaker
 
+    from app import create_app
     from app.db import make_engine
     from app.index_build import rebuild_index
 
+    if not db_url(indexed).startswith("sqlite"):
+        pytest.skip("the copy shares a server database")
+    data = tmp_path / "copy"
+    shutil.copytree(indexed, data)
+    app = create_app({"DATA_DIR": str(data), "ENCODER": tiny_encoder, "TESTING": True, "INDEX_CHECK_SECONDS": 0})
     client = app.test_client()
     before = client.get("/api/search?q=x&k=1000").get_json()["results"]
-    layout = DataLayout.from_data_dir(indexed)
-    with sessionmaker(make_engine(layout.database_url))() as s:
+    layout = DataLayout.from_data_dir(data)
+    with sessionmaker(make_engine(db_url(layout.data_dir)))() as s:
         rebuild_index(s, layout, tiny_encoder.identity, tiny_encoder.dim, "hnsw")
-    app.extensions["collection"]._checked = 0.0
+    client.get("/api/search?q=x&k=1")  # notices the new generation and loads it in the background
+    app.extensions["collection"].wait()
     after = client.get("/api/search?q=x&k=1000").get_json()["results"]
     assert app.extensions["collection"].snapshot().bundle.meta["params"]["type"] == "hnsw"
     assert len(after) == len(before)

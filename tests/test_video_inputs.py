@@ -13,7 +13,7 @@ import pytest
 
 from app.paths import DataLayout
 from app.sample import Scene, make_video, write_h264
-from tests.conftest import ShotPlan
+from tests.conftest import ShotPlan, db_url
 
 SIZE = (320, 180)
 
@@ -120,7 +120,7 @@ def test_phone_rotation_is_applied(odd_indexed):
     from app.models import Video
 
     layout = DataLayout.from_data_dir(data)
-    engine = create_engine(layout.database_url)
+    engine = create_engine(db_url(layout.data_dir))
     with Session(engine) as s:
         video = s.scalar(select(Video).where(Video.video_id == "phone"))
         assert (video.width, video.height) == (180, 320)

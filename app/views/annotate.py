@@ -8,69 +8,61 @@ from flask_login import current_user
 
 from app import boxes, services
 from app.boxes import AnnotationError
-from app.models import Annotation, Image
+from app.items import ItemRef
+from app.models import Annotation
 from app.safe_files import UnsafeFile
 from app.views.auth import require_role
-from app.views.query import keyframe_record
+from app.views.query import item_record, item_url
 
 bp = Blueprint("annotate", __name__)
 
 
-def _page(target: boxes.Target, picture_url: str, neighbours: dict, region_item: str):
+def _page(target: boxes.Target, neighbours: dict):
     with services.sessions()() as session:
-        records = [boxes.as_json(a) for a in boxes.search(session, target=target.name)]
+        records = [boxes.as_json(a) for a in boxes.search(session, item=target.ref)]
         labels = boxes.all_labels(session)
-    payload = {"keyframe": target.name} if target.video_id is not None else {"image": target.image_path}
-    return render_template("annotate.html", target=target, picture_url=picture_url, boxes=records, labels=labels,
-                           region_item=region_item,
-                           payload=payload, neighbours=neighbours, me={"name": current_user.name,
-                                                                       "role": current_user.role})
+    return render_template("annotate.html", target=target, picture_url=item_url(target.ref), boxes=records,
+                           labels=labels, payload={"item": target.name}, neighbours=neighbours,
+                           me={"name": current_user.name, "role": current_user.role})
 
 
-@bp.get("/annotate/<video_id>/<int:n>")
+@bp.get("/annotate/<item:ref>")
 @require_role("admin", "annotator")
-def keyframe(video_id: str, n: int):
+def item(ref: ItemRef):
     try:
-        record = keyframe_record(video_id, n)
+        record = item_record(ref)
         with services.sessions()() as session:
-            target = boxes.resolve_keyframe(session, current_app.extensions["layout"], f"{video_id}/{n}")
+            target = boxes.resolve_ref(session, current_app.extensions["layout"], ref)
     except (LookupError, AnnotationError) as exc:
         abort(404, description=str(exc))
     neighbours = {
-        "previous": url_for("annotate.keyframe", video_id=video_id, n=record["previous"][-1]["n"])
-        if record["previous"] else None,
-        "next": url_for("annotate.keyframe", video_id=video_id, n=record["next"][0]["n"]) if record["next"] else None,
+        "previous": url_for("annotate.item", ref=record["previous"][-1]["item"]) if record["previous"] else None,
+        "next": url_for("annotate.item", ref=record["next"][0]["item"]) if record["next"] else None,
     }
-    return _page(target, record["keyframe_url"], neighbours, target.name)
-
-
-@bp.get("/annotate/image/<int:image_id>")
-@require_role("admin", "annotator")
-def image(image_id: int):
-    with services.sessions()() as session:
-        row = session.get(Image, image_id)
-        if row is None:
-            abort(404, description="no such image")
-        target = boxes.resolve_image(session, row.path)
-    return _page(target, url_for("media.image_file", image_id=image_id), {"previous": None, "next": None},
-                 f"image:{image_id}")
+    return _page(target, neighbours)
 
 
 @bp.get("/annotations")
 def browse():
     label, author, video = (request.args.get(k) or None for k in ("label", "author", "video_id"))
+    orphaned = request.args.get("orphaned") in ("1", "on", "true")
     with services.sessions()() as session:
-        rows = boxes.search(session, video, label, author, limit=1000)
+        rows = boxes.search(session, video, label, author, orphaned=orphaned, limit=1000)
         counts = boxes.label_counts(session)
-        items = [boxes.as_json(a) for a in rows]
-    return render_template("annotations.html", items=items, counts=counts,
-                           filters={"label": label or "", "author": author or "", "video_id": video or ""})
+        lost = boxes.orphaned_ids(session, [a.id for a in rows])
+        items = [boxes.as_json(a, a.id in lost) for a in rows]
+        orphan_count = boxes.count_orphaned(session)
+    return render_template("annotations.html", items=items, counts=counts, orphan_count=orphan_count,
+                           filters={"label": label or "", "author": author or "", "video_id": video or "",
+                                    "orphaned": "1" if orphaned else ""})
 
 
 @bp.get("/labels/<path:name>")
 def label_page(name: str):
     with services.sessions()() as session:
-        items = [boxes.as_json(a) for a in boxes.search(session, label=name, limit=1000)]
+        rows = boxes.search(session, label=name, limit=1000)
+        lost = boxes.orphaned_ids(session, [a.id for a in rows])
+        items = [boxes.as_json(a, a.id in lost) for a in rows]
     return render_template("label.html", name=name, items=items)
 
 
@@ -84,7 +76,7 @@ def crop(annotation_id: int):
             target = boxes.target_of(session, current_app.extensions["layout"], a)
         except AnnotationError as exc:
             abort(404, description=str(exc))
-        box = (a.x, a.y, a.x + a.w, a.y + a.h)
+        box = target.on_picture((a.x, a.y, a.w, a.h))
     try:
         piece = target.pixels().crop(box)
     except UnsafeFile as exc:

@@ -54,10 +54,12 @@ def create():
 def listing():
     if current_app.config.get("SEARCH_REQUIRES_LOGIN") and not current_user.is_authenticated:
         return jsonify({"error": "log in, or send Authorization: Bearer <token>", "status": 401}), 401
+    item = boxes.parse_item(request.args["item"]) if request.args.get("item") else None
     with services.sessions()() as session:
         rows = boxes.search(session, request.args.get("video_id"), request.args.get("label"),
-                                  request.args.get("author"), request.args.get("target"))
-        return jsonify({"annotations": [boxes.as_json(a) for a in rows], "count": len(rows)})
+                            request.args.get("author"), item, request.args.get("orphaned") in ("1", "true"))
+        lost = boxes.orphaned_ids(session, [a.id for a in rows])
+        return jsonify({"annotations": [boxes.as_json(a, a.id in lost) for a in rows], "count": len(rows)})
 
 
 @bp.patch("/<int:annotation_id>")

@@ -4,8 +4,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from app import services, weights_notice
+from app.items import ItemRef
 from app.search import QueryError
-from app.views.query import hit_json, keyframe_record, run_query
+from app.views.query import hit_json, item_record, run_query
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -34,9 +35,9 @@ def search():
     return jsonify(body)
 
 
-@bp.get("/keyframes/<video_id>/<int:n>")
-def keyframe(video_id: str, n: int):
+@bp.get("/items/<item:ref>")
+def item(ref: ItemRef):
     try:
-        return jsonify(keyframe_record(video_id, n))
+        return jsonify(item_record(ref))
     except LookupError as exc:
         return jsonify({"error": str(exc), "status": 404}), 404

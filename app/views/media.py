@@ -7,9 +7,11 @@ from flask import Blueprint, abort, current_app, render_template
 from sqlalchemy import select
 
 from app import services
-from app.models import Image, Video
+from app.boxes import image_row
+from app.items import ItemRef
+from app.models import Video
 from app.safe_files import UnsafeFile, open_beneath, open_source, send_opened
-from app.views.query import MAX_DB_ID, keyframe_record, keyframe_relpath
+from app.views.query import item_record, keyframe_relpath
 
 bp = Blueprint("media", __name__)
 CACHE_SECONDS = 7 * 24 * 3600
@@ -26,19 +28,17 @@ def _opened(opener, *args):
         abort(404, description=str(exc))
 
 
-@bp.get("/keyframes/<video_id>/<int:n>.jpg")
-def keyframe_image(video_id: str, n: int):
-    rel = keyframe_relpath(video_id, n)
-    if rel is None:
-        abort(404, description=f"no keyframe {n} in video '{video_id}'")
-    handle, st = _opened(open_beneath, _layout().data_dir, rel)
-    return send_opened(handle, st, Path(rel).name, CACHE_SECONDS)
-
-
-@bp.get("/images/<int:image_id>")
-def image_file(image_id: int):
+@bp.get("/item/<item:ref>/picture")
+def item_picture(ref: ItemRef):
+    """The keyframe JPEG of a frame, or the image file of an image."""
+    if ref.is_frame:
+        rel = keyframe_relpath(ref)
+        if rel is None:
+            abort(404, description=f"no keyframe at frame {ref.frame_idx} of video '{ref.video_id}'")
+        handle, st = _opened(open_beneath, _layout().data_dir, rel)
+        return send_opened(handle, st, Path(rel).name, CACHE_SECONDS)
     with services.sessions()() as session:
-        row = session.get(Image, image_id) if image_id <= MAX_DB_ID else None
+        row = image_row(session, ref)
     if row is None:
         abort(404, description="no such image")
     handle, st = _opened(open_source, row)
@@ -62,10 +62,10 @@ def video_file(video_id: str):
     return send_opened(handle, st, Path(row.path).name, CACHE_SECONDS)
 
 
-@bp.get("/keyframe/<video_id>/<int:n>")
-def keyframe_page(video_id: str, n: int):
+@bp.get("/item/<item:ref>")
+def item_page(ref: ItemRef):
     try:
-        record = keyframe_record(video_id, n)
+        record = item_record(ref)
     except LookupError as exc:
         abort(404, description=str(exc))
     return render_template("keyframe.html", kf=record)

@@ -10,10 +10,11 @@ from flask import current_app, request, url_for
 from PIL import Image as PILImage
 from sqlalchemy import select
 
-from app import services
-from app.models import Image, Keyframe, Video
-from app.numbers import MAX_ID, is_id
-from app.safe_files import UnsafeFile, open_beneath, open_source, read_picture
+from app import boxes, services
+from app.boxes import image_row
+from app.items import BadItemRef, ItemRef
+from app.models import Keyframe, Video
+from app.safe_files import UnsafeFile
 from app.search import Hit, Options, Outcome, QueryError, parse_box, parse_k, parse_min_score
 from app.store import files_match
 from app.uploads import read_image
@@ -68,14 +69,22 @@ def read_options() -> Options:
                    index_params=read_index_params())
 
 
+def parse_ref(text: str, what: str) -> ItemRef:
+    try:
+        return ItemRef.parse(text)
+    except BadItemRef as exc:
+        raise QueryError(f"{what}: {exc}") from None
+
+
 def _like_vector(like: str):
-    """'<video_id>/<n>' or 'image:<id>': the stored vector of a collection item."""
+    """The stored vector of a collection item ('<video_id>@<frame_idx>' or 'image:<content_hash>')."""
+    ref = parse_ref(like, "more like this")
     snap = services.collection().snapshot()
     if snap is None:
         raise QueryError("the collection has no index yet")
-    entry = snap.find(like)
+    entry = snap.find(ref)
     if entry is None:
-        raise QueryError(f"unknown item '{like}' for 'more like this'")
+        raise QueryError(f"unknown item '{ref}' for 'more like this'")
     return snap.vector(entry)
 
 
@@ -110,8 +119,8 @@ def run_query() -> tuple[Outcome, QueryInfo]:
             image_vec = searcher.encode_image(image, parse_box(info.box, image.width, image.height))
             info.kind = "image"
         elif request.values.get("region_of"):
-            image = keyframe_pixels(request.values["region_of"])
-            image_vec = searcher.encode_image(image, parse_box(info.box, image.width, image.height))
+            image_vec = searcher.encode_image(region_pixels(parse_ref(request.values["region_of"], "region_of"),
+                                                            info.box))
             info.kind = "image"
         elif info.like:
             image_vec = _like_vector(info.like)
@@ -141,79 +150,83 @@ def format_time(seconds: float | None) -> str:
     return f"{int(h):02d}:{int(m):02d}:{s:04.1f}"
 
 
-def item_url(item: str) -> str:
-    """The picture of an item named '<video_id>/<n>' or 'image:<id>'."""
-    if item.startswith("image:"):
-        return url_for("media.image_file", image_id=int(item.split(":", 1)[1]))
-    video_id, _, n = item.rpartition("/")
-    return url_for("media.keyframe_image", video_id=video_id, n=int(n))
+def item_url(item: ItemRef | str) -> str:
+    """The picture of an item: the keyframe of a frame, or the image."""
+    return url_for("media.item_picture", ref=item)
 
 
 def hit_json(hit: Hit) -> dict:
+    """A result as the API and pages show it. `n` is the keyframe's number in the current revision (the AI
+    Challenge file name); `item` is what stays the same across re-indexing."""
     e = hit.entry
-    url = item_url(e.item)
-    return {"video_id": e.video_id, "n": e.n, "frame_idx": e.frame_idx, "pts_time": e.pts_time,
-            "timestamp": format_time(e.pts_time), "score": round(hit.score, 6), "keyframe_url": url,
-            "image_path": e.rel_path if e.video_id is not None else e.source_path,
-            "item": e.item}
+    return {"item": e.item, "video_id": e.video_id, "frame_idx": e.frame_idx, "n": e.n, "pts_time": e.pts_time,
+            "timestamp": format_time(e.pts_time), "score": round(hit.score, 6), "name": e.name,
+            "picture_url": item_url(e.ref), "page_url": url_for("media.item_page", ref=e.ref)}
 
 
-def keyframe_record(video_id: str, n: int) -> dict:
-    """A keyframe with its video, shot and neighbours (previous and next keyframes)."""
+def _brief(video_id: str, k: Keyframe) -> dict:
+    ref = ItemRef.frame(video_id, k.frame_idx)
+    return {"item": str(ref), "n": k.n, "frame_idx": k.frame_idx, "pts_time": k.pts_time,
+            "timestamp": format_time(k.pts_time), "picture_url": item_url(ref),
+            "page_url": url_for("media.item_page", ref=ref)}
+
+
+NEIGHBOURS = 6
+
+
+def item_record(ref: ItemRef) -> dict:
+    """An item with what its page shows: for a frame its video, shot and neighbouring keyframes."""
     with services.sessions()() as session:
-        video = session.scalar(select(Video).where(Video.video_id == video_id))
+        if not ref.is_frame:
+            row = image_row(session, ref)
+            if row is None:
+                raise LookupError(f"no image with content {ref.image_hash} in the collection")
+            return {"item": str(ref), "name": row.display_name, "picture_url": item_url(ref), "width": row.width,
+                    "height": row.height, "video_id": None, "previous": [], "next": []}
+        video = session.scalar(select(Video).where(Video.video_id == ref.video_id))
         if video is None:
-            raise LookupError(f"unknown video id '{video_id}'")
-        kf = session.scalar(select(Keyframe).where(Keyframe.video_pk == video.id, Keyframe.n == n))
+            raise LookupError(f"unknown video id '{ref.video_id}'")
+        kf = session.scalar(select(Keyframe).where(Keyframe.video_pk == video.id,
+                                                   Keyframe.frame_idx == ref.frame_idx))
         if kf is None:
-            raise LookupError(f"video '{video_id}' has no keyframe {n}")
+            raise LookupError(f"video '{ref.video_id}' has no keyframe at frame {ref.frame_idx}")
         near = session.scalars(select(Keyframe).where(Keyframe.video_pk == video.id,
-                                                      Keyframe.n.between(n - 6, n + 6)).order_by(Keyframe.n)).all()
+                                                      Keyframe.n.between(kf.n - NEIGHBOURS, kf.n + NEIGHBOURS))
+                               .order_by(Keyframe.n)).all()
         shot = kf.shot
-
-        def brief(k: Keyframe) -> dict:
-            return {"n": k.n, "frame_idx": k.frame_idx, "pts_time": k.pts_time, "timestamp": format_time(k.pts_time),
-                    "keyframe_url": url_for("media.keyframe_image", video_id=video_id, n=k.n)}
-
-        return {"video_id": video_id, **brief(kf), "image_path": kf.image_path,
+        return {**_brief(video.video_id, kf), "video_id": video.video_id, "name": video.video_id,
                 "video": {"fps": video.fps, "frames": video.frames, "duration": video.duration,
                           "source": video.source, "width": video.width, "height": video.height,
                           "name": Path(video.path).name,
-                          "url": url_for("media.video_file", video_id=video_id) if video.source == "video" else None},
+                          "url": url_for("media.video_file", video_id=video.video_id)
+                          if video.source == "video" else None},
                 "shot": {"shot": shot.shot, "start_frame": shot.start_frame, "end_frame": shot.end_frame}
                 if shot else None,
-                "previous": [brief(k) for k in near if k.n < n], "next": [brief(k) for k in near if k.n > n]}
+                "previous": [_brief(video.video_id, k) for k in near if k.n < kf.n],
+                "next": [_brief(video.video_id, k) for k in near if k.n > kf.n]}
 
 
-MAX_DB_ID = MAX_ID
-
-
-def keyframe_relpath(video_id: str, n: int) -> str | None:
-    """A keyframe's JPEG path relative to the data directory, found through the catalogue; None also while
-    the files on disk are of another revision than the catalogue's (a re-index is switching them)."""
-    if not 0 < n <= MAX_DB_ID:
-        return None
+def keyframe_relpath(ref: ItemRef) -> str | None:
+    """A frame's keyframe JPEG path relative to the data directory, found through the catalogue; None also
+    while the files on disk are of another revision than the catalogue's (a re-index is switching them)."""
     with services.sessions()() as session:
         row = session.execute(select(Keyframe.image_path, Video.content_hash).join(Video)
-                              .where(Video.video_id == video_id, Keyframe.n == n)).first()
-    if row is None or not files_match(current_app.extensions["layout"], video_id, row.content_hash):
+                              .where(Video.video_id == ref.video_id, Keyframe.frame_idx == ref.frame_idx)).first()
+    if row is None or not files_match(current_app.extensions["layout"], ref.video_id, row.content_hash):
         return None
     return row.image_path
 
 
-def keyframe_pixels(item: str) -> PILImage.Image:
-    """The stored keyframe '<video_id>/<n>' (or collection image 'image:<id>'), for a region drawn on it."""
+def region_pixels(ref: ItemRef, raw_box: str) -> PILImage.Image:
+    """The stored picture of an item, cropped to a box given in the item's source pixels (as boxes are)."""
+    with services.sessions()() as session:
+        try:
+            target = boxes.resolve_ref(session, current_app.extensions["layout"], ref)
+        except boxes.AnnotationError as exc:
+            raise QueryError(str(exc)) from None
+    box = parse_box(raw_box, target.width, target.height)
     try:
-        if item.startswith("image:") and is_id(item[6:]):
-            with services.sessions()() as session:
-                row = session.get(Image, int(item[6:])) if int(item[6:]) <= MAX_DB_ID else None
-            if row is None:
-                raise QueryError(f"unknown image '{item}'")
-            return read_picture(open_source(row))
-        video_id, _, n = item.rpartition("/")
-        rel = keyframe_relpath(video_id, int(n)) if is_id(n) else None
-        if rel is None:
-            raise QueryError(f"unknown keyframe '{item}'")
-        return read_picture(open_beneath(current_app.extensions["layout"].data_dir, rel))
+        picture = target.pixels()
     except UnsafeFile as exc:
-        raise QueryError(f"the picture of '{item}' cannot be read: {exc}") from None
+        raise QueryError(f"the picture of '{ref}' cannot be read: {exc}") from None
+    return picture.crop(target.on_picture(box)) if box else picture

@@ -19,14 +19,14 @@ from sqlalchemy.orm import Session
 from app.models import Keyframe, Video
 from app.paths import DataLayout
 from app.store import SOURCE_MARKER
-from tests.conftest import ROOT, index_args
+from tests.conftest import ROOT, db_url, index_args
 from tests.processes import cli
 
 VIDEO = "clip"
 
 
 def _catalogue(data: Path) -> tuple[str, int]:
-    engine = create_engine(DataLayout.from_data_dir(data).database_url)
+    engine = create_engine(db_url(data))
     with Session(engine) as s:
         video = s.scalar(select(Video).where(Video.video_id == VIDEO))
         count = s.scalar(select(func.count(Keyframe.id)).where(Keyframe.video_pk == video.id))

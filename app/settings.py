@@ -1,0 +1,150 @@
+"""Framefinder's settings: one object, built once per process, used by server.py, offline.py and the benches.
+
+Each value comes from the first of: a command-line flag, an environment variable, the instance file
+(`<instance>/config.py`, Flask style: `NAME = value`), the default below. The README's settings table and
+both entry points' `--help` are written from `FIELDS` (a test checks that they agree).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flask import Config
+
+from app.paths import PROJECT_ROOT, DataLayout
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str  # attribute, and the instance file's NAME in upper case
+    env: str  # environment variable
+    default: object
+    kind: type
+    help: str
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("data_dir", "FRAMEFINDER_DATA_DIR", None, Path,
+          "collection folder (default: the project's static/, with the database in instance/)"),
+    Field("database_url", "DATABASE_URL", None, str,
+          "SQLAlchemy URL of the catalogue (default: SQLite in the instance folder)"),
+    Field("host", "FRAMEFINDER_HOST", "127.0.0.1", str, "address the server binds (default: this machine only)"),
+    Field("port", "FRAMEFINDER_PORT", 5000, int, "port the server listens on"),
+    Field("device", "FRAMEFINDER_DEVICE", "auto", str, "cpu, cuda, cuda:1 ... (auto: cuda if available)"),
+    Field("model_config", "FRAMEFINDER_MODEL_CONFIG", None, str,
+          "an extra open_clip model config (file or folder) to make its name known"),
+    Field("baseline_weights", "FRAMEFINDER_BASELINE_WEIGHTS", None, str,
+          "folder (or file) with torchvision's vgg16/resnet50 checkpoints for the evaluation baselines"),
+    Field("search_requires_login", "FRAMEFINDER_SEARCH_REQUIRES_LOGIN", False, bool,
+          "searching needs an account too (annotating and evaluating always do)"),
+    Field("max_upload_mb", "FRAMEFINDER_MAX_UPLOAD_MB", 20, int, "largest upload the server accepts, in MB"),
+    Field("index_check_seconds", "FRAMEFINDER_INDEX_CHECK_SECONDS", 1.0, float,
+          "how often the server looks for a newly published index generation"),
+)
+_BY_NAME = {f.name: f for f in FIELDS}
+TRUE_WORDS = ("1", "true", "yes", "on")
+
+
+class SettingsError(ValueError):
+    """A setting with a value of the wrong kind: the message names the setting and where it came from."""
+
+
+def _convert(f: Field, raw: object, where: str) -> object:
+    if raw is None or isinstance(raw, f.kind) and not (f.kind is int and isinstance(raw, bool)):
+        return raw
+    text = str(raw).strip()
+    try:
+        if f.kind is bool:
+            return text.lower() in TRUE_WORDS
+        if f.kind is Path:
+            return Path(text).expanduser()
+        return f.kind(text)
+    except ValueError:
+        raise SettingsError(f"{f.name} from {where} must be {f.kind.__name__}, not {text[:80]!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path | None = None
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 5000
+    device: str = "auto"
+    model_config: str | None = None
+    baseline_weights: str | None = None
+    search_requires_login: bool = False
+    max_upload_mb: int = 20
+    index_check_seconds: float = 1.0
+    source: dict[str, str] = field(default_factory=dict, compare=False)  # where each value came from
+    extra: dict[str, object] = field(default_factory=dict, compare=False)  # other Flask keys of the instance file
+
+    @classmethod
+    def load(cls, flags: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+        """flags (None = not given) > environment > instance file > defaults."""
+        flags = {k: v for k, v in (flags or {}).items() if v is not None}
+        environ = os.environ if environ is None else environ
+        unknown = set(flags) - set(_BY_NAME)
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values: dict[str, object] = {}
+        source: dict[str, str] = {}
+
+        def take(f: Field, raw: object, where: str) -> None:
+            values[f.name], source[f.name] = _convert(f, raw, where), where
+
+        data_field = _BY_NAME["data_dir"]
+        if "data_dir" in flags:
+            take(data_field, flags["data_dir"], "the command line")
+        elif environ.get(data_field.env):
+            take(data_field, environ[data_field.env], data_field.env)
+        layout = DataLayout.from_data_dir(values.get("data_dir"))
+        instance = Config(str(layout.instance_dir))
+        instance_file = layout.instance_dir / "config.py"
+        if instance_file.is_file():
+            instance.from_pyfile(str(instance_file))
+        for f in FIELDS[1:]:
+            if f.name in flags:
+                take(f, flags[f.name], "the command line")
+            elif environ.get(f.env):
+                take(f, environ[f.env], f.env)
+            elif f.name.upper() in instance:
+                take(f, instance[f.name.upper()], str(instance_file))
+        if values.get("database_url") is None:
+            values["database_url"] = f"sqlite:///{layout.instance_dir / 'framefinder.db'}"
+            source.setdefault("database_url", "default")
+        known = {f.name.upper() for f in FIELDS}
+        extra = {k: v for k, v in instance.items() if k.isupper() and k not in known}
+        return cls(**values, source=source, extra=extra)
+
+    @property
+    def layout(self) -> DataLayout:
+        return DataLayout.from_data_dir(self.data_dir)
+
+    def describe_database(self) -> str:
+        """The database for messages: the SQLite file, or the URL without its password."""
+        url = self.database_url or ""
+        if url.startswith("sqlite:///"):
+            return url.removeprefix("sqlite:///")
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+
+
+def help_text(name: str) -> str:
+    """The --help line of a setting: what it is, and the environment variable that also sets it."""
+    f = _BY_NAME[name]
+    return f"{f.help}; also {f.env}".replace("%", "%%")
+
+
+def readme_table() -> str:
+    """The README's settings table, made from FIELDS."""
+    lines = ["| setting | flag | environment | instance/config.py | default |", "|---|---|---|---|---|"]
+    for f in FIELDS:
+        default = "—" if f.default is None else f"`{f.default}`"
+        lines.append(f"| {f.help} | `--{f.name.replace('_', '-')}` | `{f.env}` | `{f.name.upper()}` | {default} |")
+    return "\n".join(lines)
+
+
+__all__ = ["FIELDS", "PROJECT_ROOT", "Settings", "SettingsError", "help_text", "readme_table"]

@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def serve(settings: Settings) -> int:
     """Load the collection and the model now (not on the first query), then serve until Ctrl+C."""
+    from app import eval_runs
     from app.encoders import WeightsUnavailable
     from app.search import QueryError
     from app.services import searcher
@@ -31,6 +32,11 @@ def serve(settings: Settings) -> int:
 
     try:
         app = create_app(settings=settings)
+        with app.extensions["sessions"].begin() as session:
+            marked = eval_runs.mark_interrupted(session)  # runs of an earlier server that stopped mid-way
+        if marked:
+            print(f"note: {marked} evaluation run(s) of an earlier server were interrupted; marked as failed",
+                  file=sys.stderr)
         with app.app_context():
             check_catalogue(app.extensions["collection"], settings)
             try:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from app import metrics
 from app.baselines import TorchvisionEncoder, is_baseline
@@ -54,6 +54,19 @@ def finish(sessions: sessionmaker, run_id: int, result: EvalResult) -> None:
         run.pretrained, run.index_type = result.config.pretrained, result.config.index_type
         run.summary_json = json.dumps(json_safe(result.summary))
         run.queries_json = json.dumps(result.queries)
+
+
+INTERRUPTED = "interrupted: the server stopped during the run"
+
+
+def mark_interrupted(session: Session) -> int:
+    """For the app factory, once at start-up: no run of this process exists yet, so a run still marked
+    running was cut off when an earlier server stopped. Marks those failed and returns how many; the
+    caller commits (`with sessions.begin() as session`)."""
+    runs = session.scalars(select(EvaluationRun).where(EvaluationRun.status == "running")).all()
+    for run in runs:
+        run.status, run.message = "failed", INTERRUPTED
+    return len(runs)
 
 
 def fail(sessions: sessionmaker, run_id: int, message: str) -> None:
@@ -136,7 +149,13 @@ def _cell(v) -> str:
 
 
 def summary_columns(gt_format: str) -> list[str]:
-    cols = ["mAP"] + [f"P@{k}" for k in metrics.KS] + [f"R@{k}" for k in metrics.KS]
+    """The summary's columns (also its keys). Revisited sets show mP@k as revisitop computes it, which
+    published tables report, and the plain P@k beside it, each labelled."""
+    if gt_format == "revisited":
+        precision = [f"mP@{k} (revisitop)" for k in metrics.KS] + [f"mP@{k} (plain)" for k in metrics.KS]
+    else:
+        precision = [f"P@{k}" for k in metrics.KS]
+    cols = ["mAP", *precision] + [f"R@{k}" for k in metrics.KS]
     if gt_format == "moments":
         cols += ["MRR"] + [f"hit@{k}" for k in metrics.KS]
     return cols
@@ -145,9 +164,10 @@ def summary_columns(gt_format: str) -> list[str]:
 def format_table(summary: dict[str, dict], gt_format: str) -> str:
     """The summary as aligned text: one row per protocol, as the page shows it."""
     cols = summary_columns(gt_format)
-    lines = ["protocol  " + " ".join(f"{c:>7}" for c in cols) + "  queries  left out  meaning"]
+    widths = {c: max(7, len(c)) for c in cols}
+    lines = ["protocol  " + " ".join(f"{c:>{widths[c]}}" for c in cols) + "  queries  left out  meaning"]
     for protocol, row in summary.items():
-        lines.append(f"{protocol:<9} " + " ".join(f"{_cell(row.get(c)):>7}" for c in cols)
+        lines.append(f"{protocol:<9} " + " ".join(f"{_cell(row.get(c)):>{widths[c]}}" for c in cols)
                      + f"  {row['n_queries']:>7}  {row['n_empty']:>8}  {PROTOCOL_HELP.get(protocol, '')}")
     return "\n".join(lines)
 

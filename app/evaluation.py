@@ -6,12 +6,15 @@ torchvision baseline over the same items), label the ranking per protocol, and
 compute the metrics of app.metrics. Equal scores keep collection order (FAISS row),
 so a run is repeatable. Rankings go `depth` deep (the whole collection up to 10,000
 items, else 1,000); positives below it count as not retrieved, as in a top-K list.
+A Revisited set ranks only its imlist (as revisitop does); a ground-truth name must
+match exactly one collection item.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ from app.paths import DataLayout
 
 FULL_RANKING_UP_TO = 10_000
 DEFAULT_DEPTH = 1000
+MAX_DEPTH = 1_000_000  # the largest benchmark database (Revisited +1M distractors); a ranking never needs more
 SHOWN = 100  # ranked results kept per query for the page
 Progress = Callable[[int, int], None]
 
@@ -90,13 +94,12 @@ def item_names(gt: GroundTruth, entries: list[Entry]) -> list[str | None]:
     for e in entries:
         if e.kind < 0:
             names.append(None)
-        elif gt.format == "moments" or e.video_id is not None:
-            names.append(e.item)
-        elif gt.format == "annotations":
-            names.append(e.source_path)  # boxes on images name the image by its path
+        elif gt.format in ("moments", "annotations") or e.video_id is not None:
+            names.append(str(e.item))  # moments and boxes name items as pages do
         elif gt.format == "labelled" and gt.root is not None:
             p = Path(e.source_path).resolve()
-            names.append(p.relative_to(gt.root).with_suffix("").as_posix() if p.is_relative_to(gt.root) else e.item)
+            names.append(p.relative_to(gt.root).with_suffix("").as_posix() if p.is_relative_to(gt.root)
+                         else str(e.item))
         else:
             names.append(Path(e.source_path).stem)
     return names
@@ -119,48 +122,105 @@ def _find_query_file(name: str, queries_dir: Path | None) -> Path | None:
     return None
 
 
+def _name_hint(name: str, known: set[str]) -> str:
+    """A likely intended name for an unknown one: lists carry no extension and no 'oxc1_' prefix."""
+    path = Path(name)
+    stem = path.with_suffix("").as_posix() if path.suffix.lower() in IMAGE_EXTENSIONS else name
+    alias = _oxford_alias(stem, known)
+    if alias not in known or alias == name:
+        return ""
+    why = ["list names carry no extension"] if stem != name else []
+    if alias != stem:
+        why.append(f"the '{stem[: len(stem) - len(alias)]}' prefix is how a _query.txt names a query image, "
+                   f"the lists name it without")
+    return f"; did you mean '{alias}' ({' and '.join(why)})?"
+
+
+def _check_known(gt: GroundTruth, known: set[str]) -> None:
+    """Every name the set judges or ranks is a collection item; the error names the file and line."""
+    unknown = sorted(gt.referenced_names() - known)
+    if not unknown:
+        return
+    first = unknown[0]
+    more = f"; {len(unknown) - 1} more names are unknown too" if len(unknown) > 1 else ""
+    raise GroundTruthError(f"{gt.where.get(first, gt.source)}: unknown image '{first}' (not in the indexed "
+                           f"collection{more}){_name_hint(first, known)}")
+
+
+def _describe(e: Entry) -> str:
+    return e.source_path if e.video_id is None else f"{e.item} of {e.source_path}"
+
+
+def _check_unique(gt: GroundTruth, rows_of: dict[str, list[int]], entries: list[Entry], names: set[str]) -> None:
+    """A name matching two items would count both as hits while the positives count it once (AP above 1)."""
+    for name in sorted(names):
+        rows = rows_of.get(name, [])
+        if len(rows) > 1:
+            shown = ", ".join(_describe(entries[r]) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            raise GroundTruthError(f"{gt.where.get(name, gt.source)}: '{name}' matches {len(rows)} collection "
+                                   f"items ({shown}); a ground-truth name must match exactly one (remove or "
+                                   f"rename the copies)")
+
+
 @dataclass
 class _Prepared:
-    names: list[str | None]
+    names: list[str | None]  # per FAISS row: the name it is ranked under; None: never ranked
     row_of_name: dict[str, int]
     query_files: dict[str, Path]  # qid -> query image file
+    outside: int = 0  # rows never ranked (removed items, items outside a Revisited imlist)
+    frames: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # moments: video -> (frame, name)
+
+
+def _query_file(gt: GroundTruth, q: GtQuery, name: str, row_of_name: dict[str, int], snap: Snapshot,
+                layout: DataLayout, queries_dir: Path | None) -> Path:
+    """The query image: in --queries-dir, beside a labelled set, or the collection item of that name."""
+    found = _find_query_file(q.image, queries_dir) or _find_query_file(name, queries_dir)
+    if found is None and gt.root is not None:
+        found = next((p for p in (gt.root / f"{q.image}{ext}" for ext in IMAGE_EXTENSIONS) if p.is_file()), None)
+    if found is None and name in row_of_name:
+        entry = snap.entries[row_of_name[name]]
+        found = layout.data_dir / entry.rel_path if entry.rel_path else Path(entry.source_path)
+    if found is None:
+        raise GroundTruthError(f"{q.where}: query image '{q.image}' is neither in the indexed collection "
+                               f"nor in --queries-dir")
+    return found
 
 
 def prepare(gt: GroundTruth, snap: Snapshot, layout: DataLayout, queries_dir: Path | None) -> _Prepared:
-    """Map names to collection rows and find every query image; unknown names are an error that
-    names the file and line where they appear."""
-    names = item_names(gt, snap.entries)
-    row_of_name: dict[str, int] = {}
-    for row, name in enumerate(names):
+    """Map names to collection rows and find every query image. Unknown names, and names that match
+    several items, are an error that names the file and line where they appear."""
+    all_names = item_names(gt, snap.entries)
+    rows_of: dict[str, list[int]] = {}
+    for row, name in enumerate(all_names):
         if name is not None:
-            row_of_name.setdefault(name, row)
-    known = set(row_of_name)
+            rows_of.setdefault(name, []).append(row)
+    known = set(rows_of)
     if gt.format != "moments":
-        unknown = sorted(n for q in gt.queries for s in q.sets.values() for n in s if n not in known)
-        if unknown:
-            first = unknown[0]
-            raise GroundTruthError(f"{gt.where.get(first, gt.source)}: unknown image '{first}' (not in the indexed "
-                                   f"collection){f', and {len(unknown) - 1} more' if len(unknown) > 1 else ''}")
-    query_files: dict[str, Path] = {}
-    for q in gt.queries:
-        if q.image is None:
-            continue
-        name = _oxford_alias(q.image, known)
-        found = _find_query_file(q.image, queries_dir) or _find_query_file(name, queries_dir)
-        if found is None and gt.root is not None:
-            found = next((p for p in (gt.root / f"{q.image}{ext}" for ext in IMAGE_EXTENSIONS) if p.is_file()), None)
-        if found is None and name in row_of_name:
-            entry = snap.entries[row_of_name[name]]
-            found = layout.data_dir / entry.rel_path if entry.rel_path else Path(entry.source_path)
-        if found is None:
-            raise GroundTruthError(f"{q.where}: query image '{q.image}' is neither in the indexed collection "
-                                   f"nor in --queries-dir")
-        query_files[q.qid] = found
-    return _Prepared(names, row_of_name, query_files)
+        _check_known(gt, known)
+    aliases = {q.qid: _oxford_alias(q.image, known) for q in gt.queries if q.image is not None}
+    _check_unique(gt, rows_of, snap.entries, gt.referenced_names() | set(aliases.values()))
+    row_of_name = {name: rows[0] for name, rows in rows_of.items()}
+    query_files = {q.qid: _query_file(gt, q, aliases[q.qid], row_of_name, snap, layout, queries_dir)
+                   for q in gt.queries if q.image is not None}
+    names = all_names if gt.database is None else [n if n in gt.database else None for n in all_names]
+    return _Prepared(names, row_of_name, query_files, sum(n is None for n in names),
+                     _frames(snap.entries, names) if gt.format == "moments" else {})
+
+
+def _frames(entries, names: list[str | None]) -> dict[str, list[tuple[int, str]]]:
+    """Per video, its keyframes' (frame_idx, name): what a moment's frame range is matched against."""
+    frames: dict[str, list[tuple[int, str]]] = {}
+    for e, name in zip(entries, names, strict=True):
+        if name is not None and e.video_id is not None and e.frame_idx is not None:
+            frames.setdefault(e.video_id, []).append((e.frame_idx, name))
+    return frames
 
 
 # -- query vectors and rankings ---------------------------------------------------------------------------
 def query_image(path: Path, box: tuple[float, float, float, float] | None) -> PILImage.Image:
+    """The query image, cropped to its box (a box that is not four finite numbers is an error, not a crash)."""
+    if box is not None and not all(isinstance(v, int | float) and math.isfinite(v) for v in box):
+        raise GroundTruthError(f"{path.name}: the query box {list(box)} must be four finite numbers")
     try:
         with PILImage.open(path) as im:
             image = im.convert("RGB")
@@ -212,45 +272,54 @@ def _display_label(gt: GroundTruth, q: GtQuery, name: str | None, positives: fro
     return "good" if name in positives else "wrong"
 
 
-def _moment_positives(q: GtQuery, snap: Snapshot, names: list[str | None]) -> frozenset[str]:
-    found = set()
-    for m in q.moments:
-        for row in np.flatnonzero(snap.video_of_row == m.video_id):
-            e = snap.entries[row]
-            if e.kind >= 0 and e.frame_idx is not None and m.start_frame <= e.frame_idx <= m.end_frame:
-                found.add(names[row])
-    return frozenset(found)
+def _moment_positives(q: GtQuery, prep: _Prepared) -> frozenset[str]:
+    """The keyframes whose frame lies in one of the query's ranges."""
+    return frozenset(name for m in q.moments for frame, name in prep.frames.get(m.video_id, ())
+                     if m.start_frame <= frame <= m.end_frame)
+
+
+def _ranked(q: GtQuery, rows: np.ndarray, scores: np.ndarray, prep: _Prepared,
+            depth: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The ranking as the reference code sees it: rows never ranked (and the query itself where the set
+    says so) left out, then cut at `depth`."""
+    names = [prep.names[r] for r in rows]
+    keep = [i for i, n in enumerate(names) if n is not None and not (q.exclude_self and n == q.image)][:depth]
+    return [names[i] for i in keep], rows[keep], scores[keep]  # type: ignore[misc]
+
+
+def _protocol_numbers(record: dict, gt: GroundTruth, protocol: str, labels: list[str], npos: int) -> None:
+    """AP, P@k, R@k and the PR curve of one protocol (and revisitop's mP@k for Revisited sets)."""
+    ap_of = metrics.revisited_ap if gt.format == "revisited" else metrics.oxford_ap
+    record["ap"][protocol] = _none_if_nan(ap_of(labels, npos))
+    record["npos"][protocol] = npos
+    record["p"][protocol] = {str(k): metrics.precision_at(labels, k) if npos else None for k in metrics.KS}
+    record["r"][protocol] = {str(k): _none_if_nan(metrics.recall_at(labels, k, npos)) for k in metrics.KS}
+    record["pr"][protocol] = [_none_if_nan(v) for v in metrics.interpolated_pr(labels, npos).tolist()]
+    if gt.format == "revisited":
+        record.setdefault("p_revisitop", {})[protocol] = {
+            str(k): _none_if_nan(metrics.revisitop_precision_at(labels, k, npos)) for k in metrics.KS}
 
 
 def score_query(gt: GroundTruth, q: GtQuery, rows: np.ndarray, scores: np.ndarray, prep: _Prepared,
-                snap: Snapshot) -> dict:
+                snap: Snapshot, depth: int) -> dict:
     """Every protocol's numbers for one ranked list, and what the page shows of it."""
-    names = [prep.names[r] for r in rows]
-    keep = [i for i, n in enumerate(names) if n is not None and not (q.exclude_self and n == q.image)]
-    names = [names[i] for i in keep]
-    rows, scores = rows[keep], scores[keep]
-    ap_of = metrics.revisited_ap if gt.format == "revisited" else metrics.oxford_ap
-    moment_pos = _moment_positives(q, snap, prep.names) if gt.format == "moments" else None
+    names, rows, scores = _ranked(q, rows, scores, prep, depth)
+    moment_pos = _moment_positives(q, prep) if gt.format == "moments" else None
     record: dict = {"qid": q.qid, "query": q.text or q.image, "box": list(q.box) if q.box else None,
                     "ap": {}, "npos": {}, "p": {}, "r": {}, "pr": {}}
     for protocol in gt.protocols:
         positives, junk = (moment_pos, frozenset()) if moment_pos is not None else q.judged(protocol)
         labels = [_label(n, positives, junk) for n in names]
-        npos = len(positives)
-        record["ap"][protocol] = _none_if_nan(ap_of(labels, npos))
-        record["npos"][protocol] = npos
-        record["p"][protocol] = {str(k): metrics.precision_at(labels, k) if npos else None for k in metrics.KS}
-        record["r"][protocol] = {str(k): _none_if_nan(metrics.recall_at(labels, k, npos)) for k in metrics.KS}
-        record["pr"][protocol] = [_none_if_nan(v) for v in metrics.interpolated_pr(labels, npos).tolist()]
+        _protocol_numbers(record, gt, protocol, labels, len(positives))
         if protocol == gt.protocols[0]:
-            record["rr"] = metrics.reciprocal_rank(labels) if npos else None
-            record["hit"] = {str(k): metrics.hit_at(labels, k) if npos else None for k in metrics.KS}
+            record["rr"] = metrics.reciprocal_rank(labels) if positives else None
+            record["hit"] = {str(k): metrics.hit_at(labels, k) if positives else None for k in metrics.KS}
             head_positives = positives
-    record["top"] = [[snap.entries[r].item, n, _display_label(gt, q, n, head_positives), round(float(s), 5)]
+    record["top"] = [[str(snap.entries[r].item), n, _display_label(gt, q, n, head_positives), round(float(s), 5)]
                      for r, n, s in zip(rows[:SHOWN], names[:SHOWN], scores[:SHOWN], strict=True)]
     rank_of = {n: i + 1 for i, n in enumerate(names)}
     record["missed"] = sorted(
-        ([n, snap.entries[prep.row_of_name[n]].item if n in prep.row_of_name else None, rank_of.get(n)]
+        ([n, str(snap.entries[prep.row_of_name[n]].item) if n in prep.row_of_name else None, rank_of.get(n)]
          for n in head_positives if rank_of.get(n, SHOWN + 1) > SHOWN),
         key=lambda m: (m[2] is None, m[2] or 0, m[0]))
     return record
@@ -260,18 +329,30 @@ def _none_if_nan(v: float) -> float | None:
     return None if v is None or np.isnan(v) else float(v)
 
 
+def _mean(records: list[dict], key: str, protocol: str, sub: str | None = None) -> float:
+    """Mean of one per-query number over the queries that have it (None: no positives, left out)."""
+    values = [(r[key][protocol] if sub is None else r[key][protocol][sub]) for r in records]
+    return metrics.mean_excluding_empty([np.nan if v is None else v for v in values])[0]
+
+
+def _precision_columns(gt: GroundTruth, records: list[dict], protocol: str) -> dict[str, float]:
+    """P@k; for Revisited sets mP@k as revisitop computes it (published tables) and the plain one beside it."""
+    if gt.format != "revisited":
+        return {f"P@{k}": _mean(records, "p", protocol, str(k)) for k in metrics.KS}
+    row = {f"mP@{k} (revisitop)": _mean(records, "p_revisitop", protocol, str(k)) for k in metrics.KS}
+    row.update({f"mP@{k} (plain)": _mean(records, "p", protocol, str(k)) for k in metrics.KS})
+    return row
+
+
 def summarise(gt: GroundTruth, records: list[dict]) -> dict[str, dict]:
     """Means over queries with positives; those without are left out and counted (n_empty)."""
     summary = {}
     for protocol in gt.protocols:
-        def col(key, sub=None, protocol=protocol):
-            return [np.nan if (v := (r[key][protocol] if sub is None else r[key][protocol][sub])) is None else v
-                    for r in records]
-        m_ap, empty = metrics.mean_excluding_empty(col("ap"))
+        m_ap, empty = metrics.mean_excluding_empty([np.nan if r["ap"][protocol] is None else r["ap"][protocol]
+                                                    for r in records])
         row = {"mAP": m_ap, "n_queries": len(records), "n_empty": empty}
-        for k in metrics.KS:
-            row[f"P@{k}"] = metrics.mean_excluding_empty(col("p", str(k)))[0]
-            row[f"R@{k}"] = metrics.mean_excluding_empty(col("r", str(k)))[0]
+        row.update(_precision_columns(gt, records, protocol))
+        row.update({f"R@{k}": _mean(records, "r", protocol, str(k)) for k in metrics.KS})
         curves = np.array([[np.nan if v is None else v for v in r["pr"][protocol]] for r in records], dtype=float)
         with np.errstate(all="ignore"):
             row["pr_curve"] = [None if np.isnan(v) else float(v) for v in np.nanmean(curves, axis=0)] \
@@ -285,6 +366,16 @@ def summarise(gt: GroundTruth, records: list[dict]) -> dict[str, dict]:
     return summary
 
 
+def checked_depth(depth: object) -> int | None:
+    """None (the default depth) or a whole number from 1 to MAX_DEPTH: a negative depth would slice every
+    ranking to nothing and report 0 for every metric as if that were a result."""
+    if depth is None:
+        return None
+    if isinstance(depth, bool) or not isinstance(depth, int | np.integer) or not 1 <= depth <= MAX_DEPTH:
+        raise GroundTruthError(f"the ranking depth must be a whole number from 1 to {MAX_DEPTH:,}, not {depth}")
+    return int(depth)
+
+
 def evaluate(gt: GroundTruth, snap: Snapshot, layout: DataLayout, encoder, config: Config,
              protocol: str | None = None, queries_dir: Path | None = None, features: np.ndarray | None = None,
              progress: Progress | None = None) -> EvalResult:
@@ -296,18 +387,20 @@ def evaluate(gt: GroundTruth, snap: Snapshot, layout: DataLayout, encoder, confi
     if gt.format == "moments" and config.model.startswith("tv:"):
         raise GroundTruthError(f"{config.model} answers image queries only; {gt.name} holds text queries")
     t0 = time.perf_counter()
+    depth = checked_depth(config.depth)
     prep = prepare(gt, snap, layout, queries_dir)
     ranker = Ranker(snap, features)
     size = len(snap.entries)
-    depth = config.depth or (size if size <= FULL_RANKING_UP_TO else DEFAULT_DEPTH)
+    depth = depth or (size if size <= FULL_RANKING_UP_TO else DEFAULT_DEPTH)
     records = []
     for i, q in enumerate(gt.queries):
         if q.text is not None:
             vec = encoder.encode_text([q.text])
         else:
             vec = encoder.encode_images([query_image(prep.query_files[q.qid], q.box)])
-        rows, scores = ranker.rank(vec, min(size, depth + (1 if q.exclude_self else 0)))
-        records.append(score_query(gt, q, rows, scores, prep, snap))
+        # deep enough that `depth` items remain once the never-ranked rows (and the query itself) are left out
+        rows, scores = ranker.rank(vec, min(size, depth + prep.outside + (1 if q.exclude_self else 0)))
+        records.append(score_query(gt, q, rows, scores, prep, snap, depth))
         if progress:
             progress(i + 1, len(gt.queries))
     records.sort(key=lambda r: (r["ap"][protocol] is None, r["ap"][protocol] or 0.0, r["qid"]))  # worst first

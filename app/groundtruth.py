@@ -84,14 +84,18 @@ class GroundTruth:
     queries: list[GtQuery]
     where: dict[str, str] = field(default_factory=dict)  # item name -> file:line that mentions it first
     root: Path | None = None  # labelled folders: names are paths below it
+    # Revisited: the imlist. revisitop ranks exactly these images (its query images, qimlist, are not among
+    # them), so the ranking leaves every other collection item out, the indexed query images too. None: all.
+    database: frozenset[str] | None = None
 
     @property
     def protocols(self) -> tuple[str, ...]:
         return PROTOCOLS[self.format]
 
     def referenced_names(self) -> set[str]:
+        """Every item name the set judges or ranks (query images not included: they may live elsewhere)."""
         names = {n for q in self.queries for s in q.sets.values() for n in s}
-        return names | {q.image for q in self.queries if q.image}
+        return names | (self.database or set())
 
 
 def detect_format(path: Path) -> str:
@@ -157,24 +161,37 @@ def load_oxford(folder: Path) -> GroundTruth:
             raise GroundTruthError(f"{qfile.name}:1: the box must be four finite numbers ({exc})") from None
         if x2 <= x1 or y2 <= y1:
             raise GroundTruthError(f"{qfile.name}:1: the box {x1} {y1} {x2} {y2} has no area")
-        sets = {}
-        for label in ("good", "ok", "junk"):
-            lfile = folder / f"{qid}_{label}.txt"
-            if not lfile.is_file():
-                raise GroundTruthError(f"{lfile.name}: missing (every query needs _good, _ok and _junk files)")
-            names = []
-            for lineno, line in enumerate(_read_lines(lfile), start=1):
-                name = line.strip()
-                if not name:
-                    continue
-                if len(name.split()) != 1:
-                    raise GroundTruthError(f"{lfile.name}:{lineno}: expected one image name, got '{name[:80]}'")
-                names.append(name)
-                where.setdefault(name, f"{lfile.name}:{lineno}")
-            sets[label] = frozenset(names)
+        sets = _oxford_lists(folder, qid, where)
         queries.append(GtQuery(qid, f"{qfile.name}:1", image=parts[0], box=(x1, y1, x2, y2), sets=sets))
         where.setdefault(parts[0], f"{qfile.name}:1")
     return GroundTruth(folder.name, "oxford", str(folder), queries, where)
+
+
+def _oxford_lists(folder: Path, qid: str, where: dict[str, str]) -> dict[str, frozenset[str]]:
+    """<qid>_good/ok/junk.txt. A name in two of them is an error: the protocols need one label per name
+    (taking it as positive would silently differ from compute_ap, which reads the lists as given)."""
+    first: dict[str, tuple[str, str]] = {}  # name -> (label, file:line) for this query
+    sets = {}
+    for label in ("good", "ok", "junk"):
+        lfile = folder / f"{qid}_{label}.txt"
+        if not lfile.is_file():
+            raise GroundTruthError(f"{lfile.name}: missing (every query needs _good, _ok and _junk files)")
+        names = []
+        for lineno, line in enumerate(_read_lines(lfile), start=1):
+            name = line.strip()
+            if not name:
+                continue
+            if len(name.split()) != 1:
+                raise GroundTruthError(f"{lfile.name}:{lineno}: expected one image name, got '{name[:80]}'")
+            spot = f"{lfile.name}:{lineno}"
+            other = first.setdefault(name, (label, spot))
+            if other[0] != label:
+                raise GroundTruthError(f"{other[1]} and {spot}: '{name}' is listed as both {other[0]} and {label} "
+                                       f"for query {qid}; a name belongs to one list")
+            names.append(name)
+            where.setdefault(name, spot)
+        sets[label] = frozenset(names)
+    return sets
 
 
 class _GroundTruthUnpickler(pickle.Unpickler):
@@ -191,7 +208,8 @@ class _GroundTruthUnpickler(pickle.Unpickler):
 
 
 def load_revisited(path: Path) -> GroundTruth:
-    """gnd_roxford5k.pkl / gnd_rparis6k.pkl: imlist, qimlist, gnd[i] = {bbx, easy, hard, junk} (indices)."""
+    """gnd_roxford5k.pkl / gnd_rparis6k.pkl: imlist, qimlist, gnd[i] = {bbx, easy, hard, junk} (indices).
+    The imlist is the database that is ranked (see GroundTruth.database)."""
     try:
         with open(path, "rb") as fh:
             cfg = _GroundTruthUnpickler(fh).load()
@@ -199,25 +217,48 @@ def load_revisited(path: Path) -> GroundTruth:
         raise GroundTruthError(f"{path.name}: not a Revisited ground-truth pickle ({exc})") from None
     if not isinstance(cfg, dict) or not {"imlist", "qimlist", "gnd"} <= set(cfg):
         raise GroundTruthError(f"{path.name}: expected a dict with imlist, qimlist and gnd")
-    imlist, qimlist, gnd = list(cfg["imlist"]), list(cfg["qimlist"]), list(cfg["gnd"])
+    imlist, qimlist, gnd = [str(n) for n in cfg["imlist"]], list(cfg["qimlist"]), list(cfg["gnd"])
     if len(gnd) != len(qimlist):
         raise GroundTruthError(f"{path.name}: {len(qimlist)} query images but {len(gnd)} gnd entries")
-    where = {str(name): f"{path.name}: imlist[{i}]" for i, name in enumerate(imlist)}
+    where: dict[str, str] = {}
+    for i, name in enumerate(imlist):
+        if name in where:
+            raise GroundTruthError(f"{path.name}: {where[name]} and imlist[{i}] are both '{name}'; the database "
+                                   f"names each image once")
+        where[name] = f"{path.name}: imlist[{i}]"
     queries = []
     for i, (qname, g) in enumerate(zip(qimlist, gnd, strict=True)):
         spot = f"{path.name}: gnd[{i}]"
-        try:
-            bbx = tuple(float(v) for v in g["bbx"])
-            sets = {key: frozenset(str(imlist[int(j)]) for j in g.get(key, [])) for key in ("easy", "hard", "junk")}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise GroundTruthError(f"{spot}: malformed entry ({exc!r})") from None
-        except IndexError:
-            raise GroundTruthError(f"{spot}: an image index lies outside imlist ({len(imlist)} images)") from None
-        if len(bbx) != 4:
-            raise GroundTruthError(f"{spot}: bbx must have four numbers")
-        queries.append(GtQuery(str(qname), spot, image=str(qname), box=bbx, sets=sets))  # type: ignore[arg-type]
+        bbx, sets = _revisited_entry(g, imlist, spot)
+        queries.append(GtQuery(str(qname), spot, image=str(qname), box=bbx, sets=sets))
         where.setdefault(str(qname), f"{path.name}: qimlist[{i}]")
-    return GroundTruth(path.stem, "revisited", str(path), queries, where)
+    return GroundTruth(path.stem, "revisited", str(path), queries, where, database=frozenset(imlist))
+
+
+def _revisited_entry(g, imlist: list[str], spot: str) -> tuple[tuple[float, float, float, float],
+                                                                 dict[str, frozenset[str]]]:
+    """One gnd entry: a finite box with an area, and easy/hard/junk names that do not overlap."""
+    try:
+        bbx = tuple(finite(v, "each bbx number", -1e6, 1e6) for v in g["bbx"])
+        indices = {key: [int(j) for j in g.get(key, [])] for key in ("easy", "hard", "junk")}
+    except KeyError as exc:
+        raise GroundTruthError(f"{spot}: malformed entry (no {exc})") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise GroundTruthError(f"{spot}: malformed entry ({exc})") from None
+    if len(bbx) != 4:
+        raise GroundTruthError(f"{spot}: bbx must have four numbers")
+    if bbx[2] <= bbx[0] or bbx[3] <= bbx[1]:
+        raise GroundTruthError(f"{spot}: the bbx {list(bbx)} has no area")
+    label_of: dict[int, str] = {}
+    for key, idx in indices.items():
+        for j in idx:
+            if not 0 <= j < len(imlist):
+                raise GroundTruthError(f"{spot}: an image index lies outside imlist ({len(imlist)} images)")
+            if label_of.setdefault(j, key) != key:
+                raise GroundTruthError(f"{spot}: imlist[{j}] '{imlist[j]}' is listed as both {label_of[j]} and "
+                                       f"{key}; a name belongs to one list")
+    sets = {key: frozenset(imlist[j] for j in idx) for key, idx in indices.items()}
+    return bbx, sets  # type: ignore[return-value]
 
 
 def from_annotations(boxes: list[tuple[int, str, tuple[int, int, int, int], str]]) -> GroundTruth:

@@ -45,20 +45,31 @@ def available(root: Path) -> dict[str, Path]:
     return sets
 
 
-def annotations_ground_truth(sessions) -> GroundTruth:
-    """The saved boxes as a ground-truth set (see groundtruth.from_annotations)."""
+def annotations_ground_truth(sessions, layout=None) -> GroundTruth:
+    """The saved boxes as a ground-truth set (see groundtruth.from_annotations). Boxes are kept in source pixels;
+    with the collection's layout each query box is turned into the pixels of the stored picture it crops (a
+    keyframe may be smaller than its video). Orphaned boxes (frame or image gone) are left out."""
     from app import boxes
 
+    rows = []
     with sessions() as session:
-        rows = [(a.id, a.target, (a.x, a.y, a.w, a.h), a.label.name) for a in boxes.search(session, limit=100_000)]
+        for a in boxes.search(session, limit=100_000):
+            box = (a.x, a.y, a.w, a.h)
+            if layout is not None:
+                try:
+                    left, top, right, bottom = boxes.target_of(session, layout, a).on_picture(box)
+                except boxes.AnnotationError:
+                    continue
+                box = (left, top, right - left, bottom - top)
+            rows.append((a.id, a.target, box, a.label.name))
     if not rows:
         raise GroundTruthError("no annotations yet: draw and label boxes on the annotation pages first")
     return from_annotations(rows)
 
 
-def load_named(root: Path, name: str, sessions=None) -> GroundTruth:
+def load_named(root: Path, name: str, sessions=None, layout=None) -> GroundTruth:
     if name == ANNOTATIONS_SET and sessions is not None:
-        return annotations_ground_truth(sessions)
+        return annotations_ground_truth(sessions, layout)
     sets = available(root)
     if name not in sets:
         raise GroundTruthError(f"no ground-truth set named '{name}' in the server's ground-truth folder")

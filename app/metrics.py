@@ -60,6 +60,18 @@ def precision_at(ranking: Sequence[str], k: int) -> float:
     return sum(without_junk(ranking)[:k]) / k
 
 
+def revisitop_precision_at(ranking: Sequence[str], k: int, n_positives: int) -> float:
+    """Revisited Oxford/Paris `compute_map`'s precision at k, which published mP@k tables report: positives
+    among the first kq non-junk items divided by kq = min(k, rank of the last positive), so a query with
+    fewer than k positives can still reach 1. A positive missing from the list is ranked beyond it."""
+    if n_positives <= 0:
+        return float("nan")
+    ranks = [i + 1 for i, positive in enumerate(without_junk(ranking)) if positive]
+    last = ranks[-1] if len(ranks) >= n_positives else float("inf")
+    kq = min(k, last)
+    return sum(1 for r in ranks if r <= kq) / kq
+
+
 def recall_at(ranking: Sequence[str], k: int, n_positives: int) -> float:
     if n_positives <= 0:
         return float("nan")

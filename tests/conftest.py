@@ -74,17 +74,23 @@ def db_url(data_dir: Path) -> str:
     return Settings.load({"data_dir": data_dir}).database_url
 
 
-def frame_item(data_dir: Path, video_id: str, n: int) -> str:
-    """The item name ('<video_id>@<frame_idx>') of a video's n-th keyframe in the current catalogue."""
+def frame_item(where, video_id: str, n: int) -> str:
+    """The item name ('<video_id>@<frame_idx>') of a video's n-th keyframe in the current catalogue of a
+    collection (its data dir) or of an app's sessions."""
     from sqlalchemy import create_engine, select
     from sqlalchemy.orm import Session
 
     from app.models import Keyframe, Video
 
-    engine = create_engine(db_url(data_dir))
-    with Session(engine) as s:
-        frame = s.scalar(select(Keyframe.frame_idx).join(Video).where(Video.video_id == video_id, Keyframe.n == n))
-    engine.dispose()
+    query = select(Keyframe.frame_idx).join(Video).where(Video.video_id == video_id, Keyframe.n == n)
+    if isinstance(where, Path):
+        engine = create_engine(db_url(where))
+        with Session(engine) as s:
+            frame = s.scalar(query)
+        engine.dispose()
+    else:
+        with where() as s:
+            frame = s.scalar(query)
     assert frame is not None, f"{video_id} has no keyframe {n}"
     return f"{video_id}@{frame}"
 

@@ -1,7 +1,9 @@
-"""An Oxford-style ground truth built on a real ranking of the test collection.
+"""An Oxford-style ground truth built on a real ranking of the test collection, and the reference rules.
 
 The ranking is computed here independently (numpy over the index's stored vectors), and
-good/ok/junk names are placed at chosen ranks, so the expected APs follow by hand.
+good/ok/junk names are placed at chosen ranks, so the expected APs follow by hand. The
+reference rules (Oxford's compute_ap, revisitop's compute_map) are written out here, apart
+from app.metrics, so evaluation tests take their expected values from them.
 """
 from __future__ import annotations
 
@@ -12,10 +14,9 @@ from PIL import Image
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from app import vectors
 from app.models import Image as ImageRow
-from app.models import Keyframe, Video
 from app.paths import DataLayout
+from tests.conftest import db_url
 
 # qid -> (query image, box x1 y1 x2 y2, ranks of good, ok, junk (1-based, in that query's own ranking))
 PLAN = {
@@ -40,23 +41,72 @@ EXPECTED = {
 }
 
 
-def item_names(data_dir: Path) -> tuple[np.ndarray, list[str]]:
-    """(vectors, names) per FAISS row: image stem, or '<video_id>/<n>' for keyframes."""
+# -- the reference rules, written out independently of app.metrics ----------------------------------------
+def oxford_compute_ap(ranked: list[str], pos: set[str], junk: set[str]) -> float:
+    """Oxford Buildings compute_ap: walk the list, skip junk entirely; after each other item add
+    (recall - old_recall) * (old_precision + precision) / 2, from old_recall 0 and old_precision 1."""
+    old_recall, old_precision, ap, hits, seen = 0.0, 1.0, 0.0, 0, 0
+    for name in ranked:
+        if name in junk:
+            continue
+        hits += name in pos
+        seen += 1
+        recall, precision = hits / len(pos), hits / seen
+        ap += (recall - old_recall) * ((old_precision + precision) / 2.0)
+        old_recall, old_precision = recall, precision
+    return ap
+
+
+def revisitop_compute_map(ranks: np.ndarray, gnd: list[dict], kappas=(1, 5, 10, 100)) -> tuple[list, list]:
+    """revisitop's compute_map, per query (aps, prs): ranks is (db size, queries) of imlist indices, best
+    first; gnd[i] = {'ok': [...], 'junk': [...]}. Positions of positives lose one per junk image ranked
+    before them; AP sums (precision_0 + precision_1) * recall_step / 2 with precision_0 = j/r (1 at r == 0)
+    and precision_1 = (j+1)/(r+1); precision at k divides by kq = min(last positive's 1-based rank, k)."""
+    aps, prs = [], []
+    for i, g in enumerate(gnd):
+        ok, junk = np.asarray(g["ok"], dtype=int), np.asarray(g["junk"], dtype=int)
+        if ok.size == 0:
+            aps.append(float("nan"))
+            prs.append([float("nan")] * len(kappas))
+            continue
+        pos = np.flatnonzero(np.isin(ranks[:, i], ok))
+        junk_at = np.flatnonzero(np.isin(ranks[:, i], junk))
+        pos = np.array([p - int(np.sum(junk_at < p)) for p in pos], dtype=int)
+        ap, step = 0.0, 1.0 / ok.size
+        for j, r in enumerate(pos):
+            precision_0 = 1.0 if r == 0 else j / r
+            precision_1 = (j + 1) / (r + 1)
+            ap += (precision_0 + precision_1) * step / 2.0
+        aps.append(ap)
+        pos1 = pos + 1
+        prs.append([float((pos1 <= min(pos1.max(), k)).sum() / min(pos1.max(), k)) for k in kappas])
+    return aps, prs
+
+
+def ranking(feats: np.ndarray, query: np.ndarray) -> list[int]:
+    """FAISS rows by descending inner product, ties in row order: computed here, not by app.evaluation."""
+    return np.argsort(-(feats @ query.reshape(-1)), kind="stable").tolist()
+
+
+def collection_rows(data_dir: Path):
+    """(vectors, entries) per FAISS row of a collection's served index."""
+    from app.collection import Collection
+    from app.db import open_database
+
     layout = DataLayout.from_data_dir(data_dir)
-    bundle = vectors.load_current(layout.index_dir)
-    engine = create_engine(layout.database_url)
-    with Session(engine) as s:
-        images = {r.id: Path(r.path).stem for r in s.execute(select(ImageRow.id, ImageRow.path))}
-        kfs = {r.id: f"{r.video_id}/{r.n}" for r in s.execute(
-            select(Keyframe.id, Keyframe.n, Video.video_id).join(Video))}
-    engine.dispose()
-    names = [images[i] if kind == vectors.KIND_IMAGE else kfs[i] for kind, i in bundle.ids.tolist()]
-    return bundle.index.reconstruct_n(0, bundle.size), names
+    snap = Collection(layout, open_database(db_url(layout.data_dir))).snapshot()
+    return snap.bundle.index.reconstruct_n(0, snap.bundle.size), list(snap.entries)
+
+
+def item_names(data_dir: Path) -> tuple[np.ndarray, list[str]]:
+    """(vectors, names) per FAISS row: image stem, or for a keyframe the text pages name it by (opaque here)."""
+    feats, entries = collection_rows(data_dir)
+    return feats, [Path(e.source_path).stem if e.video_id is None else str(e.item) for e in entries]
 
 
 def image_path(data_dir: Path, stem: str) -> Path:
     layout = DataLayout.from_data_dir(data_dir)
-    engine = create_engine(layout.database_url)
+    engine = create_engine(db_url(layout.data_dir))
     with Session(engine) as s:
         paths = [p for p in s.scalars(select(ImageRow.path)) if Path(p).stem == stem]
     engine.dispose()

@@ -238,33 +238,6 @@ def test_search_can_require_login(env, tiny_encoder):
     assert client.get("/api/search?q=a", headers=bearer(env, "vic")).status_code == 200
 
 
-def test_saved_boxes_serve_as_evaluation_ground_truth(env, tiny_encoder):
-    """Random tiny-CLIP weights: the check is which items count, against the ranking the run reports."""
-    from app import eval_runs, metrics
-    from app.gt_sets import annotations_ground_truth
-
-    client = env["app"].test_client()
-    frames = [I("cuts_and_dissolve/1"), I("long_shot/1"), I("long_shot/3")]
-    for frame in frames:
-        assert post(client, env, "ann", {"item": frame, "box": [30, 20, 120, 90], "label": "gt pair"}).status_code \
-            == 201
-    app = env["app"]
-    sessions = app.extensions["sessions"]
-    gt = annotations_ground_truth(sessions)
-    snap = app.extensions["collection"].snapshot()
-    _, result = eval_runs.execute(app.extensions["layout"], sessions, snap, gt,
-                                  eval_runs.configuration(snap, "clip", None), lambda: tiny_encoder)
-    mine = [q for q in result.queries if q["qid"].endswith("-gt pair")]
-    assert len(mine) == 3
-    for q in mine:
-        own = next(f for f in frames if q["query"] == f)
-        names = [name for _, name, _, _ in q["top"]]
-        assert own not in names  # its own frame is left out of its ranking
-        flags = [metrics.POSITIVE if n in set(frames) - {own} else metrics.WRONG for n in names]
-        assert q["npos"]["standard"] == 2
-        assert q["ap"]["standard"] == pytest.approx(metrics.oxford_ap(flags, 2))
-
-
 def test_search_can_be_limited_to_frames_annotated_with_a_label(env):
     client = env["app"].test_client()
     for frame in (I("cuts_and_dissolve/4"), I("long_shot/2")):

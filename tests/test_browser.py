@@ -29,13 +29,13 @@ def test_type_a_query_and_see_results_then_screenshot(page, live_url):
     page.screenshot(path=str(ARTIFACTS / "results.png"), full_page=False)
 
 
-def test_upload_a_keyframe_and_see_it_ranked_first(page, live_url, indexed):
+def test_upload_a_keyframe_and_see_it_ranked_first(page, live_url, indexed, kf):
     page.goto(live_url)
     kf = DataLayout.from_data_dir(indexed).keyframes_dir / "cuts_and_dissolve" / "002.jpg"
     page.set_input_files("#image", str(kf))
     page.click("#search-button")
     page.wait_for_selector("#results .card")
-    assert page.locator("#results .card").first.get_attribute("data-item") == "cuts_and_dissolve/2"
+    assert page.locator("#results .card").first.get_attribute("data-item") == kf("cuts_and_dissolve/2")
 
 
 def test_draw_a_region_on_the_upload_and_search_it(page, live_url, indexed):
@@ -58,8 +58,8 @@ def test_draw_a_region_on_the_upload_and_search_it(page, live_url, indexed):
     assert page.locator("#results .card").count() > 0
 
 
-def test_draw_a_region_on_a_keyframe_page(page, live_url):
-    page.goto(f"{live_url}/keyframe/long_shot/2")
+def test_draw_a_region_on_a_keyframe_page(page, live_url, kf):
+    page.goto(f"{live_url}/item/{kf('long_shot/2')}")
     page.wait_for_function("() => document.getElementById('frame').naturalWidth > 0")
     assert page.locator("#region-search").is_disabled()
     box = page.locator("#region-canvas").bounding_box()
@@ -89,8 +89,8 @@ def test_slider_until_no_result_then_download_csv(page, live_url, tmp_path):
     assert all(len(ln.split(",")) == 2 and ln.split(",")[1].isdigit() for ln in lines)
 
 
-def test_keyframe_page_shows_frame_neighbours_and_video(page, live_url):
-    page.goto(f"{live_url}/keyframe/long_shot/2")
+def test_keyframe_page_shows_frame_neighbours_and_video(page, live_url, kf):
+    page.goto(f"{live_url}/item/{kf('long_shot/2')}")
     assert page.locator(".strip a").count() >= 1
     src = page.get_attribute("#player", "src")
     assert "/video/long_shot#t=" in src

@@ -9,7 +9,12 @@ import pytest
 from tests.conftest import ARTIFACTS, BACKENDS, CHROMIUM, add_users, browser_log_in, database_env, index_media, serve
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
-FRAME = "cuts_and_dissolve/2"
+FRAMES: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _frames(kf):
+    FRAMES.update({"2": kf("cuts_and_dissolve/2"), "3": kf("cuts_and_dissolve/3")})
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -37,7 +42,7 @@ def drag(page, start: tuple[float, float], end: tuple[float, float], steps: int 
 
 
 def open_frame(page, base: str) -> None:
-    page.goto(f"{base}/annotate/{FRAME}")
+    page.goto(f"{base}/annotate/{FRAMES['2']}")
     page.wait_for_function("() => document.getElementById('picture').complete && "
                            "document.getElementById('boxes-canvas').width > 100")
 
@@ -51,9 +56,9 @@ def test_draw_save_reload_restart_and_refuse_foreign_delete(page, collection, ti
         page.fill("#note", "drawn in the browser")
         page.click("#save-button")
         page.wait_for_selector("#status:has-text('Saved box')")
-        stored = page.evaluate("fetch('/api/annotations?target=" + FRAME + "').then(r => r.json())")["annotations"]
+        stored = page.evaluate("fetch('/api/annotations?item=" + FRAMES["2"] + "').then(r => r.json())")["annotations"]
         assert len(stored) == 1
-        x, y, w, h = stored[0]["box"]  # in the keyframe's own 320x180 pixels, whatever the display size
+        x, y, w, h = stored[0]["box"]  # in the video's own 320x180 pixels, whatever the display size
         assert abs(x - 64) <= 3 and abs(y - 36) <= 3 and abs(w - 128) <= 4 and abs(h - 72) <= 4
         page.reload()
         page.wait_for_selector("#box-list li")
@@ -101,4 +106,4 @@ def test_undo_and_next_keyframe_shortcut(page, collection, tiny_encoder):
         page.wait_for_function(f"() => document.querySelectorAll('#box-list li').length === {before}")
         page.locator("body").click(position={"x": 5, "y": 5})
         page.keyboard.press("n")
-        page.wait_for_url("**/annotate/cuts_and_dissolve/3")
+        page.wait_for_url(f"**/annotate/{FRAMES['3']}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.paths import DataLayout
-from tests.conftest import ARTIFACTS, CHROMIUM, db_url, index_media, serve
+from tests.conftest import ARTIFACTS, CHROMIUM, db_url, frame_item, index_media, serve
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 
@@ -23,11 +23,11 @@ def _player_state(page) -> dict:
 
 
 @pytest.mark.parametrize("width", [1280, 390])
-def test_old_codec_video_plays_from_the_keyframe_time(browser, app, indexed, truths, width):
+def test_old_codec_video_plays_from_the_keyframe_time(browser, app, indexed, truths, width, kf):
     context = browser.new_context(viewport={"width": width, "height": 900})
     page = context.new_page()
     with serve(app) as base:
-        page.goto(f"{base}/keyframe/cuts_and_dissolve/2")
+        page.goto(f"{base}/item/{kf('cuts_and_dissolve/2')}")
         state = _player_state(page)
         assert state["message_hidden"] and state["error"] is None
         assert state["duration"] == pytest.approx(truths["cuts_and_dissolve"].frames / 25.0, abs=0.1)
@@ -51,7 +51,7 @@ def test_a_video_that_cannot_play_says_why(browser, tmp_path, media_dir, tiny_en
     application = create_app({"DATA_DIR": str(data), "ENCODER": tiny_encoder, "TESTING": True})
     page = browser.new_page()
     with serve(application) as base:
-        page.goto(f"{base}/keyframe/old_codec/1")
+        page.goto(f"{base}/item/{frame_item(data, 'old_codec', 1)}")
         state = _player_state(page)
         assert not state["message_hidden"]
         message = page.inner_text("#player-error")

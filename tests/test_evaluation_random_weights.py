@@ -12,8 +12,8 @@ import time
 import pytest
 
 import offline
-from tests.conftest import TINY_CONFIG, add_users, login
-from tests.eval_fixtures import EXPECTED, build_oxford_fixture
+from tests.conftest import TINY_CONFIG, add_users, db_url, login
+from tests.eval_fixtures import EXPECTED, build_oxford_fixture, collection_rows, oxford_compute_ap, ranking
 
 GT_NAME = "oxford_fixture"
 
@@ -181,27 +181,43 @@ def test_cli_reports_malformed_sets_without_a_traceback(capsys, eval_collection,
     assert code == 2 and "m.csv:2: the frame range 5-1 is empty" in err and "Traceback" not in err
 
 
-def test_video_moments_score_mrr_and_hit_at_k(capsys, eval_collection, tmp_path):
-    """Ranges cover every keyframe of one video: hits are that video's keyframes; the text query's
-    ranking is random (random weights), so the check is against the ranking the run reports."""
+def test_video_moments_score_mrr_and_hit_at_k(capsys, eval_collection, tiny_encoder, tmp_path):
+    """Frame ranges against keyframes: m1 covers every keyframe of one video, m3 two keyframes of another, m2
+    none. Expected numbers come from a ranking computed here (numpy over the index's vectors) and the
+    reference rules in tests/eval_fixtures.py, not from the run's own ranking."""
+    feats, entries = collection_rows(eval_collection)
+    long_frames = sorted(e.frame_idx for e in entries if e.video_id == "long_shot")
+    lo, hi = long_frames[1], long_frames[2]
+    queries = {"m1": ("a moving pattern", "cuts_and_dissolve", 0, 100000),
+               "m2": ("nothing there", "no_such_video", 0, 10), "m3": ("a long shot", "long_shot", lo, hi)}
     csv_path = tmp_path / "moments.csv"
     csv_path.write_text("query_id,query,video_id,start_frame,end_frame\n"
-                        "m1,a moving pattern,cuts_and_dissolve,0,100000\n"
-                        "m2,nothing there,no_such_video,0,10\n")
+                        + "".join(f"{qid},{text},{video},{start},{end}\n" for qid, (text, video, start, end)
+                                  in queries.items()))
     code, out, err = run_cli(capsys, str(csv_path), "--data-dir", str(eval_collection),
                              "--model-config", str(TINY_CONFIG), "--device", "cpu")
     assert code == 0, err
     result = cli_json(out)
     summary = result["summary"]["standard"]
-    assert summary["n_empty"] == 1  # m2 has no keyframe in any of its ranges
     from app.db import open_database
     from app.eval_runs import listing, load
-    from app.paths import DataLayout
 
-    sessions = open_database(DataLayout.from_data_dir(eval_collection).database_url)
-    run = load(sessions, listing(sessions)[0].id)
-    m1 = next(q for q in run["queries"] if q["qid"] == "m1")
-    first = next(i for i, (_, _, label, _) in enumerate(m1["top"], start=1) if label == "good")
-    assert summary["MRR"] == pytest.approx(1 / first)
-    assert summary["hit@1"] == (1.0 if first == 1 else 0.0)
-    assert all(item.startswith("cuts_and_dissolve/") == (label == "good") for item, _, label, _ in m1["top"])
+    sessions = open_database(db_url(eval_collection))
+    run = {q["qid"]: q for q in load(sessions, listing(sessions)[0].id)["queries"]}
+    names = [str(e.item) for e in entries]  # how the run names items: opaque text, only compared
+    expected = {}
+    for qid, (text, video, start, end) in queries.items():
+        ranked = [names[r] for r in ranking(feats, tiny_encoder.encode_text([text]))]
+        pos = {names[r] for r, e in enumerate(entries) if e.video_id == video and start <= e.frame_idx <= end}
+        assert [name for _, name, _, _ in run[qid]["top"]] == ranked
+        assert [label == "good" for _, _, label, _ in run[qid]["top"]] == [n in pos for n in ranked]
+        if pos:
+            first = next(i for i, n in enumerate(ranked, start=1) if n in pos)
+            expected[qid] = (oxford_compute_ap(ranked, pos, set()), first)
+    assert sorted(expected) == ["m1", "m3"] and summary["n_empty"] == 1  # m2 has no keyframe in its range
+    assert sum(label == "good" for _, _, label, _ in run["m3"]["top"]) == 2
+    assert result["per_query"]["m1"] == pytest.approx(expected["m1"][0], abs=1e-12)
+    assert summary["mAP"] == pytest.approx((expected["m1"][0] + expected["m3"][0]) / 2, abs=1e-12)
+    assert summary["MRR"] == pytest.approx((1 / expected["m1"][1] + 1 / expected["m3"][1]) / 2, abs=1e-12)
+    for k in (1, 5):
+        assert summary[f"hit@{k}"] == pytest.approx(sum(first <= k for _, first in expected.values()) / 2)

@@ -86,6 +86,49 @@ def test_revisited_index_outside_imlist_is_reported(tmp_path):
         groundtruth.load(path)
 
 
+def _pickle(tmp_path: Path, gnd: list[dict], imlist=("a", "b", "c")) -> Path:
+    path = tmp_path / "gnd_bad.pkl"
+    path.write_bytes(pickle.dumps({"imlist": list(imlist), "qimlist": ["q"] * len(gnd), "gnd": gnd}))
+    return path
+
+
+def test_revisited_negative_index_overlap_and_bad_boxes_are_reported(tmp_path):
+    ok = {"bbx": [0, 0, 10, 10], "easy": [0], "hard": [1], "junk": [2]}
+    gt = groundtruth.load(_pickle(tmp_path, [ok]))
+    assert gt.database == {"a", "b", "c"} and "q" not in gt.database
+    with pytest.raises(GroundTruthError, match=r"gnd\[0\]: an image index lies outside imlist"):
+        groundtruth.load(_pickle(tmp_path, [{**ok, "junk": [-1]}]))  # not imlist[-1]
+    with pytest.raises(GroundTruthError, match=r"gnd\[0\]: imlist\[0\] 'a' is listed as both easy and junk"):
+        groundtruth.load(_pickle(tmp_path, [{**ok, "junk": [2, 0]}]))
+    for bad in ([0, 0, float("inf"), 10], [0, float("nan"), 10, 10], [0, 0, 1e400, 10]):
+        with pytest.raises(GroundTruthError, match=r"gnd\[0\]: malformed entry \(each bbx number must be a finite"):
+            groundtruth.load(_pickle(tmp_path, [{**ok, "bbx": bad}]))
+    with pytest.raises(GroundTruthError, match=r"gnd\[0\]: the bbx \[5.0, 0.0, 5.0, 10.0\] has no area"):
+        groundtruth.load(_pickle(tmp_path, [{**ok, "bbx": [5, 0, 5, 10]}]))
+    with pytest.raises(GroundTruthError, match=r"gnd\[0\]: malformed entry \(no 'bbx'\)"):
+        groundtruth.load(_pickle(tmp_path, [{"easy": [0]}]))
+    with pytest.raises(GroundTruthError, match=r"imlist\[0\] and imlist\[2\] are both 'a'"):
+        groundtruth.load(_pickle(tmp_path, [ok], imlist=("a", "b", "a")))
+
+
+def test_oxford_name_in_two_lists_is_an_error_naming_both_files(tmp_path):
+    folder = write_oxford(tmp_path / "twice", {"q": ("img", (0, 0, 10, 10), ["a", "b"], [], ["c", "b"])})
+    with pytest.raises(GroundTruthError) as err:
+        groundtruth.load(folder)
+    assert str(err.value) == "q_good.txt:2 and q_junk.txt:2: 'b' is listed as both good and junk for query q; " \
+                             "a name belongs to one list"
+    write_oxford(folder, {"q": ("img", (0, 0, 10, 10), ["a"], ["a"], [])})
+    with pytest.raises(GroundTruthError, match=r"q_good.txt:1 and q_ok.txt:1: 'a' is listed as both good and ok"):
+        groundtruth.load(folder)
+
+
+@pytest.mark.parametrize("corner", ["inf", "-inf", "nan", "1e400"])
+def test_oxford_query_box_must_be_finite(tmp_path, corner):
+    folder = write_oxford(tmp_path / "box", {"q": ("img", (0, 0, corner, 10), ["a"], [], [])})
+    with pytest.raises(GroundTruthError, match=r"q_query.txt:1: the box must be four finite numbers"):
+        groundtruth.load(folder)
+
+
 def test_labelled_folders_exclude_the_query_itself(tmp_path):
     for name in ("cat/a.jpg", "cat/b.jpg", "dog/c.jpg"):
         (tmp_path / "lab" / name).parent.mkdir(parents=True, exist_ok=True)

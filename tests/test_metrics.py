@@ -82,3 +82,23 @@ def test_interpolated_precision_recall_curve():
     assert curve.tolist() == pytest.approx([2 / 3, 2 / 3, 2 / 3])
     curve = metrics.interpolated_pr([P, W, P], 2, np.array([0.0, 0.5, 0.75, 1.0]))
     assert curve.tolist() == pytest.approx([1.0, 1.0, 2 / 3, 2 / 3])
+
+
+def test_revisitop_precision_divides_by_the_rank_of_the_last_positive():
+    # 4 positives at ranks 1-4: revisitop's kq = min(5, 4) = 4 -> 4/4 = 1.0; the plain P@5 is 4/5
+    ranking = [P, P, P, P, W, W]
+    assert metrics.revisitop_precision_at(ranking, 5, 4) == 1.0
+    assert metrics.precision_at(ranking, 5) == pytest.approx(0.8)
+    # junk removed: P P W P (ranks 1, 2, 4): k=1 -> 1/1; k=3 -> 2/3; k=5 -> kq = 4 -> 3/4
+    ranking = [P, J, P, W, P, W]
+    assert metrics.revisitop_precision_at(ranking, 1, 3) == 1.0
+    assert metrics.revisitop_precision_at(ranking, 3, 3) == pytest.approx(2 / 3)
+    assert metrics.revisitop_precision_at(ranking, 5, 3) == pytest.approx(3 / 4)
+    assert metrics.revisitop_precision_at(ranking, 100, 3) == pytest.approx(3 / 4)
+
+
+def test_revisitop_precision_counts_a_positive_below_the_depth_as_ranked_beyond_it():
+    # 2 positives, one retrieved at rank 1: the last positive's rank is unknown but beyond the list -> kq = k
+    assert metrics.revisitop_precision_at([P, W, W], 5, 2) == pytest.approx(1 / 5)
+    assert metrics.revisitop_precision_at([W, W], 5, 1) == 0.0
+    assert math.isnan(metrics.revisitop_precision_at([W], 5, 0))

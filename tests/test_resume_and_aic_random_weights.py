@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from sqlalchemy import create_engine, text
 
 from app.paths import DataLayout
@@ -85,10 +86,27 @@ def _make_aic_dataset(tmp_path, media_dir, capsys, dim: int):
     return ds, shipped
 
 
-def test_ai_challenge_import_uses_shipped_features_when_dimension_fits(tmp_path, media_dir, capsys):
+def test_shipped_features_of_the_right_dimension_are_not_trusted_without_a_named_model(tmp_path, media_dir,
+                                                                                      capsys):
     ds, shipped = _make_aic_dataset(tmp_path, media_dir, capsys, dim=64)
     data = tmp_path / "data"
-    code, out, _ = run_offline(capsys, data, ds)
+    code, out, err = run_offline(capsys, data, ds)
+    assert code == 0 and "added 2" in out and "which model made these features is not said" in err
+    for vid, vecs in shipped.items():
+        assert not np.allclose(np.load(DataLayout.from_data_dir(data).video_feature_path(vid)), vecs, atol=1e-3)
+    other = tmp_path / "other"
+    code, _, err = run_offline(capsys, other, ds, extra=("--features-model", "ViT-B-32 openai"))
+    assert code == 0 and "were made by ViT-B-32 openai, not this collection's framefinder-tiny none" in err
+
+
+@pytest.mark.parametrize("how", ["flag", "file"])
+def test_ai_challenge_import_uses_shipped_features_when_their_model_is_named(tmp_path, media_dir, capsys, how):
+    ds, shipped = _make_aic_dataset(tmp_path, media_dir, capsys, dim=64)
+    data = tmp_path / "data"
+    if how == "file":
+        next(ds.glob("clip-features*")).joinpath("MODEL").write_text("framefinder-tiny none\n")
+    extra = ("--features-model", "framefinder-tiny none") if how == "flag" else ()
+    code, out, _ = run_offline(capsys, data, ds, extra=extra)
     assert code == 0 and "added 2" in out
     layout = DataLayout.from_data_dir(data)
     for vid, vecs in shipped.items():
@@ -96,7 +114,7 @@ def test_ai_challenge_import_uses_shipped_features_when_dimension_fits(tmp_path,
         assert (layout.keyframes_dir / vid / "001.jpg").is_file()
         assert (layout.map_dir / f"{vid}.csv").read_text() == (ds / "map-keyframes" / f"{vid}.csv").read_text()
     assert current_index(data).size == sum(len(v) for v in shipped.values())
-    code, out, _ = run_offline(capsys, data, ds)
+    code, out, _ = run_offline(capsys, data, ds, extra=extra)
     assert "unchanged 2" in out
 
 

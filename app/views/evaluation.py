@@ -6,7 +6,6 @@ app.eval_runs.execute as `offline.py evaluate`; the page polls its progress.
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, url_for
@@ -20,7 +19,6 @@ from app.views.auth import require_role
 from app.views.query import item_url
 
 bp = Blueprint("evaluation", __name__, url_prefix="/evaluation")
-STARTED = time.time()
 
 
 class _Jobs:
@@ -88,7 +86,7 @@ def start():
             name = gt_sets.save_upload(_root(), upload.filename, upload.read())
         if not name:
             raise GroundTruthError("choose a ground-truth set or upload one")
-        gt = gt_sets.load_named(_root(), name, services.sessions())
+        gt = gt_sets.load_named(_root(), name, services.sessions(), current_app.extensions["layout"])
         model = request.form.get("model", "clip")
         if model != "clip" and model not in BASELINES:
             raise GroundTruthError(f"unknown configuration '{model}'")
@@ -130,8 +128,6 @@ def _run_or_404(run_id: int) -> dict:
     run = eval_runs.load(services.sessions(), run_id)
     if run is None:
         abort(404, description=f"no evaluation run {run_id}")
-    if run["status"] == "running" and run_id not in _jobs().progress and run["created_at"].timestamp() < STARTED:
-        run["status"], run["message"] = "failed", "interrupted: the server stopped during the run"
     return run
 
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from app.paths import PROJECT_ROOT, DataLayout
-from tests.conftest import ROOT, TINY_CONFIG, login
+from tests.conftest import ROOT, TINY_CONFIG, frame_item, login
 from tests.processes import TINY_ARGS, cli, get, server_process
 
 
@@ -32,13 +32,14 @@ def test_with_the_login_gate_no_data_file_is_served_to_anonymous_users(hostile, 
                  f"/static/feature/index/{generation}/index.faiss", "/static/feature/index/CURRENT",
                  "/static/map-keyframes/cuts_and_dissolve.csv", "/static/README.md", "/static/../instance/secret_key"):
         assert client.get(path).status_code == 404, path
-    for path in ("/keyframes/cuts_and_dissolve/1.jpg", "/images/1", "/video/cuts_and_dissolve",
-                 "/keyframe/cuts_and_dissolve/1", "/api/keyframes/cuts_and_dissolve/1"):
+    item = frame_item(app.extensions["sessions"], "cuts_and_dissolve", 1)
+    for path in (f"/item/{item}/picture", f"/item/{_image_row(hostile, 'still_1.jpg').ref}/picture",
+                 "/video/cuts_and_dissolve", f"/item/{item}", f"/api/items/{item}"):
         r = client.get(path, headers={"Accept": "application/json"} if "/api/" in path else {})
         assert r.status_code in (401, 302), (path, r.status_code)
     assert client.get("/static/css/app.css").status_code == 200  # the login page still has its style
     login(client, "vic")
-    assert client.get("/keyframes/cuts_and_dissolve/1.jpg").status_code == 200
+    assert client.get(f"/item/{item}/picture").status_code == 200
 
 
 # -- 3: a file swapped for a link after indexing is refused; links in folders are not indexed --------------
@@ -52,23 +53,23 @@ def _image_row(env, name: str):
 def test_an_indexed_image_swapped_for_a_link_is_not_served(hostile):
     client = hostile["app"].test_client()
     row = _image_row(hostile, "still_1.jpg")
-    assert client.get(f"/images/{row.id}").status_code == 200
+    assert client.get(f"/item/{row.ref}/picture").status_code == 200
     path = Path(row.path)
     backup = path.with_suffix(".bak")
     os.replace(path, backup)
     secret = hostile["data"] / "instance" / "secret_key"
     os.symlink(secret, path)
     try:
-        r = client.get(f"/images/{row.id}")
+        r = client.get(f"/item/{row.ref}/picture")
         assert r.status_code == 404 and secret.read_bytes() not in r.data
         os.unlink(path)
         os.symlink("/etc/passwd", path)
-        r = client.get(f"/images/{row.id}")
+        r = client.get(f"/item/{row.ref}/picture")
         assert r.status_code == 404 and b"root:" not in r.data
     finally:
         path.unlink(missing_ok=True)
         os.replace(backup, path)
-    assert client.get(f"/images/{row.id}").status_code == 200
+    assert client.get(f"/item/{row.ref}/picture").status_code == 200
 
 
 def test_a_folder_above_an_indexed_video_swapped_for_a_link_is_not_followed(hostile):
@@ -97,11 +98,11 @@ def test_a_changed_image_file_is_not_served_as_the_indexed_one(hostile):
     original = path.read_bytes()
     try:
         path.write_bytes(original + b"\0" * 10)
-        assert client.get(f"/images/{row.id}").status_code == 404
+        assert client.get(f"/item/{row.ref}/picture").status_code == 404
     finally:
         path.write_bytes(original)
         os.utime(path, ns=(row.mtime_ns, row.mtime_ns))
-    assert client.get(f"/images/{row.id}").status_code == 200
+    assert client.get(f"/item/{row.ref}/picture").status_code == 200
 
 
 def test_links_inside_an_indexed_folder_are_skipped(tmp_path, media_dir):
@@ -115,8 +116,8 @@ def test_links_inside_an_indexed_folder_are_skipped(tmp_path, media_dir):
     assert "added 1" in proc.stdout and "link.jpg" in proc.stderr and "symbolic link" in proc.stderr
 
 
-@pytest.mark.parametrize("path", ["/keyframes/..%2F..%2Finstance/1.jpg", "/keyframes/cuts_and_dissolve/..%2F1.jpg",
-                                  "/video/..%2F..%2Fetc%2Fpasswd", "/keyframe/%2E%2E/1", "/images/..%2F1"])
+@pytest.mark.parametrize("path", ["/item/..%2F..%2Finstance@1/picture", "/item/cuts_and_dissolve%2F..@1/picture",
+                                  "/video/..%2F..%2Fetc%2Fpasswd", "/item/%2E%2E@1", "/item/image:..%2F1/picture"])
 def test_paths_never_traverse(hostile, path):
     r = hostile["app"].test_client().get(path)
     assert r.status_code == 404 and b"root:" not in r.data

@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session
 
 from app.models import Keyframe, Video
 from app.paths import DataLayout
 from app.store import SOURCE_MARKER
-from tests.conftest import ROOT, db_url, index_args
+from tests.conftest import ROOT, db_url, frame_item, index_args
 from tests.processes import cli
 
 VIDEO = "clip"
@@ -45,18 +45,28 @@ def _files(data: Path) -> tuple[str | None, int, int, int]:
     return marker, jpgs, rows, listed
 
 
+def _frames(data) -> list[int]:
+    engine = create_engine(db_url(data))
+    with engine.connect() as c:
+        frames = [r[0] for r in c.execute(text("SELECT k.frame_idx FROM keyframes k JOIN videos v ON v.id = k.video_pk "
+                                                "WHERE v.video_id = :v"), {"v": VIDEO})]
+    engine.dispose()
+    return frames
+
+
 def _check_served(app, old_items: list[str]) -> dict:
     """Everything a user can reach answers sensibly; pictures match the catalogue's revision or are 404."""
     client = app.test_client()
     seen = {"ok": 0, "404": 0}
+    client.get("/api/search?q=anything&k=1")  # a new generation is noticed and loaded in the background
+    app.extensions["collection"].wait()
     r = client.get("/api/search?q=anything&k=200")
     assert r.status_code == 200, r.get_data(as_text=True)
     items = [h["item"] for h in r.get_json()["results"] if h["video_id"] == VIDEO]
     for item in set(items) | set(old_items):
         like = client.get(f"/api/search?like={item}&k=5")
         assert like.status_code in (200, 400), (item, like.status_code, like.get_data(as_text=True)[:200])
-        n = int(item.rsplit("/", 1)[1])
-        pic = client.get(f"/keyframes/{VIDEO}/{n}.jpg")
+        pic = client.get(f"/item/{item}/picture")
         assert pic.status_code in (200, 404), (item, pic.status_code)
         seen["ok" if pic.status_code == 200 else "404"] += 1
     return seen
@@ -73,7 +83,7 @@ def test_kills_during_a_reindex_leave_a_consistent_collection(tmp_path, media_di
     assert cli("index", str(media), *index_args(data)).returncode == 0
     app = create_app({"DATA_DIR": str(data), "ENCODER": tiny_encoder, "TESTING": True, "INDEX_CHECK_SECONDS": 0})
     old_hash, old_count = _catalogue(data)
-    old_items = [f"{VIDEO}/{n}" for n in range(1, old_count + 1)]
+    old_items = [frame_item(data, VIDEO, n) for n in range(1, old_count + 1)]
     _check_served(app, old_items)
 
     # the same name, other content: a changed video to re-index
@@ -94,8 +104,8 @@ def test_kills_during_a_reindex_leave_a_consistent_collection(tmp_path, media_di
         if marker == db_hash:  # files of the catalogue's revision: all of them agree
             assert jpgs == rows == listed == db_count, (marker, jpgs, rows, listed, db_count)
         else:  # switching: the pictures are refused rather than shown under the wrong entries
-            for n in range(1, db_count + 1):
-                assert app.test_client().get(f"/keyframes/{VIDEO}/{n}.jpg").status_code == 404
+            for frame in _frames(data):
+                assert app.test_client().get(f"/item/{VIDEO}@{frame}/picture").status_code == 404
         if proc.returncode == 0:
             break
     assert kills >= 2

@@ -12,7 +12,15 @@ import pytest
 from tests.conftest import PASSWORD, csrf_of, login
 from tests.security.conftest import bearer
 
-BOX = {"keyframe": "cuts_and_dissolve/1", "box": [10, 20, 50, 40], "label": "disc", "note": ""}
+BOX = {"item": "", "box": [10, 20, 50, 40], "label": "disc", "note": ""}
+KF: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _items(kf):
+    """Items of the test media's keyframes (the same frames in every collection indexed from it)."""
+    KF.update({name: kf(name) for name in ("cuts_and_dissolve/1", "long_shot/1", "long_shot/2")})
+    BOX["item"] = KF["cuts_and_dissolve/1"]
 
 
 def _create(client, env, name="ann", **change):
@@ -186,49 +194,52 @@ def test_no_input_gives_a_server_error(hostile):
     bad_boxes = ["Infinity", "1e400", str(10**400), "NaN", "-Infinity"]
     responses = []
     for value in bad_boxes:
-        body = '{"keyframe": "cuts_and_dissolve/1", "label": "x", "box": [' + value + ", 1, 5, 5]}"
+        body = '{"item": "' + KF["cuts_and_dissolve/1"] + '", "label": "x", "box": [' + value + ", 1, 5, 5]}"
         responses.append(client.post("/api/annotations", data=body, content_type="application/json", headers=ann))
         responses.append(client.patch(f"/api/annotations/{box['id']}", content_type="application/json", headers=ann,
                                       data='{"version": 1, "box": [1, 1, ' + value + ", 5]}"))
-        responses.append(client.get(f"/api/search?like=cuts_and_dissolve/1&box={value},0,10,10"))
-        responses.append(client.post("/api/search", data={"region_of": "cuts_and_dissolve/1",
+        responses.append(client.get(f"/api/search?like={KF['cuts_and_dissolve/1']}&box={value},0,10,10"))
+        responses.append(client.post("/api/search", data={"region_of": KF["cuts_and_dissolve/1"],
                                                            "box": f"0,0,{value},10"}))
     for odd in ("%C2%B2", "%D9%A5", "9" * 25, "9" * 5000):  # '²' and '٥' are digits to str.isdigit
         responses.append(client.get(f"/api/search?region_of=cuts_and_dissolve/{odd}"))
+        responses.append(client.get(f"/api/search?region_of=cuts_and_dissolve@{odd}"))
         responses.append(client.get(f"/api/search?region_of=image:{odd}"))
-        responses.append(client.get(f"/api/annotations?target=cuts_and_dissolve/{odd}"))
+        responses.append(client.get(f"/api/annotations?item=cuts_and_dissolve@{odd}"))
         responses.append(client.get(f"/evaluation/compare?a={odd}&b=1"))
         responses.append(client.delete(f"/api/annotations/{box['id']}?version={odd}", headers=ann))
-    for target in ("cuts_and_dissolve/²", "cuts_and_dissolve/" + "9" * 25):
-        responses.append(client.post("/api/annotations", json={**BOX, "keyframe": target}, headers=ann))
+    for target in ("cuts_and_dissolve@²", "cuts_and_dissolve@" + "9" * 25, "image:" + "f" * 5000):
+        responses.append(client.post("/api/annotations", json={**BOX, "item": target}, headers=ann))
         responses.append(client.post("/api/annotations/import", headers=ann, data={"file": (io.BytesIO(
-            f"target,x,y,w,h,label\n{target},0,0,5,5,x\n".encode()), "odd.csv")}))
+            f"item,x,y,w,h,label\n{target},0,0,5,5,x\n".encode()), "odd.csv")}))
     responses.append(client.patch(f"/api/annotations/{box['id']}", json={"version": "²"}, headers=ann))
     for field in ("label", "note"):  # lone surrogates
-        responses.append(client.post("/api/annotations", data='{"keyframe": "cuts_and_dissolve/1", "box": [1, 1, 5, '
-                                     '5], "label": "x", "' + field + '": "\\ud800"}', content_type="application/json",
-                                     headers=ann))
+        responses.append(client.post("/api/annotations", data='{"item": "' + KF["cuts_and_dissolve/1"] + '", "box": '
+                                     '[1, 1, 5, 5], "label": "x", "' + field + '": "\\ud800"}',
+                                     content_type="application/json", headers=ann))
     for items in ("5", "null", "{}"):
         doc = '{"images": [], "categories": [], "annotations": ' + items + "}"
         responses.append(client.post("/api/annotations/import", headers=ann,
                                      data={"file": (io.BytesIO(doc.encode()), "odd.json")}))
-    for path in (f"/images/{HUGE}", f"/keyframes/cuts_and_dissolve/{HUGE}.jpg", f"/keyframe/cuts_and_dissolve/{HUGE}",
-                 f"/api/keyframes/cuts_and_dissolve/{HUGE}", f"/annotate/cuts_and_dissolve/{HUGE}",
-                 f"/annotate/image/{HUGE}", f"/annotations/{HUGE}/crop.jpg", f"/evaluation/runs/{HUGE}",
+    for path in (f"/item/image:{HUGE}/picture", f"/item/cuts_and_dissolve@{HUGE}/picture",
+                 f"/item/cuts_and_dissolve@{HUGE}", f"/api/items/cuts_and_dissolve@{HUGE}",
+                 f"/annotate/cuts_and_dissolve@{HUGE}", f"/annotate/image:{HUGE}", f"/annotations/{HUGE}/crop.jpg",
+                 f"/evaluation/runs/{HUGE}",
                  f"/evaluation/runs/{HUGE}.json", f"/evaluation/runs/{HUGE}/progress",
                  f"/evaluation/runs/1/queries/{HUGE}", f"/?like=image:{HUGE}", f"/api/search?like=image:{HUGE}",
-                 f"/api/search?like=cuts_and_dissolve/{HUGE}"):
+                 f"/api/search?like=cuts_and_dissolve@{HUGE}"):
         responses.append(client.get(path))
     responses.append(client.patch(f"/api/annotations/{HUGE}", json={"version": 1}, headers=ann))
     responses.append(client.delete(f"/api/annotations/{HUGE}", headers=ann))
     responses.append(client.post("/api/annotations", data=_deep_json(10_000), content_type="application/json",
                                  headers=ann))
-    for name, content in (("inf.csv", "target,x,y,w,h,label\ncuts_and_dissolve/1,inf,0,5,5,x\n"),
-                          ("big.csv", "target,x,y,w,h,label,note\ncuts_and_dissolve/1,0,0,5,5,x," + "n" * 200_000),
-                          ("nan.csv", "target,x,y,w,h,label\ncuts_and_dissolve/1,nan,0,5,5,x\n")):
+    k1 = KF["cuts_and_dissolve/1"]
+    for name, content in (("inf.csv", f"item,x,y,w,h,label\n{k1},inf,0,5,5,x\n"),
+                          ("big.csv", f"item,x,y,w,h,label,note\n{k1},0,0,5,5,x," + "n" * 200_000),
+                          ("nan.csv", f"item,x,y,w,h,label\n{k1},nan,0,5,5,x\n")):
         responses.append(client.post("/api/annotations/import", headers=ann,
                                      data={"file": (io.BytesIO(content.encode()), name)}))
-    coco = {"images": [{"id": 1, "file_name": "cuts_and_dissolve/1"}], "categories": [{"id": 1, "name": "x"}],
+    coco = {"images": [{"id": 1, "file_name": "x.jpg", "item": k1}], "categories": [{"id": 1, "name": "x"}],
             "annotations": [{"image_id": 1, "category_id": 1, "bbox": [float("inf"), 0, 5, 5]}]}
     responses.append(client.post("/api/annotations/import", headers=ann,
                                  data={"file": (io.BytesIO(json.dumps(coco).encode()), "c.json")}))
@@ -368,9 +379,9 @@ def test_a_damaged_keyframe_is_a_clear_4xx(hostile):
     client = hostile["app"].test_client()
     try:
         jpg.write_bytes(original[:100])
-        r = client.get("/api/search?region_of=long_shot/2&box=0,0,10,10")
+        r = client.get(f"/api/search?region_of={KF['long_shot/2']}&box=0,0,10,10")
         assert r.status_code == 400 and "damaged" in r.get_json()["error"]
-        r = client.post("/api/annotations", json={**BOX, "keyframe": "long_shot/2"}, headers=bearer(hostile, "ann"))
+        r = client.post("/api/annotations", json={**BOX, "item": KF["long_shot/2"]}, headers=bearer(hostile, "ann"))
         assert r.status_code == 404 and "damaged" in r.get_json()["error"]
     finally:
         jpg.write_bytes(original)
@@ -387,7 +398,7 @@ def test_a_hard_link_in_the_data_dir_is_not_served(hostile):
     os.replace(jpg, backup)
     os.link(layout.instance_dir / "secret_key", jpg)
     try:
-        r = hostile["app"].test_client().get("/keyframes/long_shot/1.jpg")
+        r = hostile["app"].test_client().get(f"/item/{KF['long_shot/1']}/picture")
         assert r.status_code == 404 and (layout.instance_dir / "secret_key").read_bytes() not in r.data
     finally:
         jpg.unlink()

@@ -143,7 +143,8 @@ def readme_table() -> str:
     lines = ["| setting | flag | environment | instance/config.py | default |", "|---|---|---|---|---|"]
     for f in FIELDS:
         default = "—" if f.default is None else f"`{f.default}`"
-        lines.append(f"| {f.help} | `--{f.name.replace('_', '-')}` | `{f.env}` | `{f.name.upper()}` | {default} |")
+        in_file = "—" if f.name == "data_dir" else f"`{f.name.upper()}`"  # the file lives in the data dir
+        lines.append(f"| {f.help} | `--{f.name.replace('_', '-')}` | `{f.env}` | {in_file} | {default} |")
     return "\n".join(lines)
 
 

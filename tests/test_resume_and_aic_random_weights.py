@@ -5,7 +5,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -39,12 +38,14 @@ def test_sigkill_mid_run_keeps_previous_index_and_rerun_finishes_without_duplica
     run_offline(capsys, data, media_dir / "images" / "still_0.jpg")
     before = current_index(data)
 
-    proc = subprocess.Popen([sys.executable, str(ROOT / "offline.py"), "index", str(media), *index_args(data)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while _videos_committed(data) < 1 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)  # now in the middle of the next video
+    proc = subprocess.Popen([sys.executable, str(ROOT / "offline.py"), "index", str(media), *index_args(data),
+                             "--verbose"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    staged = 0
+    for line in proc.stderr:  # the run's own log: kill it once the second video is staged, not after a guess
+        staged += " staged " in line
+        if staged == 2:
+            break
+    assert staged == 2, "the run ended before its second video"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL

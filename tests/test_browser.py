@@ -31,8 +31,8 @@ def test_type_a_query_and_see_results_then_screenshot(page, live_url):
 
 def test_upload_a_keyframe_and_see_it_ranked_first(page, live_url, indexed, kf):
     page.goto(live_url)
-    kf = DataLayout.from_data_dir(indexed).keyframes_dir / "cuts_and_dissolve" / "002.jpg"
-    page.set_input_files("#image", str(kf))
+    jpg = DataLayout.from_data_dir(indexed).keyframes_dir / "cuts_and_dissolve" / "002.jpg"
+    page.set_input_files("#image", str(jpg))
     page.click("#search-button")
     page.wait_for_selector("#results .card")
     assert page.locator("#results .card").first.get_attribute("data-item") == kf("cuts_and_dissolve/2")

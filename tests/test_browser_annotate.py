@@ -107,3 +107,44 @@ def test_undo_and_next_keyframe_shortcut(page, collection, tiny_encoder):
         page.locator("body").click(position={"x": 5, "y": 5})
         page.keyboard.press("n")
         page.wait_for_url(f"**/annotate/{FRAMES['3']}")
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_orphaned_boxes_are_listed_and_an_image_page_fits(browser, collection, tiny_encoder, width):
+    """A box whose frame is no longer catalogued (as after a re-index of another revision) is listed, marked and
+    kept; an image's own page (region search, more like this) fits a phone."""
+    from sqlalchemy import select
+
+    from app.models import Annotation, Image, Label, User
+
+    data, url = collection
+    with new_server(collection, tiny_encoder) as base:
+        from app.db import open_database
+
+        sessions = open_database(url)
+        with sessions() as s:
+            if s.scalar(select(Annotation).where(Annotation.frame_idx == 99999)) is None:
+                label = s.scalar(select(Label).where(Label.name == "gone")) or Label(name="gone")
+                author = s.scalar(select(User).where(User.name == "ann"))
+                s.add(Annotation(video_id="cuts_and_dissolve", frame_idx=99999, x=1, y=1, w=5, h=5, label=label,
+                                 author_id=author.id))
+                s.commit()
+            image_hash = s.scalar(select(Image.content_hash).order_by(Image.id))
+        context = browser.new_context(viewport={"width": width, "height": 900})
+        page = context.new_page()
+        browser_log_in(page, base, "ann")
+        page.goto(f"{base}/annotations")
+        notice = page.locator("#orphan-notice")
+        assert notice.is_visible() and "no longer catalogued" in notice.inner_text()
+        page.click("#orphan-notice a")
+        page.wait_for_url("**/annotations?orphaned=1")
+        assert "cuts_and_dissolve@99999 (orphaned)" in page.inner_text("#annotation-table")
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"annotations-orphaned-{width}.png"), full_page=True)
+        page.goto(f"{base}/item/image:{image_hash}")
+        page.wait_for_function("() => document.getElementById('frame').complete")
+        assert page.locator("h1").inner_text().endswith(".jpg") and page.locator(".strip").count() == 0
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        page.screenshot(path=str(ARTIFACTS / f"item-image-{width}.png"), full_page=True)
+        context.close()

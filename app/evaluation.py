@@ -189,7 +189,8 @@ def _query_file(gt: GroundTruth, q: GtQuery, name: str, row_of_name: dict[str, i
 def prepare(gt: GroundTruth, snap: Snapshot, layout: DataLayout, queries_dir: Path | None) -> _Prepared:
     """Map names to collection rows and find every query image. Unknown names, and names that match
     several items, are an error that names the file and line where they appear."""
-    all_names = item_names(gt, snap.entries)
+    # rows of videos re-indexed since this generation was built are hidden from search, so from evaluation too
+    all_names = [None if snap.hidden[row] else name for row, name in enumerate(item_names(gt, snap.entries))]
     rows_of: dict[str, list[int]] = {}
     for row, name in enumerate(all_names):
         if name is not None:

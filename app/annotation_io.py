@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 
 from app import boxes
 from app.boxes import AnnotationError
-from app.models import Annotation, Keyframe, User, Video
+from app.items import ItemRef
+from app.models import Annotation, Image, Keyframe, User, Video
 from app.paths import DataLayout
 
 CSV_COLUMNS = ("item", "x", "y", "w", "h", "label", "note", "author")
@@ -141,8 +142,11 @@ def records_from_coco(data: bytes) -> list[dict]:
     for i, ann in enumerate(items):
         try:
             image = images[ann["image_id"]]
-            out.append(_payload(image.get("item", image.get("file_name")), _coco_box(ann, image),
-                                cats[ann["category_id"]], ann.get("note", "")))
+            record = _payload(image.get("item"), _coco_box(ann, image), cats[ann["category_id"]], ann.get("note", ""))
+            if "item" not in image:  # a plain COCO file: the item is found from file_name, bbox is in its pixels
+                record.update(item=None, file_name=image.get("file_name"),
+                              picture_size=(image.get("width"), image.get("height")))
+            out.append(record)
         except (KeyError, TypeError) as exc:
             raise AnnotationError(f"annotations[{i}]: missing or unknown {exc}") from None
     return out
@@ -168,6 +172,29 @@ def records_from_csv(data: bytes) -> list[dict]:
         raise AnnotationError(f"line {reader.line_num}: not readable CSV ({exc})") from None
 
 
+def _from_file_name(session: Session, layout: DataLayout, payload: dict) -> dict:
+    """A plain COCO record: the item whose file is `file_name` (a keyframe below the data dir, or an image by its
+    name below the indexed folder), its bbox turned from that file's pixels into the item's source pixels."""
+    name = payload["file_name"]
+    if not isinstance(name, str) or not name:
+        raise AnnotationError("the image has neither an 'item' nor a 'file_name'")
+    frame = session.execute(select(Video.video_id, Keyframe.frame_idx).join(Video)
+                            .where(Keyframe.image_path == name)).first()
+    image_hash = None if frame else session.scalar(select(Image.content_hash).where(Image.name == name).limit(1))
+    if frame is None and image_hash is None:
+        raise AnnotationError(f"'{name[:200]}' is no keyframe or image of this collection (COCO file_name is relative "
+                              f"to the collection: keyframes/<video>/<nnn>.jpg, or an image below its indexed folder)")
+    ref = ItemRef.frame(*frame) if frame else ItemRef.image(image_hash)
+    target = boxes.resolve_ref(session, layout, ref)
+    box, (width, height) = payload["box"], payload["picture_size"]
+    try:
+        fx, fy = target.width / float(width), target.height / float(height)
+        box = [float(box[0]) * fx, float(box[1]) * fy, float(box[2]) * fx, float(box[3]) * fy]
+    except (TypeError, ValueError, ZeroDivisionError, IndexError, KeyError, OverflowError):
+        pass  # checked (and refused with a message) by boxes.create
+    return {"item": str(ref), "box": box, "label": payload["label"], "note": payload["note"]}
+
+
 def import_records(session: Session, layout: DataLayout, user: User, records: list[dict], where: str) -> int:
     """Store every record or none; the importer becomes the author."""
     if len(records) > MAX_IMPORT:
@@ -175,6 +202,8 @@ def import_records(session: Session, layout: DataLayout, user: User, records: li
     try:
         for i, payload in enumerate(records):
             try:
+                if payload.get("item") is None and "file_name" in payload:
+                    payload = _from_file_name(session, layout, payload)
                 boxes.create(session, layout, user, payload, commit=False)
             except AnnotationError as exc:
                 raise AnnotationError(f"{where} {i + 1}: {exc}") from None

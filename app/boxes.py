@@ -225,6 +225,8 @@ def update(session: Session, layout: DataLayout, user: User, annotation_id: int,
         raise AnnotationError("send a JSON object")
     a = _owned(session, user, annotation_id)
     _check_version(a, payload.get("version"))
+    if "item" in payload and parse_item(payload["item"]) != a.ref:
+        raise AnnotationError("a box stays on its item: delete it and draw it on the other one")
     box = check_box(payload["box"], target_of(session, layout, a)) if "box" in payload else None
     label = check_label(payload["label"]) if "label" in payload else None
     note = check_note(payload["note"]) if "note" in payload else None

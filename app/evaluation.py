@@ -148,7 +148,8 @@ def _check_known(gt: GroundTruth, known: set[str]) -> None:
 
 
 def _describe(e: Entry) -> str:
-    return e.source_path if e.video_id is None else f"{e.item} of {e.source_path}"
+    """An item as a stored run may show it: never the server's full path (runs are shown on pages)."""
+    return e.name if e.video_id is None else f"{e.item} of {Path(e.source_path).name}"
 
 
 def _check_unique(gt: GroundTruth, rows_of: dict[str, list[int]], entries: list[Entry], names: set[str]) -> None:
@@ -199,6 +200,11 @@ def prepare(gt: GroundTruth, snap: Snapshot, layout: DataLayout, queries_dir: Pa
     if gt.format != "moments":
         _check_known(gt, known)
     aliases = {q.qid: _oxford_alias(q.image, known) for q in gt.queries if q.image is not None}
+    if gt.format == "annotations":  # boxes name an image by content: copies at several paths are one item
+        for rows in rows_of.values():
+            for extra in rows[1:]:
+                all_names[extra] = None
+            del rows[1:]
     _check_unique(gt, rows_of, snap.entries, gt.referenced_names() | set(aliases.values()))
     row_of_name = {name: rows[0] for name, rows in rows_of.items()}
     query_files = {q.qid: _query_file(gt, q, aliases[q.qid], row_of_name, snap, layout, queries_dir)

@@ -50,7 +50,7 @@ class ItemRef:
             raise BadItemRef("an item is named by text: '<video_id>@<frame_idx>' or 'image:<content_hash>'")
         text = text.strip()
         if text.startswith("image:"):
-            digest = text[6:]
+            digest = text[6:].lower()
             if _HASH.fullmatch(digest):
                 return cls.image(digest)
             raise BadItemRef(f"'{text[:80]}' is not 'image:<content_hash>' (the hex hash an item's page shows)")

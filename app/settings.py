@@ -45,6 +45,7 @@ FIELDS: tuple[Field, ...] = (
 )
 _BY_NAME = {f.name: f for f in FIELDS}
 TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off", "")
 
 
 class SettingsError(ValueError):
@@ -57,12 +58,15 @@ def _convert(f: Field, raw: object, where: str) -> object:
     text = str(raw).strip()
     try:
         if f.kind is bool:
+            if text.lower() not in TRUE_WORDS + FALSE_WORDS:
+                raise ValueError(text)
             return text.lower() in TRUE_WORDS
         if f.kind is Path:
             return Path(text).expanduser()
         return f.kind(text)
     except ValueError:
-        raise SettingsError(f"{f.name} from {where} must be {f.kind.__name__}, not {text[:80]!r}") from None
+        kind = "one of " + "/".join(TRUE_WORDS + FALSE_WORDS[:-1]) if f.kind is bool else f.kind.__name__
+        raise SettingsError(f"{f.name} from {where} must be {kind}, not {text[:80]!r}") from None
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,13 @@ class Settings:
         instance = Config(str(layout.instance_dir))
         instance_file = layout.instance_dir / "config.py"
         if instance_file.is_file():
-            instance.from_pyfile(str(instance_file))
+            try:
+                instance.from_pyfile(str(instance_file))
+            except Exception as exc:  # noqa: BLE001 - any error in the operator's file is reported, not raised
+                line = getattr(exc, "lineno", None)
+                raise SettingsError(f"{instance_file}{f', line {line}' if line else ''} cannot be read: "
+                                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                                    ) from None
         for f in FIELDS[1:]:
             if f.name in flags:
                 take(f, flags[f.name], "the command line")

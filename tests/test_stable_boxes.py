@@ -150,3 +150,58 @@ def test_migration_converts_old_boxes_to_frames_source_pixels_and_image_hashes(t
     assert (rows[4].image_hash, rows[4].image_path) == (None, "/gone.jpg")
     assert name == "cat.jpg"
     command.downgrade(alembic_config(url, data), "0004")
+
+
+def test_plain_coco_and_csv_exports_import_back_and_leave_orphans_out(collection, tiny_encoder):
+    """A COCO file without our extra fields (bbox in the 160-px keyframe's pixels, file_name relative to the
+    collection) imports to the same source-pixel boxes; an orphaned box is not exported (it could not import)."""
+    import json
+
+    video, data, args = collection
+    app = _app(data, tiny_encoder)
+    client, auth = app.test_client(), _bearer(app)
+    item = client.get("/api/search?q=x&k=1&video=long_shot").get_json()["results"][0]["item"]
+    made = client.post("/api/annotations", json={"item": item, "box": [40, 30, 120, 90], "label": "plain"},
+                       headers=auth).get_json()
+    with app.extensions["sessions"]() as s:
+        from app.models import Annotation, Label, User
+
+        s.add(Annotation(video_id="long_shot", frame_idx=99999, x=1, y=1, w=5, h=5, author_id=s.query(User).one().id,
+                         label=s.query(Label).filter_by(name="plain").one()))
+        s.commit()
+    coco = json.loads(client.get("/api/annotations/export?format=coco&label=plain").data)
+    assert [a["bbox"] for a in coco["annotations"]] == [[20, 15, 60, 45]]  # in the 160x90 keyframe's pixels
+    assert coco["images"][0]["file_name"].startswith("keyframes/long_shot/") and not coco["skipped"]
+    for image in coco["images"]:
+        del image["item"], image["source_width"], image["source_height"]
+    for a in coco["annotations"]:
+        del a["source_bbox"]
+    csv_text = client.get("/api/annotations/export?format=csv&label=plain").get_data(as_text=True)
+    assert "@99999" not in csv_text
+    orphans = client.get("/api/annotations/export?format=csv&label=plain&orphaned=1").get_data(as_text=True)
+    assert "long_shot@99999" in orphans and item not in orphans
+    assert client.delete(f"/api/annotations/{made['id']}?version=1", headers=auth).status_code == 204
+    for name, body in (("plain.json", json.dumps(coco).encode()), ("back.csv", csv_text.encode())):
+        r = client.post("/api/annotations/import", data={"file": (io.BytesIO(body), name)}, headers=auth,
+                        content_type="multipart/form-data")
+        assert r.status_code == 201, r.get_json()
+        back = [a for a in client.get(f"/api/annotations?item={item}").get_json()["annotations"]]
+        assert [(a["item"], a["box"]) for a in back] == [(item, [40, 30, 120, 90])], name
+        for a in back:
+            assert client.delete(f"/api/annotations/{a['id']}?version={a['version']}", headers=auth).status_code == 204
+    r = client.patch(f"/api/annotations/{made['id'] + 1}", json={"version": 1, "item": "long_shot@0"}, headers=auth)
+    assert r.status_code in (400, 404) and "error" in r.get_json()
+
+
+def test_bad_settings_are_one_sentence(tmp_path, capsys, monkeypatch):
+    (tmp_path / "instance").mkdir()
+    (tmp_path / "instance" / "config.py").write_text("PORT = \n")
+    assert offline.main(["users", "list", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "config.py, line 1 cannot be read: SyntaxError" in err and "Traceback" not in err
+    (tmp_path / "instance" / "config.py").write_text("")
+    monkeypatch.setenv("FRAMEFINDER_SEARCH_REQUIRES_LOGIN", "maybe")
+    import server
+
+    assert server.main(["--data-dir", str(tmp_path)]) == 2
+    assert "search_requires_login from FRAMEFINDER_SEARCH_REQUIRES_LOGIN must be one of" in capsys.readouterr().err

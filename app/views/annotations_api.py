@@ -13,6 +13,7 @@ from flask_login import current_user
 from app import annotation_io, boxes, services
 from app.boxes import AnnotationError
 from app.models import User
+from app.settings import TRUE_WORDS
 from app.views.auth import require_role
 
 bp = Blueprint("annotations_api", __name__, url_prefix="/api/annotations")
@@ -57,7 +58,7 @@ def listing():
     item = boxes.parse_item(request.args["item"]) if request.args.get("item") else None
     with services.sessions()() as session:
         rows = boxes.search(session, request.args.get("video_id"), request.args.get("label"),
-                            request.args.get("author"), item, request.args.get("orphaned") in ("1", "true"))
+                            request.args.get("author"), item, _orphaned_only())
         lost = boxes.orphaned_ids(session, [a.id for a in rows])
         return jsonify({"annotations": [boxes.as_json(a, a.id in lost) for a in rows], "count": len(rows)})
 
@@ -79,12 +80,21 @@ def remove(annotation_id: int):
     return "", 204
 
 
+def _orphaned_only() -> bool:
+    return (request.args.get("orphaned") or "").lower() in TRUE_WORDS
+
+
 @bp.get("/export")
 def export():
+    """Boxes that can be imported back; orphaned ones (frame or image no longer catalogued) only when asked
+    for with orphaned=1, and then only them (their list, to re-attach by hand)."""
     fmt = request.args.get("format", "coco")
     with services.sessions()() as session:
         rows = boxes.search(session, request.args.get("video_id"), request.args.get("label"),
-                                  request.args.get("author"), limit=annotation_io.MAX_IMPORT)
+                            request.args.get("author"), orphaned=_orphaned_only(), limit=annotation_io.MAX_IMPORT)
+        if not _orphaned_only():
+            lost = boxes.orphaned_ids(session, [a.id for a in rows])
+            rows = [a for a in rows if a.id not in lost]
         if fmt == "csv":
             return Response(annotation_io.to_csv(rows), mimetype="text/csv",
                             headers={"Content-Disposition": "attachment; filename=annotations.csv"})

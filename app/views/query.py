@@ -181,7 +181,8 @@ def item_record(ref: ItemRef) -> dict:
             row = image_row(session, ref)
             if row is None:
                 raise LookupError(f"no image with content {ref.image_hash} in the collection")
-            return {"item": str(ref), "name": row.display_name, "picture_url": item_url(ref), "width": row.width,
+            return {"item": str(ref), "name": row.display_name, "picture_url": item_url(ref),
+                    "page_url": url_for("media.item_page", ref=ref), "width": row.width,
                     "height": row.height, "video_id": None, "previous": [], "next": []}
         video = session.scalar(select(Video).where(Video.video_id == ref.video_id))
         if video is None:

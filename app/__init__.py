@@ -131,6 +131,8 @@ class BoundedInt(IntegerConverter):
     def __init__(self, url_map, fixed_digits: int = 0, min: int | None = None,  # noqa: A002 - werkzeug's names
                  max: int | None = None, signed: bool = False) -> None:  # noqa: A002
         super().__init__(url_map, fixed_digits, min, MAX_ID if max is None else max, signed)
+        self.regex = "-?[0-9]+" if signed else "[0-9]+"  # werkzeug's \\d also matches '١' and '٣'
+
 
 
 class ItemConverter(BaseConverter):

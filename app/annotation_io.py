@@ -16,10 +16,12 @@ from app import boxes
 from app.boxes import AnnotationError
 from app.items import ItemRef
 from app.models import Annotation, Image, Keyframe, User, Video
+from app.numbers import finite
 from app.paths import DataLayout
 
 CSV_COLUMNS = ("item", "x", "y", "w", "h", "label", "note", "author")
 MAX_IMPORT = 10_000  # one import holds the database's write lock: about 8 s at this size on SQLite
+MAX_SIDE = 1_000_000  # pixels: far beyond any picture, far below any overflow
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting so as a formula
 
 
@@ -115,13 +117,19 @@ def _coco_box(ann: dict, image: dict) -> list:
     if "source_bbox" in ann:
         return ann["source_bbox"]
     bbox, sw, sh = ann["bbox"], image.get("source_width"), image.get("source_height")
-    if not sw or not sh or not isinstance(bbox, list) or len(bbox) != 4:
+    if sw is None and sh is None or not isinstance(bbox, list) or len(bbox) != 4:
         return bbox
     try:
-        fx, fy = float(sw) / float(image["width"]), float(sh) / float(image["height"])
-        return [float(bbox[0]) * fx, float(bbox[1]) * fy, float(bbox[2]) * fx, float(bbox[3]) * fy]
-    except (TypeError, ValueError, ZeroDivisionError):
-        return bbox
+        sizes = [finite(v, "image sizes", 1, MAX_SIDE) for v in (sw, sh, image.get("width"), image.get("height"))]
+    except ValueError as exc:
+        raise AnnotationError(f"image {image.get('id')!r}: width, height, source_width and source_height must be "
+                              f"positive sizes ({exc})") from None
+    fx, fy = sizes[0] / sizes[2], sizes[1] / sizes[3]
+    try:
+        return [finite(v, "each bbox number", -MAX_SIDE, MAX_SIDE) * f for v, f in zip(bbox, (fx, fy, fx, fy),
+                                                                                      strict=True)]
+    except ValueError as exc:
+        raise AnnotationError(f"bbox {str(bbox)[:80]} must be four finite numbers ({exc})") from None
 
 
 def records_from_coco(data: bytes) -> list[dict]:
@@ -130,8 +138,8 @@ def records_from_coco(data: bytes) -> list[dict]:
         images = {img["id"]: img for img in doc["images"]}
         cats = {c["id"]: c["name"] for c in doc["categories"]}
         items = doc["annotations"]
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AnnotationError(f"not a JSON file ({exc})") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, and integers over Python's digit limit
+        raise AnnotationError(f"not a JSON file ({str(exc)[:200]})") from None
     except RecursionError:
         raise AnnotationError("the JSON is nested too deeply") from None
     except (KeyError, TypeError) as exc:
@@ -188,10 +196,13 @@ def _from_file_name(session: Session, layout: DataLayout, payload: dict) -> dict
     target = boxes.resolve_ref(session, layout, ref)
     box, (width, height) = payload["box"], payload["picture_size"]
     try:
-        fx, fy = target.width / float(width), target.height / float(height)
-        box = [float(box[0]) * fx, float(box[1]) * fy, float(box[2]) * fx, float(box[3]) * fy]
-    except (TypeError, ValueError, ZeroDivisionError, IndexError, KeyError, OverflowError):
-        pass  # checked (and refused with a message) by boxes.create
+        fx = target.width / finite(width, "width", 1, MAX_SIDE)
+        fy = target.height / finite(height, "height", 1, MAX_SIDE)
+        box = [finite(v, "each bbox number", -MAX_SIDE, MAX_SIDE) * f for v, f in zip(box, (fx, fy, fx, fy),
+                                                                                     strict=True)]
+    except (ValueError, TypeError) as exc:
+        raise AnnotationError(f"'{name[:200]}': width, height and bbox must be finite positive numbers ({exc})"
+                              ) from None
     return {"item": str(ref), "box": box, "label": payload["label"], "note": payload["note"]}
 
 

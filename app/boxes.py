@@ -54,10 +54,11 @@ class Target:
 
     def on_picture(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         """A box in source pixels as (left, top, right, bottom) on the stored picture."""
-        sx, sy = self.picture_size[0] / self.width, self.picture_size[1] / self.height
+        pw, ph = self.picture_size
+        sx, sy = pw / self.width, ph / self.height
         x, y, w, h = box
-        return (round(x * sx), round(y * sy), max(round((x + w) * sx), round(x * sx) + 1),
-                max(round((y + h) * sy), round(y * sy) + 1))
+        left, top = min(round(x * sx), pw - 1), min(round(y * sy), ph - 1)  # a 1-px box at the edge stays inside
+        return left, top, min(max(round((x + w) * sx), left + 1), pw), min(max(round((y + h) * sy), top + 1), ph)
 
 
 def _picture_size(layout: DataLayout, rel: str, ref: ItemRef) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from app import vectors
 from app.items import ItemRef
 from app.models import Annotation, Image, Keyframe, Video
 from app.paths import DataLayout
+from app.store import files_match
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +334,15 @@ class Collection:
         hidden = np.isin(snap.cols.video, changed) if changed else np.zeros(snap.size, dtype=bool)
         if not np.array_equal(hidden, snap.hidden):
             snap.hidden = hidden  # one assignment: a search sees the old mask or the new one
+
+    def settled(self, snap: Snapshot, video_ids: set[str]) -> set[str]:
+        """Those of `video_ids` whose files on disk are the revision `snap` was built from, with no re-index
+        switching them: a staged revision, or keyframes of another revision, means the catalogue may already
+        name other frames. Two small file checks per video, no database query (a search calls this)."""
+        staging = self.layout.data_dir / ".staging"
+        known = {v.video_id: v.content_hash for v in snap.videos}
+        return {vid for vid in video_ids if vid in known and not (staging / vid).exists()
+                and files_match(self.layout, vid, known[vid])}
 
     def boxes_state(self) -> tuple:
         """Changes whenever a box is added, edited or removed (by any process): the label cache's key."""

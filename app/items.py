@@ -16,7 +16,7 @@ from app.numbers import MAX_ID
 
 _VIDEO_ID = re.compile(r"[A-Za-z0-9_.-]{1,255}")  # what app.media.safe_id makes
 _HASH = re.compile(r"[0-9a-f]{16,64}")
-_DIGITS = re.compile(r"[0-9]{1,12}")
+_FRAME = re.compile(r"0|[1-9][0-9]{0,11}")  # one spelling per frame: no leading zeros
 
 
 class BadItemRef(ValueError):
@@ -45,17 +45,17 @@ class ItemRef:
 
     @classmethod
     def parse(cls, text: object) -> ItemRef:
-        """The item a text names; BadItemRef (a ValueError) for anything else."""
+        """The item a text names, in its one spelling (no spaces, no leading zeros); BadItemRef (a ValueError)
+        for anything else."""
         if not isinstance(text, str):
             raise BadItemRef("an item is named by text: '<video_id>@<frame_idx>' or 'image:<content_hash>'")
-        text = text.strip()
         if text.startswith("image:"):
             digest = text[6:].lower()
             if _HASH.fullmatch(digest):
                 return cls.image(digest)
             raise BadItemRef(f"'{text[:80]}' is not 'image:<content_hash>' (the hex hash an item's page shows)")
         video_id, at, frame = text.rpartition("@")
-        if at and _VIDEO_ID.fullmatch(video_id) and _DIGITS.fullmatch(frame) and int(frame) <= MAX_ID:
+        if at and _VIDEO_ID.fullmatch(video_id) and _FRAME.fullmatch(frame) and int(frame) <= MAX_ID:
             return cls.frame(video_id, int(frame))
         raise BadItemRef(f"'{text[:80]}' names no item: a video frame is '<video_id>@<frame_idx>' (e.g. "
                          f"L01_V001@1234), an image 'image:<content_hash>'")

@@ -15,9 +15,9 @@ def finite(raw: object, name: str, low: float, high: float) -> float:
     if isinstance(raw, bool):
         raise ValueError(f"{name} must be a number, not {raw!r}")
     if isinstance(raw, str):
-        if len(raw) > 64:
-            raise ValueError(f"{name} must be a number")
         raw = raw.strip()
+        if len(raw) > 64 or not raw.isascii() or "_" in raw:  # float() also reads '１', '٣' and '1_0'
+            raise ValueError(f"{name} must be a number")
     try:
         value = float(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):

@@ -174,6 +174,10 @@ class Searcher:
         outcome.timing_ms["search"] = (time.perf_counter() - t0) * 1000
         hits = [Hit(int(r), float(s), snap.entry(int(r))) for s, r in zip(scores[0], rows[0], strict=True)
                 if r >= 0 and snap.visible(int(r))]
+        videos = {h.entry.video_id for h in hits if h.entry.video_id is not None}
+        if videos:  # a re-index may be switching a video's files right now: its hits wait for the next generation
+            settled = self.collection.settled(snap, videos)
+            hits = [h for h in hits if h.entry.video_id is None or h.entry.video_id in settled]
         outcome.hits = self._shape(hits, opts, outcome)
         return outcome
 

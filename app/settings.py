@@ -6,6 +6,7 @@ both entry points' `--help` are written from `FIELDS` (a test checks that they a
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ class Field:
     default: object
     kind: type
     help: str
+    bounds: tuple[float, float] | None = None  # numbers: inclusive range
 
 
 FIELDS: tuple[Field, ...] = (
@@ -31,7 +33,7 @@ FIELDS: tuple[Field, ...] = (
     Field("database_url", "DATABASE_URL", None, str,
           "SQLAlchemy URL of the catalogue (default: SQLite in the instance folder)"),
     Field("host", "FRAMEFINDER_HOST", "127.0.0.1", str, "address the server binds (default: this machine only)"),
-    Field("port", "FRAMEFINDER_PORT", 5000, int, "port the server listens on"),
+    Field("port", "FRAMEFINDER_PORT", 5000, int, "port the server listens on", (1, 65535)),
     Field("device", "FRAMEFINDER_DEVICE", "auto", str, "cpu, cuda, cuda:1 ... (auto: cuda if available)"),
     Field("model_config", "FRAMEFINDER_MODEL_CONFIG", None, str,
           "an extra open_clip model config (file or folder) to make its name known"),
@@ -39,9 +41,10 @@ FIELDS: tuple[Field, ...] = (
           "folder (or file) with torchvision's vgg16/resnet50 checkpoints for the evaluation baselines"),
     Field("search_requires_login", "FRAMEFINDER_SEARCH_REQUIRES_LOGIN", False, bool,
           "searching needs an account too (annotating and evaluating always do)"),
-    Field("max_upload_mb", "FRAMEFINDER_MAX_UPLOAD_MB", 20, int, "largest upload the server accepts, in MB"),
+    Field("max_upload_mb", "FRAMEFINDER_MAX_UPLOAD_MB", 20, int, "largest upload the server accepts, in MB",
+          (1, 10_240)),
     Field("index_check_seconds", "FRAMEFINDER_INDEX_CHECK_SECONDS", 1.0, float,
-          "how often the server looks for a newly published index generation"),
+          "how often the server looks for a newly published index generation", (0, 3600)),
 )
 _BY_NAME = {f.name: f for f in FIELDS}
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -53,7 +56,9 @@ class SettingsError(ValueError):
 
 
 def _convert(f: Field, raw: object, where: str) -> object:
-    if raw is None or isinstance(raw, f.kind) and not (f.kind is int and isinstance(raw, bool)):
+    if raw is None:
+        return raw
+    if f.kind is str and isinstance(raw, str) or f.kind is Path and isinstance(raw, Path):
         return raw
     text = str(raw).strip()
     try:
@@ -63,10 +68,51 @@ def _convert(f: Field, raw: object, where: str) -> object:
             return text.lower() in TRUE_WORDS
         if f.kind is Path:
             return Path(text).expanduser()
+        if f.kind in (int, float):
+            if isinstance(raw, bool) or not text.isascii() or "_" in text:  # int() also reads '０' and '1_0'
+                raise ValueError(text)
+            value = f.kind(text)
+            if not math.isfinite(value) or f.bounds and not f.bounds[0] <= value <= f.bounds[1]:
+                raise ValueError(text)
+            return value
         return f.kind(text)
-    except ValueError:
-        kind = "one of " + "/".join(TRUE_WORDS + FALSE_WORDS[:-1]) if f.kind is bool else f.kind.__name__
+    except (ValueError, OverflowError):
+        if f.kind is bool:
+            kind = "one of " + "/".join(TRUE_WORDS + FALSE_WORDS[:-1])
+        elif f.bounds:
+            kind = f"{'a whole number' if f.kind is int else 'a number'} from {f.bounds[0]:g} to {f.bounds[1]:g}"
+        else:
+            kind = f.kind.__name__
         raise SettingsError(f"{f.name} from {where} must be {kind}, not {text[:80]!r}") from None
+
+
+def _check_database(url: str, where: str) -> None:
+    """A URL SQLAlchemy can use, with its driver installed; a SQLite file the user named must have its folder."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect().import_dbapi()
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise SettingsError(f"database_url from {where} is not a usable SQLAlchemy URL ({exc})") from None
+    except ImportError as exc:
+        raise SettingsError(f"database_url from {where} needs a driver that is not installed ({exc})") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        folder = Path(parsed.database).expanduser().parent
+        if not folder.is_dir():
+            raise SettingsError(f"database_url from {where} names a SQLite file in {folder}, which does not exist")
+
+
+def _check_device(device: str, where: str) -> None:
+    if device == "auto":
+        return
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise SettingsError(f"device from {where} must be auto, cpu, cuda, cuda:N ... ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -124,6 +170,10 @@ class Settings:
         if values.get("database_url") is None:
             values["database_url"] = f"sqlite:///{layout.instance_dir / 'framefinder.db'}"
             source.setdefault("database_url", "default")
+        else:
+            _check_database(str(values["database_url"]), source["database_url"])
+        if "device" in values:
+            _check_device(str(values["device"]), source["device"])
         known = {f.name.upper() for f in FIELDS}
         extra = {k: v for k, v in instance.items() if k.isupper() and k not in known}
         return cls(**values, source=source, extra=extra)

@@ -41,19 +41,29 @@ def test_help_names_every_setting_and_the_exact_search_threshold():
 
 def test_precedence_flag_then_environment_then_instance_file_then_default(tmp_path):
     (tmp_path / "instance").mkdir()
-    (tmp_path / "instance" / "config.py").write_text("DEVICE = 'from-file'\nPORT = 6001\nMAX_UPLOAD_MB = 7\n"
+    (tmp_path / "instance" / "config.py").write_text("DEVICE = 'cuda:2'\nPORT = 6001\nMAX_UPLOAD_MB = 7\n"
                                                      "SECRET_KEY = 'k' * 40\n")
-    env = {"FRAMEFINDER_DEVICE": "from-env", "FRAMEFINDER_PORT": "6002"}
-    s = Settings.load({"data_dir": tmp_path, "device": "from-flag"}, env)
-    assert (s.device, s.port, s.max_upload_mb, s.host) == ("from-flag", 6002, 7, "127.0.0.1")
+    env = {"FRAMEFINDER_DEVICE": "cuda:1", "FRAMEFINDER_PORT": "6002"}
+    s = Settings.load({"data_dir": tmp_path, "device": "cpu"}, env)
+    assert (s.device, s.port, s.max_upload_mb, s.host) == ("cpu", 6002, 7, "127.0.0.1")
     assert s.source["device"] == "the command line" and s.source["port"] == "FRAMEFINDER_PORT"
     assert s.source["max_upload_mb"].endswith("config.py") and "host" not in s.source
     assert s.extra["SECRET_KEY"] == "k" * 40  # other Flask keys of the file reach the app
     s = Settings.load({"data_dir": tmp_path}, {})
-    assert (s.device, s.port) == ("from-file", 6001)
+    assert (s.device, s.port) == ("cuda:2", 6001)
     assert s.database_url == f"sqlite:///{tmp_path / 'instance' / 'framefinder.db'}"
-    with pytest.raises(SettingsError, match="port from FRAMEFINDER_PORT must be int"):
-        Settings.load({"data_dir": tmp_path}, {"FRAMEFINDER_PORT": "lots"})
+    for name, value, message in (
+            ("FRAMEFINDER_PORT", "lots", "port from FRAMEFINDER_PORT must be a whole number from 1 to 65535"),
+            ("FRAMEFINDER_PORT", "99999", "from 1 to 65535"), ("FRAMEFINDER_PORT", "\uff10", "from 1 to 65535"),
+            ("FRAMEFINDER_MAX_UPLOAD_MB", "0", "from 1 to 10240"),
+            ("FRAMEFINDER_INDEX_CHECK_SECONDS", "nan", "0 to 3600"),
+            ("FRAMEFINDER_SEARCH_REQUIRES_LOGIN", "maybe", "must be one of 1/true/yes/on/0/false/no/off"),
+            ("FRAMEFINDER_DEVICE", "tpu", "device from FRAMEFINDER_DEVICE must be auto, cpu, cuda"),
+            ("DATABASE_URL", "nowhere", "not a usable SQLAlchemy URL"),
+            ("DATABASE_URL", "mysql://u:p@127.0.0.1/x", "needs a driver that is not installed"),
+            ("DATABASE_URL", f"sqlite:///{tmp_path}/missing/x.db", "which does not exist")):
+        with pytest.raises(SettingsError, match=re.escape(message)):
+            Settings.load({"data_dir": tmp_path}, {name: value})
 
 
 def test_server_and_offline_open_the_database_the_instance_file_names(tmp_path, monkeypatch):

@@ -421,3 +421,38 @@ def test_generated_passwords_always_pass_the_rule():
 
     for _ in range(2000):
         accounts._check_password(accounts.random_password("demo"), "demo")
+
+
+def test_attack_on_items_and_imports_of_the_stable_identities(hostile):
+    """From the attack on ItemRef and box anchoring: huge numbers in COCO sizes, Unicode digits in ids, other
+    spellings of one item, sizes that are not sizes."""
+    client = hostile["app"].test_client()
+    ann = bearer(hostile, "ann")
+    k1 = KF["cuts_and_dissolve/1"]
+    huge = "9" * 5000
+    docs = [
+        '{"images": [{"id": 1, "item": "' + k1 + '", "width": 320, "height": 180, "source_width": ' + "1" + "0" * 400
+        + ', "source_height": 180}], "categories": [{"id": 1, "name": "x"}], '
+        '"annotations": [{"image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}]}',
+        '{"images": [], "categories": [], "annotations": [], "x": ' + huge + "}",
+        '{"images": [{"id": 1, "item": "' + k1 + '", "width": 0, "height": 180, "source_width": 320, '
+        '"source_height": 180}], "categories": [{"id": 1, "name": "x"}], '
+        '"annotations": [{"image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}]}',
+        '{"images": [{"id": 1, "file_name": "keyframes/cuts_and_dissolve/001.jpg", "width": -320, "height": -180}], '
+        '"categories": [{"id": 1, "name": "x"}], "annotations": [{"image_id": 1, "category_id": 1, '
+        '"bbox": [-1, -1, -5, -5]}]}',
+    ]
+    before = client.get("/api/annotations").get_json()["count"]
+    for doc in docs:
+        r = client.post("/api/annotations/import", headers=ann, data={"file": (io.BytesIO(doc.encode()), "a.json")})
+        assert r.status_code == 400 and r.get_json()["error"], r.get_data(as_text=True)[:300]
+    assert client.get("/api/annotations").get_json()["count"] == before
+    box = _create(client, hostile, label="unicode id")
+    assert client.delete(f"/api/annotations/{box['id']}".replace("1", "\u0661"), headers=ann).status_code in (404,
+                                                                                                          405)
+    assert client.post("/api/annotations", json={**BOX, "box": ["\uff11", 1, 5, 5]}, headers=ann).status_code == 400
+    video, _, frame = k1.partition("@")
+    for other, in_url in ((f"{video}@0{frame}", f"{video}@0{frame}"), (f" {k1}", f"%20{k1}"), (f"{k1}\t", f"{k1}%09")):
+        assert client.get(f"/api/items/{in_url}").status_code == 404, other
+        assert client.post("/api/annotations", json={**BOX, "item": other}, headers=ann).status_code == 400
+    assert client.get(f"/api/items/{k1}").status_code == 200

@@ -128,7 +128,7 @@ def _options(args: argparse.Namespace, settings):
     return IndexOptions(model=args.model, pretrained=args.pretrained, device=settings.device, features_model=named,
                         index_type=args.index_type, interval_s=args.keyframe_interval,
                         keyframe_max_side=args.keyframe_size, batch_size=args.batch_size, prune=args.prune,
-                        force=args.force,
+                        force=args.force, retrain=args.retrain,
                         progress=False if args.no_progress else None)
 
 

@@ -72,6 +72,7 @@ class IndexOptions:
     batch_size: int = 32
     prune: bool = False
     progress: bool | None = None
+    retrain: bool = False  # rebuild and retrain the index even when the catalogue's changes could be added to it
     force: bool = False  # ingest again even when unchanged (new keyframe settings)
     features_model: tuple[str, str] | None = None  # (model, pretrained) that made an AI Challenge set's features
 
@@ -453,7 +454,7 @@ class Indexer:
     def _refresh_index(self) -> None:
         self.summary.index_size, self.summary.index_rebuilt = refresh_index(
             self.session, self.layout, self.encoder.identity, self.encoder.dim, self.options.index_type,
-            fingerprint=self.encoder.fingerprint)
+            fingerprint=self.encoder.fingerprint, retrain=self.options.retrain)
 
 
 def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, session_factory,

@@ -1,9 +1,12 @@
-"""FAISS index files: build, save as an immutable generation, load, search.
+"""FAISS index files: build, change, save as an immutable generation, load, search.
 
-Each build goes to its own folder `feature/index/<generation>/` (index.faiss, ids.npy,
-meta.json) and becomes current only when the pointer file `CURRENT` is atomically
+Each generation is its own folder `feature/index/<generation>/` (index.faiss, ids.npy, tags.npy, meta.json and,
+for IVF-PQ, float16 re-rank segments) and becomes current only when the pointer file `CURRENT` is atomically
 replaced, so a reader never sees a half-written index and a crash keeps the previous one.
-ids.npy row i = (kind, database id) for FAISS id i; kind 0 is a keyframe, 1 an image.
+ids.npy row i = (kind, database id) for FAISS id i; kind 0 is a keyframe, 1 an image, -1 a removed row (gone from
+IVF lists; a tombstone that searches skip in flat and HNSW indexes, which cannot remove in place).
+Re-rank segments are never written twice: a generation made from another hard-links the segments it keeps, so
+adding 1,000 vectors to a million writes 1,000 float16 rows, not the whole gigabyte.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
@@ -23,11 +26,43 @@ from app import atomic
 
 KIND_KEYFRAME = 0
 KIND_IMAGE = 1
+KIND_REMOVED = -1
 INDEX_TYPES = ("auto", "flat", "ivf", "ivfpq", "hnsw")
-EXACT_BELOW = 100_000  # exact search stays under ~10 ms per query up to here (2 cores, 512-d)
+EXACT_BELOW = 40_000  # exact search stays under ~10 ms per query up to here (FAISS scans with one core, 512-d)
 MEMORY_BUDGET = 1 << 30  # auto keeps the in-memory index under this many bytes
 log = logging.getLogger(__name__)
-RERANK_FILE = "vectors.f16.npy"
+RERANK_FILE = "vectors.f16.npy"  # the single re-rank file of generations written before segments
+TAGS_FILE = "tags.npy"
+
+
+class Segments:
+    """Immutable row files (memory-mapped) read as one (N, D) array: `store[row]` and `store[rows]`."""
+
+    def __init__(self, parts: list[np.ndarray]) -> None:
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+        self.shape = (int(self.starts[-1]), int(parts[0].shape[1]))
+        self.dtype = parts[0].dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.parts)
+
+    def __getitem__(self, rows):
+        if isinstance(rows, (int, np.integer)):
+            row = int(rows) + (len(self) if rows < 0 else 0)
+            seg = int(np.searchsorted(self.starts, row, side="right")) - 1
+            return self.parts[seg][row - self.starts[seg]]
+        rows = np.asarray(rows, dtype=np.int64)
+        seg = np.searchsorted(self.starts, rows, side="right") - 1
+        out = np.empty((len(rows), self.shape[1]), self.dtype)
+        for s in np.unique(seg):
+            hit = seg == s
+            out[hit] = self.parts[s][rows[hit] - self.starts[s]]
+        return out
 
 
 @dataclass
@@ -36,12 +71,31 @@ class IndexBundle:
     ids: np.ndarray  # (N, 2) int64: kind, database id
     meta: dict
     generation: str
-    rerank: np.ndarray | None = None  # (N, D) float16, memory-mapped: exact re-ranking for IVF-PQ
+    rerank: np.ndarray | Segments | None = None  # (N, D) float16, memory-mapped: exact re-ranking for IVF-PQ
     gpu_index: faiss.Index | None = None  # a GPU copy for unfiltered searches, when faiss-gpu has a GPU
+    tags: np.ndarray | None = None  # (N,) int64: what each row's vector was made from (index_build's diff)
+    folder: Path | None = None
+    live: faiss.IDSelector | None = field(default=None, repr=False)  # skips tombstones still in the index
+
+    def __post_init__(self) -> None:
+        if self.live is None:
+            self.live = _live_selector(self.index, self.ids)
 
     @property
     def size(self) -> int:
         return int(self.index.ntotal)
+
+    @property
+    def live_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.ids[:, 0] >= 0)
+
+
+def _live_selector(index: faiss.Index, ids: np.ndarray) -> faiss.IDSelector | None:
+    """A bitmap of the rows still live, when the index holds removed ones (IVF drops them from its lists)."""
+    if isinstance(index, faiss.IndexIVF) or len(ids) == 0:
+        return None
+    alive = ids[:index.ntotal, 0] >= 0
+    return None if alive.all() else faiss.IDSelectorBitmap(np.packbits(alive, bitorder="little"))
 
 
 def choose_type(n: int, dim: int = 512, memory_budget: int = MEMORY_BUDGET) -> str:
@@ -61,8 +115,8 @@ def default_nlist(n: int) -> int:
 
 def build_index(vectors: np.ndarray, index_type: str = "auto", params: dict | None = None,
                 memory_budget: int = MEMORY_BUDGET) -> tuple[faiss.Index, dict]:
-    """Inner product on unit vectors (cosine). Returns the index and the parameters used, which are
-    stored with it (and can be overridden per query: nprobe, efSearch, rerank)."""
+    """Inner product on unit vectors (cosine); row i gets FAISS id i. Returns the index and the parameters used,
+    which are stored with it (and can be overridden per query: nprobe, efSearch, rerank)."""
     n, dim = vectors.shape if vectors.ndim == 2 else (0, 0)
     kind = choose_type(n, dim, memory_budget) if index_type == "auto" else index_type
     params = dict(params or {})
@@ -73,7 +127,7 @@ def build_index(vectors: np.ndarray, index_type: str = "auto", params: dict | No
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, params.setdefault("M", 32), faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = params.setdefault("efConstruction", 80)
-        index.hnsw.efSearch = params.setdefault("efSearch", 256)  # recall@100 0.97 at 1M (0.93 at 128)
+        index.hnsw.efSearch = params.setdefault("efSearch", 256)  # until index_build measures what reaches recall
     elif kind in ("ivf", "ivfpq"):
         nlist = params.setdefault("nlist", default_nlist(n))
         quantizer = faiss.IndexFlatIP(dim)
@@ -90,7 +144,7 @@ def build_index(vectors: np.ndarray, index_type: str = "auto", params: dict | No
     else:
         raise ValueError(f"unknown index type '{index_type}' (one of {', '.join(INDEX_TYPES)})")
     if n:
-        index.add(vectors)
+        add_rows(index, vectors, 0)
     params["type"] = kind
     return index, params
 
@@ -104,22 +158,169 @@ def _pq_m(dim: int) -> int:
     return 1
 
 
+# -- changing an index in place (index_build decides when) ---------------------------------------
+def add_rows(index: faiss.Index, vectors: np.ndarray, first_row: int) -> None:
+    """Append vectors as FAISS ids first_row, first_row+1, ...: explicit ids in IVF lists (so later removals
+    leave the others' ids alone); flat and HNSW number their rows themselves, from ntotal."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if isinstance(index, faiss.IndexIVF):
+        index.add_with_ids(x, np.arange(first_row, first_row + len(x), dtype=np.int64))
+    elif index.ntotal != first_row:
+        raise ValueError(f"rows of this index are numbered from {index.ntotal}, not {first_row}")
+    else:
+        index.add(x)
+
+
+def remove_from_lists(index: faiss.IndexIVF, rows: np.ndarray) -> int:
+    """Drop rows from the inverted lists; the other rows keep their ids. Returns how many went."""
+    index.set_direct_map_type(faiss.DirectMap.NoMap)  # remove_ids cannot update an array direct map
+    return int(index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(rows, dtype=np.int64))))
+
+
+def compact_flat(index: faiss.IndexFlat, keep: np.ndarray) -> faiss.IndexFlat:
+    """A flat index of the kept rows only, renumbered 0..len(keep)-1 (a memory copy, no training to redo)."""
+    out = faiss.IndexFlatIP(index.d)
+    if len(keep):
+        out.add(np.ascontiguousarray(_flat_rows(index)[keep]))
+    return out
+
+
+def _flat_rows(index: faiss.IndexFlat) -> np.ndarray:
+    """The flat index's float32 storage as an array, without a copy (valid while the index lives)."""
+    if index.ntotal == 0:
+        return np.zeros((0, index.d), np.float32)
+    return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+
+
+def stored_vectors(bundle: IndexBundle, rows: np.ndarray) -> np.ndarray:
+    """float32 vectors of these rows from the generation itself (no feature files): the float16 store for IVF-PQ,
+    the index's own storage otherwise."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if bundle.rerank is not None:
+        return np.asarray(bundle.rerank[rows], dtype=np.float32)
+    index = bundle.index
+    if isinstance(index, faiss.IndexHNSW):
+        index = faiss.downcast_index(index.storage)
+    if isinstance(index, faiss.IndexFlat):
+        return _flat_rows(index)[rows].copy()
+    if isinstance(index, faiss.IndexIVFFlat):
+        from faiss.contrib.inspect_tools import get_invlist
+
+        lists = [get_invlist(index.invlists, lst) for lst in range(index.nlist)]
+        all_ids = np.concatenate([ids for ids, _ in lists])
+        order = np.argsort(all_ids)
+        at = order[np.searchsorted(all_ids, rows, sorter=order)]
+        return np.concatenate([codes.view(np.float32).reshape(-1, index.d) for _, codes in lists])[at]
+    return np.stack([index.reconstruct(int(r)) for r in rows]) if len(rows) else np.zeros((0, index.d), np.float32)
+
+
+# -- re-rank segments --------------------------------------------------------------------------
+def segment_paths(bundle: IndexBundle) -> list[Path]:
+    """The re-rank files of a loaded generation, in row order (what a generation made from it links)."""
+    if bundle.folder is None:
+        return []
+    listed = bundle.meta.get("rerank_segments")
+    if listed:
+        return [bundle.folder / s["file"] for s in listed]
+    return [bundle.folder / RERANK_FILE] if (bundle.folder / RERANK_FILE).is_file() else []
+
+
+def appended_segments(paths: list[Path], new_rows: np.ndarray) -> list:
+    """Existing segments plus new rows, the last two merged into one while the older holds at most twice the
+    newer's rows: many small adds leave O(log n) files, and each row is rewritten O(log n) times, not per add."""
+    groups = [([p], _rows_in(p)) for p in paths]
+    if len(new_rows):
+        groups.append(([new_rows], len(new_rows)))
+    while len(groups) >= 2 and groups[-2][1] <= 2 * groups[-1][1]:
+        (b, nb), (a, na) = groups.pop(), groups.pop()
+        groups.append((a + b, na + nb))
+    return [parts[0] if len(parts) == 1 else parts for parts, _ in groups]
+
+
+def _link(source: Path, path: Path) -> None:
+    """The same immutable file under a second name (a copy where hard links are refused)."""
+    try:
+        os.link(source, path)
+    except OSError:
+        shutil.copyfile(source, path)
+
+
+def _rows_in(path: Path) -> int:
+    return len(np.load(path, mmap_mode="r"))
+
+
+def _write_segment(path: Path, pieces: list) -> int:
+    """One segment file: a hard link to an existing one (a copy across file systems), or the pieces (files and
+    arrays) written as one new float16 file. Never opens an existing segment for writing."""
+    if len(pieces) == 1 and isinstance(pieces[0], Path):
+        _link(pieces[0], path)
+        return _rows_in(path)
+    arrays = [np.load(p, mmap_mode="r") if isinstance(p, Path) else p for p in pieces]
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
+                                    shape=(sum(len(a) for a in arrays), arrays[0].shape[1]))
+    at = 0
+    for a in arrays:
+        for start in range(0, len(a), 65536):
+            chunk = a[start:start + 65536]
+            out[at:at + len(chunk)] = chunk
+            at += len(chunk)
+    out.flush()
+    del out
+    return at
+
+
+# -- generations ---------------------------------------------------------------------------------
 def save_generation(index_dir: Path, index: faiss.Index, ids: np.ndarray, meta: dict,
-                    rerank: np.ndarray | None = None) -> str:
+                    rerank: np.ndarray | list | None = None, tags: np.ndarray | None = None) -> str:
     """Write a new generation and switch CURRENT to it; older generations but one are removed.
-    `rerank` (the float32 vectors, for IVF-PQ) is kept as float16 beside the index."""
+    `rerank` (for IVF-PQ): the vectors (kept as float16), or a list of segments from appended_segments."""
+    generation, tmp = _new_folder(index_dir)
+    faiss.write_index(index, str(tmp / "index.faiss"))
+    np.save(tmp / "ids.npy", np.asarray(ids, dtype=np.int64).reshape(-1, 2))
+    if tags is not None:
+        np.save(tmp / TAGS_FILE, np.asarray(tags, dtype=np.int64))
+    meta = dict(meta)
+    meta.pop("rerank_segments", None)
+    if rerank is not None:
+        parts, start, listed = (rerank if isinstance(rerank, list) else [rerank]), 0, []
+        for part in parts:
+            pieces = part if isinstance(part, list) else [part]
+            end = start + sum(_rows_in(p) if isinstance(p, Path) else len(p) for p in pieces)
+            name = f"vectors.f16.{start:012d}-{end:012d}.npy"  # a row range: one name, one content per lineage
+            listed.append({"file": name, "rows": _write_segment(tmp / name, pieces)})
+            start = end
+        meta["rerank_segments"] = listed
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return _publish(index_dir, tmp, generation)
+
+
+def relink_generation(index_dir: Path, source: Path, meta: dict) -> str:
+    """A generation with the same vectors as `source` (every file hard-linked) and new metadata: what a
+    catalogue change that moves no vector (a renamed file) needs so that the server reloads its entries."""
+    generation, tmp = _new_folder(index_dir)
+    for f in source.iterdir():
+        if f.name != "meta.json":
+            _link(f, tmp / f.name)
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return _publish(index_dir, tmp, generation)
+
+
+def _new_folder(index_dir: Path) -> tuple[str, Path]:
     index_dir.mkdir(parents=True, exist_ok=True)
     generation = f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 1_000_000_000:09d}"
     tmp = index_dir / f".{generation}.tmp"
     tmp.mkdir()
-    faiss.write_index(index, str(tmp / "index.faiss"))
-    atomic.save_npy(tmp / "ids.npy", ids.astype(np.int64).reshape(-1, 2))
-    atomic.write_text(tmp / "meta.json", json.dumps(meta, indent=2, sort_keys=True))
-    if rerank is not None:
-        np.save(tmp / RERANK_FILE, np.asarray(rerank, dtype=np.float16))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    return generation, tmp
+
+
+def _publish(index_dir: Path, tmp: Path, generation: str) -> str:
+    """Everything on disk first, then the folder appears under its name, then CURRENT names it."""
+    for f in [*tmp.iterdir(), tmp]:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     os.replace(tmp, index_dir / generation)
     atomic.write_text(index_dir / "CURRENT", generation + "\n")
     _remove_old(index_dir, keep={generation, _previous(index_dir, generation)})
@@ -133,6 +334,7 @@ def _previous(index_dir: Path, current: str) -> str | None:
 
 
 def _remove_old(index_dir: Path, keep: set[str | None]) -> None:
+    """Older generations and unfinished folders of killed writers; shared segments live on in the kept ones."""
     for p in index_dir.iterdir():
         if p.is_dir() and p.name not in keep:
             shutil.rmtree(p, ignore_errors=True)
@@ -169,29 +371,58 @@ def _read(path: Path, reader):
             from None
 
 
-def _load_generation(folder: Path, use_gpu: bool | None) -> IndexBundle:
+def _load_rerank(folder: Path, meta: dict) -> np.ndarray | Segments | None:
+    listed = meta.get("rerank_segments")
+    if not listed:
+        path = folder / RERANK_FILE
+        return _read(path, lambda p: np.load(p, mmap_mode="r")) if path.is_file() else None
+    parts = []
+    for s in listed:
+        part = _read(folder / s["file"], lambda p: np.load(p, mmap_mode="r"))
+        if len(part) != s["rows"]:
+            raise ValueError(f"{s['file']} holds {len(part)} rows, meta.json says {s['rows']}")
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else Segments(parts)
+
+
+def _load_generation(folder: Path, use_gpu: bool | None, direct_map: bool = True) -> IndexBundle:
     index = _read(folder / "index.faiss", lambda p: faiss.read_index(str(p)))
     ids = _read(folder / "ids.npy", lambda p: np.load(p, allow_pickle=False))
     meta = _read(folder / "meta.json", lambda p: json.loads(p.read_text()))
-    if ids.ndim != 2 or ids.shape[1] != 2 or len(ids) != index.ntotal:
-        raise ValueError(f"ids.npy holds {ids.shape} for an index of {index.ntotal} vectors")
+    if ids.ndim != 2 or ids.shape[1] != 2:
+        raise ValueError(f"ids.npy holds {ids.shape}, not (rows, 2)")
+    removed = ids[:, 0] < 0
+    in_index = int((~removed).sum()) if isinstance(index, faiss.IndexIVF) else len(ids)
+    if index.ntotal != in_index:
+        raise ValueError(f"ids.npy holds {len(ids)} rows ({int(removed.sum())} removed) for an index of "
+                         f"{index.ntotal} vectors")
+    tags = _read(folder / TAGS_FILE, lambda p: np.load(p, allow_pickle=False)) \
+        if (folder / TAGS_FILE).is_file() else None
+    if tags is not None and tags.shape != (len(ids),):
+        raise ValueError(f"{TAGS_FILE} holds {tags.shape} for {len(ids)} rows")
     apply_search_params(index, meta.get("params", {}))
-    rerank = np.load(folder / RERANK_FILE, mmap_mode="r") if (folder / RERANK_FILE).is_file() else None
-    if rerank is None and isinstance(index, faiss.IndexIVF):
-        index.make_direct_map()  # reconstruct() for "more like this" (8 bytes a vector)
-    if rerank is not None and len(rerank) != index.ntotal:
-        raise ValueError(f"{RERANK_FILE} holds {len(rerank)} rows for an index of {index.ntotal} vectors")
-    return IndexBundle(index, ids, meta, folder.name, rerank, to_gpu(index) if use_gpu is not False else None)
+    rerank = _load_rerank(folder, meta)
+    if rerank is not None and len(rerank) != len(ids):
+        raise ValueError(f"the re-rank store holds {len(rerank)} rows for {len(ids)} rows of ids.npy")
+    if direct_map and rerank is None and isinstance(index, faiss.IndexIVF):
+        # reconstruct() for "more like this": an array (8 bytes a vector) while ids are 0..n-1, else a hash table
+        if removed.any():
+            index.set_direct_map_type(faiss.DirectMap.Hashtable)
+        else:
+            index.make_direct_map()
+    gpu = to_gpu(index) if use_gpu is not False else None
+    return IndexBundle(index, ids, meta, folder.name, rerank, gpu, tags, folder)
 
 
-def load_current(index_dir: Path, use_gpu: bool | None = None) -> IndexBundle | None:
+def load_current(index_dir: Path, use_gpu: bool | None = None, for_update: bool = False) -> IndexBundle | None:
     """The generation CURRENT names or, if it is missing or damaged, the newest intact one (a warning says
-    which). None when there is no generation at all; IndexDamaged when none can be read."""
+    which). None when there is no generation at all; IndexDamaged when none can be read.
+    `for_update`: no GPU copy and no direct map, so the index can take add_rows / remove_from_lists."""
     problems = []
     current = pointer(index_dir)
     for name in _generations(index_dir, current):
         try:
-            bundle = _load_generation(index_dir / name, use_gpu)
+            bundle = _load_generation(index_dir / name, False if for_update else use_gpu, not for_update)
         except (RuntimeError, ValueError, OSError, EOFError) as exc:
             problems.append(f"{index_dir / name}/{str(exc).splitlines()[0][:300]}")
             continue
@@ -209,7 +440,7 @@ def vector_of(bundle: IndexBundle, row: int) -> np.ndarray:
     """A stored vector of the generation: exact from flat and HNSW storage or IVF lists, float16 from the
     IVF-PQ re-rank store (its PQ codes are approximate)."""
     if bundle.rerank is not None:
-        return np.asarray(bundle.rerank[row], dtype=np.float32)
+        return np.asarray(bundle.rerank[int(row)], dtype=np.float32)
     return bundle.index.reconstruct(int(row)).astype(np.float32)
 
 
@@ -239,10 +470,9 @@ def apply_search_params(index: faiss.Index, params: dict) -> None:
         index.hnsw.efSearch = int(params["efSearch"])
 
 
-def _search_parameters(index: faiss.Index, params: dict, allowed: np.ndarray | None):
+def _search_parameters(index: faiss.Index, params: dict, selector: faiss.IDSelector | None):
     """Per-call parameters: the filter (an ID selector applied during the search, so filtered
     queries still get K results) and overrides of nprobe / efSearch."""
-    selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64)) if allowed is not None else None
     if isinstance(index, faiss.IndexIVF):
         sp = faiss.SearchParametersIVF()
         sp.nprobe = int(params.get("nprobe", index.nprobe))
@@ -253,12 +483,12 @@ def _search_parameters(index: faiss.Index, params: dict, allowed: np.ndarray | N
         sp = faiss.SearchParameters()
     if selector is not None:
         sp.sel = selector
-    return sp, selector
+    return sp
 
 
 def search(bundle: IndexBundle, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
            params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (scores, FAISS ids) per query row; ids are -1 where fewer than k exist.
+    """Top-k (scores, FAISS ids) per query row; ids are -1 where fewer than k exist. Removed rows never appear.
 
     `allowed`: FAISS ids a filter keeps (applied inside the search). `params`: per-query
     overrides of nprobe, efSearch and rerank (IVF-PQ candidates re-scored exactly from float16).
@@ -272,17 +502,25 @@ def search(bundle: IndexBundle, queries: np.ndarray, k: int, allowed: np.ndarray
     fetch = k
     if bundle.rerank is not None:
         fetch = min(bundle.size, max(k, int(params.get("rerank", 0))))
-    if allowed is None and bundle.gpu_index is not None and not overrides:
+    selector = bundle.live
+    if allowed is not None:
+        allowed = np.ascontiguousarray(allowed, dtype=np.int64)
+        if bundle.live is not None:
+            allowed = allowed[(allowed >= 0) & (allowed < len(bundle.ids))]
+            allowed = allowed[bundle.ids[allowed, 0] >= 0]
+        selector = faiss.IDSelectorBatch(allowed)
+    if selector is None and bundle.gpu_index is not None and not overrides:
         scores, rows = bundle.gpu_index.search(queries, fetch)
     else:
-        sp, _selector = _search_parameters(bundle.index, params, allowed)  # keep the selector alive
+        sp = _search_parameters(bundle.index, params, selector)
         scores, rows = bundle.index.search(queries, fetch, params=sp)
     if bundle.rerank is not None and fetch > 0:
         scores, rows = _rerank(bundle.rerank, queries, rows, k)
     return scores[:, :k], rows[:, :k]
 
 
-def _rerank(store: np.ndarray, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _rerank(store: np.ndarray | Segments, queries: np.ndarray, rows: np.ndarray,
+            k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner products of the candidates, from the float16 copy of the vectors."""
     out_s = np.full((len(queries), k), -np.inf, np.float32)
     out_r = np.full((len(queries), k), -1, np.int64)

@@ -2,10 +2,13 @@
 """Vector search at scale: every index type on one synthetic clustered collection, in one run.
 
 Vectors are a mixture of Gaussians on the unit sphere (clusters of uneven size, within-
-cluster cosine about 0.75, like CLIP embeddings), not uniform noise. For each index type:
-build seconds, memory of the index, single-query latency p50/p95/p99, batch QPS, and
-recall@10 / recall@100 against exact search. Searches go through app.vectors.search, the
-code the server runs. Prints a table and, last, one JSON line.
+cluster cosine about 0.75, like CLIP embeddings), not uniform noise. Each index type is built
+the way `offline.py index` builds it (app.index_build: training, then the query knobs tuned to
+the recall target on the collection's own vectors) and loaded the way the server loads it. For
+each: build seconds (tuning included), memory of the index, single-query latency p50/p95/p99,
+batch QPS, recall@10 / recall@100 against exact search on separate queries, and the seconds to
+add 1,000 new vectors through the incremental path (a new generation, no retraining). `auto`
+marks the type the server would pick at this size. Prints a table and, last, one JSON line.
 
     python bench/search.py --n 1000000 --dim 512
     python bench/search.py --n 1000000 --index ivfpq --nprobe 48
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import shutil
 import sys
 import tempfile
 import time
@@ -25,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app import vectors  # noqa: E402
+from app import index_build, vectors  # noqa: E402
 
 TYPES = ("flat", "ivf", "ivfpq", "hnsw")
 
@@ -50,26 +53,32 @@ def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
                                                                                                strict=True)]))
 
 
-def index_bytes(index: faiss.Index) -> int:
-    with tempfile.NamedTemporaryFile() as f:
-        faiss.write_index(index, f.name)
-        return os.path.getsize(f.name)
+def catalogue(parts: list[np.ndarray]) -> index_build.Catalogue:
+    """Images 0..n-1 whose vectors are the rows of `parts` one after another (no copy of them)."""
+    starts = np.cumsum([0] + [len(p) for p in parts])
+
+    def load(positions: np.ndarray) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty((len(positions), parts[0].shape[1]), np.float32)
+        seg = np.searchsorted(starts, positions, side="right") - 1
+        for s in np.unique(seg):
+            out[seg == s] = parts[s][positions[seg == s] - starts[s]]
+        return out
+
+    n = int(starts[-1])
+    ids = np.stack([np.full(n, vectors.KIND_IMAGE, np.int64), np.arange(n, dtype=np.int64)], axis=1)
+    return index_build.Catalogue(ids, np.zeros(n, np.int64), load, f"bench-{n}")
 
 
-def run_one(kind: str, base: np.ndarray, queries: np.ndarray, truth: np.ndarray, args, tmp: Path) -> dict:
+def run_one(kind: str, base: np.ndarray, queries: np.ndarray, truth: np.ndarray, added: np.ndarray, args,
+            folder: Path) -> dict:
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef), ("rerank", args.rerank),
-                                ("nlist", args.nlist)) if v is not None}
+                                ("nlist", args.nlist), ("recall_target", args.recall_target)) if v is not None}
     t0 = time.perf_counter()
-    index, used = vectors.build_index(base, kind, params)
+    index_build.sync_index(folder, None, catalogue([base]), base.shape[1], kind, params=params)
     build_s = time.perf_counter() - t0
-    rerank = None
-    rerank_mb = 0.0
-    if used["type"] == "ivfpq":
-        np.save(tmp / "rerank.npy", base.astype(np.float16))
-        rerank = np.load(tmp / "rerank.npy", mmap_mode="r")
-        rerank_mb = rerank.nbytes / 2**20
-    ids = np.stack([np.zeros(len(base), np.int64), np.arange(len(base), dtype=np.int64)], axis=1)
-    bundle = vectors.IndexBundle(index, ids, {"params": used}, "bench", rerank)
+    bundle = vectors.load_current(folder)
+    used, tuning = bundle.meta["params"], bundle.meta["tuning"]
     single = queries[:args.single]
     vectors.search(bundle, single[:5], args.k)  # warm caches
     latencies = []
@@ -80,15 +89,30 @@ def run_one(kind: str, base: np.ndarray, queries: np.ndarray, truth: np.ndarray,
     t = time.perf_counter()
     _, rows = vectors.search(bundle, queries, 100)
     batch_s = time.perf_counter() - t
-    return {"index": kind, "params": {k: v for k, v in used.items() if k != "type"},
-            "build_s": round(build_s, 1), "memory_mb": round(index_bytes(index) / 2**20, 1),
-            "rerank_store_mb": round(rerank_mb, 1),
-            "p50_ms": round(float(np.percentile(latencies, 50)), 3),
-            "p95_ms": round(float(np.percentile(latencies, 95)), 3),
-            "p99_ms": round(float(np.percentile(latencies, 99)), 3),
-            "qps_batch": round(len(queries) / batch_s, 1),
-            "recall_at_10": round(recall_at(rows, truth, 10), 4),
-            "recall_at_100": round(recall_at(rows, truth, 100), 4)}
+    found = np.where(rows >= 0, bundle.ids[rows, 1], -1)  # generation rows -> positions in base
+    row = {"index": kind, "params": {k: v for k, v in used.items() if k not in ("type", "recall_target")},
+           "build_s": round(build_s, 1), "tune_s": tuning.get("seconds", 0.0),
+           "tuned_recall_at_100": tuning.get("recall"),
+           "memory_mb": round((folder / bundle.generation / "index.faiss").stat().st_size / 2**20, 1),
+           "rerank_store_mb": round(bundle.rerank.nbytes / 2**20, 1) if bundle.rerank is not None else 0.0,
+           "p50_ms": round(float(np.percentile(latencies, 50)), 3),
+           "p95_ms": round(float(np.percentile(latencies, 95)), 3),
+           "p99_ms": round(float(np.percentile(latencies, 99)), 3),
+           "qps_batch": round(len(queries) / batch_s, 1),
+           "recall_at_10": round(recall_at(found, truth, 10), 4),
+           "recall_at_100": round(recall_at(found, truth, 100), 4)}
+    del bundle
+    if len(added):
+        t = time.perf_counter()
+        outcome = index_build.sync_index(folder, index_build.load_for_update(folder), catalogue([base, added]),
+                                         base.shape[1], kind)
+        row["add_s"] = round(time.perf_counter() - t, 2)
+        row["add_rebuilt"] = outcome.rebuilt
+        after = vectors.load_current(folder)
+        _, top = vectors.search(after, added[:20], 1)
+        row["added_found_top1"] = round(float(np.mean(after.ids[top[:, 0], 1] == np.arange(len(base),
+                                                                                          len(base) + 20))), 2)
+    return row
 
 
 def main() -> None:
@@ -99,35 +123,48 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=1000, help="batch queries (recall and QPS)")
     p.add_argument("--single", type=int, default=300, help="single queries timed for p50/p95/p99")
     p.add_argument("--k", type=int, default=100, help="top-K of the timed single queries")
-    p.add_argument("--index", action="append", choices=TYPES, help="run only this type (repeatable)")
-    p.add_argument("--nprobe", type=int, default=None)
-    p.add_argument("--ef", type=int, default=None, help="HNSW efSearch")
-    p.add_argument("--rerank", type=int, default=None, help="IVF-PQ candidates re-ranked exactly")
+    p.add_argument("--index", action="append", choices=("auto", *TYPES),
+                   help="run only this type (repeatable; auto: the one auto picks at --n)")
+    p.add_argument("--nprobe", type=int, default=None, help="fixed instead of tuned")
+    p.add_argument("--ef", type=int, default=None, help="HNSW efSearch, fixed instead of tuned")
+    p.add_argument("--rerank", type=int, default=None,
+                   help="IVF-PQ candidates re-ranked exactly, fixed instead of tuned")
     p.add_argument("--nlist", type=int, default=None)
+    p.add_argument("--recall-target", type=float, default=None,
+                   help=f"recall@100 the tuning aims at (default {index_build.RECALL_TARGET})")
+    p.add_argument("--add", type=int, default=1000, help="vectors added through the incremental path (0: skip)")
     p.add_argument("--threads", type=int, default=None, help="FAISS threads (default: all cores)")
+    p.add_argument("--work-dir", type=Path, default=None, help="where generations are written (default: a temp dir)")
     args = p.parse_args()
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
+    auto = vectors.choose_type(args.n, args.dim)
+    kinds = [auto if k == "auto" else k for k in (args.index or TYPES)]
+    kinds = list(dict.fromkeys(kinds))
     t0 = time.perf_counter()
     base = clustered(args.n, args.dim, args.clusters, seed=0)
     queries = clustered(args.queries, args.dim, args.clusters, seed=1)
+    added = clustered(args.add, args.dim, args.clusters, seed=2) if args.add else np.zeros((0, args.dim), np.float32)
     gen_s = time.perf_counter() - t0
-    exact = faiss.IndexFlatIP(args.dim)
-    exact.add(base)
-    _, truth = exact.search(queries, 100)
-    del exact
+    _, truth = faiss.knn(queries, base, 100, metric=faiss.METRIC_INNER_PRODUCT)
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for kind in args.index or TYPES:
-            row = run_one(kind, base, queries, truth, args, Path(tmp))
+    with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
+        for kind in kinds:
+            folder = Path(tmp) / kind
+            row = run_one(kind, base, queries, truth, added, args, folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            row["auto"] = kind == auto
             results.append(row)
-            print(f"{kind:>6}: build {row['build_s']:>7.1f} s  memory {row['memory_mb']:>8.1f} MB "
-                  f"(+{row['rerank_store_mb']:.0f} MB float16 on disk)  p50 {row['p50_ms']:>7.2f}  "
-                  f"p95 {row['p95_ms']:>7.2f}  p99 {row['p99_ms']:>7.2f} ms  {row['qps_batch']:>8.1f} QPS  "
-                  f"R@10 {row['recall_at_10']:.4f}  R@100 {row['recall_at_100']:.4f}  {row['params']}",
-                  flush=True)
-    print(json.dumps({"bench": "search", "n": args.n, "dim": args.dim, "threads": faiss.omp_get_max_threads(),
-                      "gpus": vectors.gpu_count(), "data_s": round(gen_s, 1), "results": results}))
+            add = f"  add {args.add}: {row['add_s']:.2f} s" if "add_s" in row else ""
+            print(f"{kind + (' (auto)' if kind == auto else ''):>12}: build {row['build_s']:>6.1f} s "
+                  f"(tune {row['tune_s']:.1f})  memory {row['memory_mb']:>7.1f} MB "
+                  f"(+{row['rerank_store_mb']:.0f} MB float16 on disk)  p50 {row['p50_ms']:>6.2f}  "
+                  f"p95 {row['p95_ms']:>6.2f}  p99 {row['p99_ms']:>6.2f} ms  {row['qps_batch']:>7.1f} QPS  "
+                  f"R@10 {row['recall_at_10']:.4f}  R@100 {row['recall_at_100']:.4f} "
+                  f"(tuning sample {row['tuned_recall_at_100']}){add}  {row['params']}", flush=True)
+    print(json.dumps({"bench": "search", "n": args.n, "dim": args.dim, "auto": auto,
+                      "threads": faiss.omp_get_max_threads(), "gpus": vectors.gpu_count(), "data_s": round(gen_s, 1),
+                      "results": results}))
 
 
 if __name__ == "__main__":

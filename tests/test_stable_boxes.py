@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, text
 import offline
 from app.db import alembic_config
 from tests.conftest import db_url, index_args
+from tests.helpers import current_index
 
 PASSWORD = "stable boxes password"
 
@@ -75,8 +76,20 @@ def test_reindex_with_other_interval_and_size_keeps_every_box_on_its_frame_and_p
     capsys.readouterr()
     assert offline.main(["index", str(video), *args, "--force", "--keyframe-interval", "0.7",
                          "--keyframe-size", "240"]) == 0
+    # the served index holds the new keyframes (same content, new rows), not the old ones
+    from sqlalchemy import create_engine
+
+    engine = create_engine(db_url(data))
+    with engine.connect() as c:
+        catalogue = {r[0] for r in c.execute(text("SELECT id FROM keyframes"))}
+    engine.dispose()
+    ids = current_index(data).ids
+    assert {int(i) for k, i in ids.tolist() if k == 0} == catalogue
     app = _app(data, tiny_encoder)
     client = app.test_client()
+    for n, jpg in enumerate(sorted((data / "keyframes" / "long_shot").glob("*.jpg"))[:3], start=1):
+        found = client.post("/api/search", data={"image": (io.BytesIO(jpg.read_bytes()), "q.jpg"), "k": "1"})
+        assert found.get_json()["results"][0]["n"] == n  # a new keyframe finds itself
     listed = {a["id"]: a for a in client.get("/api/annotations?label=kept").get_json()["annotations"]}
     assert set(listed) == set(boxes)
     for box_id, (item, box) in boxes.items():
@@ -205,3 +218,13 @@ def test_bad_settings_are_one_sentence(tmp_path, capsys, monkeypatch):
 
     assert server.main(["--data-dir", str(tmp_path)]) == 2
     assert "search_requires_login from FRAMEFINDER_SEARCH_REQUIRES_LOGIN must be one of" in capsys.readouterr().err
+
+
+def test_retrain_flag_builds_a_new_generation_of_an_unchanged_collection(collection):
+    video, data, args = collection
+    before = current_index(data)
+    assert offline.main(["index", str(video), *args]) == 0
+    assert current_index(data).generation == before.generation  # nothing changed: nothing written
+    assert offline.main(["index", str(video), *args, "--retrain"]) == 0
+    after = current_index(data)
+    assert after.generation != before.generation and after.size == before.size

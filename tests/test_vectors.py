@@ -2,6 +2,9 @@
 target), filters applied inside the search, persistence and reload, query-time knobs."""
 from __future__ import annotations
 
+import json
+
+import faiss
 import numpy as np
 import pytest
 
@@ -78,7 +81,48 @@ def test_generation_persists_params_and_rerank_store(tmp_path, data):
 
 
 def test_auto_picks_by_size_and_memory():
-    assert vectors.choose_type(50_000, 512) == "flat"
+    assert vectors.choose_type(30_000, 512) == "flat"
+    assert vectors.choose_type(50_000, 512) == "ivf"  # exact search at 50k takes about 10 ms on two cores
     assert vectors.choose_type(300_000, 512) == "ivf"  # 600 MB of float32 fits 1 GB
     assert vectors.choose_type(1_000_000, 512) == "ivfpq"  # 2 GB would not
     assert vectors.choose_type(1_000_000, 512, memory_budget=4 << 30) == "ivf"
+
+
+def test_a_generation_of_segments_reads_as_one_store(tmp_path, data):
+    base, queries, exact = data
+    index, params = vectors.build_index(base, "ivfpq", {"nlist": 32, "nprobe": 16, "rerank": 200})
+    ids = np.stack([np.zeros(len(base), np.int64), np.arange(len(base))], axis=1)
+    vectors.save_generation(tmp_path, index, ids, {"params": params}, rerank=[base[:4000], [base[4000:5000],
+                                                                                          base[5000:]]])
+    loaded = vectors.load_current(tmp_path)
+    assert [s["rows"] for s in loaded.meta["rerank_segments"]] == [4000, 2000]
+    assert isinstance(loaded.rerank, vectors.Segments) and loaded.rerank.shape == base.shape
+    np.testing.assert_allclose(vectors.vector_of(loaded, 4500), base[4500], atol=2e-3)
+    assert recall(vectors.search(loaded, queries, 10)[1], exact) >= 0.95
+
+
+def test_generations_of_one_rerank_file_still_load(tmp_path, data):
+    """Generations written before segments keep a single vectors.f16.npy and no tags."""
+    base, queries, exact = data
+    index, params = vectors.build_index(base, "ivfpq", {"nlist": 32, "nprobe": 16, "rerank": 200})
+    folder = tmp_path / "20250101T000000-000000000"
+    folder.mkdir()
+    faiss.write_index(index, str(folder / "index.faiss"))
+    np.save(folder / "ids.npy", np.stack([np.zeros(len(base), np.int64), np.arange(len(base))], axis=1))
+    np.save(folder / vectors.RERANK_FILE, base.astype(np.float16))
+    (folder / "meta.json").write_text(json.dumps({"params": params}))
+    (tmp_path / "CURRENT").write_text(folder.name)
+    loaded = vectors.load_current(tmp_path)
+    assert loaded.tags is None and vectors.segment_paths(loaded) == [folder / vectors.RERANK_FILE]
+    assert recall(vectors.search(loaded, queries, 10)[1], exact) >= 0.95
+
+
+def test_tombstones_never_come_back_and_k_results_still_do(data):
+    base, queries, _ = data
+    index, params = vectors.build_index(base, "hnsw")
+    ids = np.stack([np.zeros(len(base), np.int64), np.arange(len(base))], axis=1)
+    _, before = vectors.search(bundle_of(index, params), queries, 10)
+    ids[np.unique(before), 0] = vectors.KIND_REMOVED  # every earlier hit is now removed
+    bundle = vectors.IndexBundle(index, ids, {"params": params}, "test")
+    _, rows = vectors.search(bundle, queries, 10)
+    assert rows.shape == (len(queries), 10) and np.all(rows >= 0) and not np.isin(rows, before).any()

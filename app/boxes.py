@@ -10,6 +10,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from PIL import Image as PILImage
 from sqlalchemy import and_, exists, func, not_, or_, select
@@ -311,12 +312,17 @@ def annotated_frames(session: Session, video_id: str) -> set[int]:
                                                                   Annotation.frame_idx.is_not(None))))
 
 
+def _utc(moment: datetime) -> str:
+    """ISO 8601 with its UTC offset, whichever database gave it back (SQLite returns naive datetimes)."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
 def as_json(a: Annotation, orphaned: bool | None = None) -> dict:
     """A box as the API and pages show it; `box` is in the item's source pixels (see Target)."""
     out = {"id": a.id, "item": a.target, "video_id": a.video_id, "frame_idx": a.frame_idx,
            "image_hash": a.image_hash, "box": [a.x, a.y, a.w, a.h], "label": a.label.name, "note": a.note,
-           "author": a.author.name, "version": a.version, "created": a.created_at.isoformat(),
-           "updated": a.updated_at.isoformat()}
+           "author": a.author.name, "version": a.version, "created": _utc(a.created_at),
+           "updated": _utc(a.updated_at)}
     if orphaned is not None:
         out["orphaned"] = orphaned
     return out

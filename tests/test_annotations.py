@@ -62,6 +62,8 @@ def test_credentials_and_roles(env):
     assert record["item"] == I("cuts_and_dissolve/1") and record["version"] == 1
     listed = client.get("/api/annotations?video_id=cuts_and_dissolve&label=disc&author=ann").get_json()
     assert record["id"] in [a["id"] for a in listed["annotations"]]
+    again = next(a for a in listed["annotations"] if a["id"] == record["id"])
+    assert again["created"] == record["created"] and record["created"].endswith("+00:00")  # one format
     assert client.get("/api/annotations?author=nobody").get_json()["count"] == 0
 
 

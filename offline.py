@@ -3,6 +3,7 @@
 
     python offline.py index PATH [PATH ...]     ingest videos, images, folders, zips, AI Challenge datasets
     python offline.py evaluate GT_PATH          score retrieval against ground truth (mAP, P@k, R@k)
+    python offline.py search "TEXT" [--image F]  search from the terminal (same ranking as the server)
     python offline.py users add NAME --role R   accounts: add | list | remove | passwd | token
     python offline.py demo                      make a sample collection, index it and serve it
 """
@@ -97,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--depth", type=int, default=None,
                         help="ranking depth, 1 to 1,000,000 (default: whole collection up to 10,000 items, "
                              "else 1,000)")
+    p_search = sub.add_parser("search", help="search the collection from the terminal (the server's search)",
+                              description="Ranks the collection for a text and/or an image, with the same code as "
+                                          "the web pages, and prints rank, similarity, video and time (or image), "
+                                          "and the picture's file. --json prints everything as one JSON object.")
+    p_search.add_argument("text", nargs="?", default="", help="what to find, in words")
+    p_search.add_argument("--image", type=Path, default=None, help="an image file to search by")
+    p_search.add_argument("--box", default="", metavar="X,Y,W,H", help="a region of --image, in its pixels")
+    p_search.add_argument("--k", default="20", help="how many results (1 to 1000, default 20)")
+    p_search.add_argument("--video", default=None, help="only this video id")
+    p_search.add_argument("--json", action="store_true", help="one JSON object instead of lines")
+    _add_settings_args(p_search, "device", "model_config")
     p_users = sub.add_parser("users", help="manage accounts: add, list, remove, passwd, token",
                              description="Accounts for the web pages and the API. Roles: admin (users, "
                                          "evaluations), annotator (own boxes), viewer (search only).")
@@ -189,6 +201,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(eval_runs.format_table(result.summary, result.gt_format))
     print(f"run {run_id} saved; headline protocol: {result.protocol}")
     print(result.json_line())
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from app.db import open_database
+    from app.search import QueryError, parse_k
+    from app.terminal_search import TerminalQuery, render, run
+
+    settings = _settings(args)
+    try:
+        query = TerminalQuery(text=args.text.strip(), image=args.image, box=args.box, k=parse_k(args.k),
+                              video=args.video)
+        outcome, collection = run(settings, query, open_database(settings.database_url, settings.layout.data_dir))
+    except QueryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(render(outcome, collection, args.json))
     return 0
 
 
@@ -305,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_evaluate(args)
         if args.command == "users":
             return cmd_users(args)
+        if args.command == "search":
+            return cmd_search(args)
         return cmd_demo(args)
     except (WeightsUnavailable, ModelMismatch, CollectionBusy, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -62,6 +62,15 @@ class Outcome:
     filtered_out: bool = False  # results existed but none passed min_score
 
 
+def format_time(seconds: float | None) -> str:
+    """A moment's time as hh:mm:ss.s, as pages and the terminal show it."""
+    if seconds is None:
+        return ""
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{int(h):02d}:{int(m):02d}:{s:04.1f}"
+
+
 def parse_k(raw: str | int | None, default: int = 100) -> int:
     try:
         k = int(raw) if raw not in (None, "") else default

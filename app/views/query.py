@@ -15,7 +15,7 @@ from app.boxes import image_row
 from app.items import BadItemRef, ItemRef
 from app.models import Keyframe, Video
 from app.safe_files import UnsafeFile
-from app.search import Hit, Options, Outcome, QueryError, parse_box, parse_k, parse_min_score
+from app.search import Hit, Options, Outcome, QueryError, format_time, parse_box, parse_k, parse_min_score
 from app.store import files_match
 from app.uploads import read_image
 
@@ -140,14 +140,6 @@ def run_query() -> tuple[Outcome, QueryInfo]:
              info.text[:80], info.options.k, len(outcome.hits) or len(outcome.moments),
              outcome.timing_ms.get("encode", 0), outcome.timing_ms.get("search", 0), outcome.timing_ms["total"])
     return outcome, info
-
-
-def format_time(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{int(h):02d}:{int(m):02d}:{s:04.1f}"
 
 
 def item_url(item: ItemRef | str) -> str:

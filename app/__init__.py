@@ -86,6 +86,7 @@ def create_app(config: dict | None = None, settings: Settings | None = None) -> 
     app.register_blueprint(api.bp)
     app.register_blueprint(media.bp)
     csrf.exempt(api.bp)  # read-only JSON queries; state-changing APIs get their own protection
+    app.add_url_rule("/favicon.ico", "favicon", lambda: app.send_static_file("favicon.svg"))
     _register_errors(app)
     _security_headers(app)
     _collection_notices(app)
@@ -183,7 +184,7 @@ def _search_login_gate(app: Flask) -> None:
 
         if not app.config["SEARCH_REQUIRES_LOGIN"] or current_user.is_authenticated:
             return None
-        if request.endpoint in ("auth.login", "static") or request.endpoint is None:
+        if request.endpoint in ("auth.login", "static", "favicon") or request.endpoint is None:
             return None
         return app.login_manager.unauthorized()
 

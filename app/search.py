@@ -177,6 +177,9 @@ class Searcher:
 
     def search(self, query: np.ndarray, opts: Options, outcome: Outcome) -> Outcome:
         snap = self._snapshot()
+        if opts.video and not snap.rows_of_video(opts.video).any():
+            outcome.notices.append(f"There is no video '{opts.video[:100]}' in the collection (video ids are file "
+                                   f"names without extension, as results show them).")
         t0 = time.perf_counter()
         fetch = min(snap.bundle.size, opts.k * (4 if opts.collapse_shots else 1))
         scores, rows = vectors.search(snap.bundle, query, fetch, self._allowed(snap, opts), opts.index_params)
@@ -240,6 +243,13 @@ class Searcher:
                     extended.append(Moment(chain.video_id, chain.hits + [best], chain.score + best.score))
             chains = extended
         chains.sort(key=lambda m: -m.score)
-        outcome.moments = chains[:opts.k]
+        used: set[int] = set()
+        distinct = []
+        for chain in chains:  # each frame belongs to one moment: the best one it is part of
+            rows = {h.row for h in chain.hits}
+            if not rows & used:
+                used |= rows
+                distinct.append(chain)
+        outcome.moments = distinct[:opts.k]
         outcome.timing_ms["search"] = (time.perf_counter() - t0) * 1000
         return outcome

@@ -95,3 +95,39 @@ def test_keyframe_page_shows_frame_neighbours_and_video(page, live_url, kf):
     src = page.get_attribute("#player", "src")
     assert "/video/long_shot#t=" in src
     page.wait_for_function("() => document.getElementById('player').readyState >= 1")
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_groups_sequences_and_the_live_count(browser, live_url, width):
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    page = context.new_page()
+    page.goto(f"{live_url}/?q=x&k=30&group=1")
+    groups = page.locator("#results details.group")
+    assert groups.count() >= 2
+    first = groups.first
+    assert "result" in first.locator("summary").inner_text() and "best" in first.locator("summary").inner_text()
+    first.locator("summary").click()  # collapse, then expand again
+    assert not first.locator(".card").first.is_visible()
+    first.locator("summary").click()
+    assert first.locator(".card").first.is_visible()
+    total = int(page.get_attribute("#result-count", "data-total"))
+    page.fill("#min_score", "100")
+    page.dispatch_event("#min_score", "input")
+    assert page.inner_text("#result-count").startswith(("0 results", "1 result ")) or \
+        page.inner_text("#result-count").endswith(f"of {total}")
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.fill("#min_score", "0")
+    page.dispatch_event("#min_score", "input")
+    assert page.inner_text("#result-count") == f"{total} results"
+    page.screenshot(path=str(ARTIFACTS / f"search-grouped-{width}.png"), full_page=False)
+
+    page.goto(f"{live_url}/?q1=first+event&q2=second+event&gap=3&k=5")
+    moment = page.locator("#moments .moment").first
+    head = moment.locator(".moment-head").inner_text()
+    assert "A" in head and "B" in head and " s " in head
+    assert moment.locator('.event-card[data-event="A"] .card').count() == 1
+    assert moment.locator('.event-card[data-event="B"] .card').count() == 1
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    moment.screenshot(path=str(ARTIFACTS / f"search-sequence-{width}.png"))
+    context.close()

@@ -117,12 +117,34 @@ def truths_has(truths, frame: int) -> bool:
     return any(a <= frame <= b for a, b in truths["long_shot"].shots)
 
 
-def test_sequence_query_finds_ordered_moments_within_the_gap(client):
+def test_sequence_query_finds_ordered_distinct_moments_within_the_gap(client):
     body = client.get("/api/search?q1=first+event&q2=second+event&gap=3&k=10").get_json()
     assert body["kind"] == "sequence" and body["moments"]
+    seen = []
     for m in body["moments"]:
         a, b = m["hits"]
         assert a["video_id"] == b["video_id"] and 0 < b["pts_time"] - a["pts_time"] <= 3
+        assert m["gaps_s"] == [pytest.approx(b["pts_time"] - a["pts_time"], abs=0.01)]
+        seen += [a["item"], b["item"]]
+    assert len(seen) == len(set(seen))  # a frame belongs to one moment only
+    page = client.get("/?q1=first+event&q2=second+event&gap=3&k=10").get_data(as_text=True)
+    n = len(body["moments"])
+    assert f"{n} moment{'' if n == 1 else 's'}" in page and 'data-event="A"' in page and 'data-event="B"' in page
+
+
+def test_counts_plurals_groups_unknown_video_and_favicon(client):
+    one = client.get("/?q=x&k=1").get_data(as_text=True)
+    assert ">1 result<" in one and "1 results" not in one
+    grouped = client.get("/?q=x&k=30&group=1").get_data(as_text=True)
+    headers = re.findall(r'<details class="group" open data-key="([^"]+)">', grouped)
+    results = client.get("/api/search?q=x&k=30&group=1").get_json()["results"]
+    assert headers == list(dict.fromkeys(r["video_id"] or r["name"] for r in results))
+    assert "AI Challenge submission CSV (video frames only)" in grouped and "images included" in grouped
+    r = client.get("/api/search?q=x&video=zzz")
+    assert r.get_json()["results"] == [] and any("no video 'zzz'" in n for n in r.get_json()["notices"])
+    assert "There is no video" in client.get("/?q=x&video=zzz").get_data(as_text=True)
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and b"<svg" in icon.data
 
 
 def test_csv_export_is_submission_format(client):

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, jsonify, request
 from app import services, weights_notice
 from app.items import ItemRef
 from app.search import QueryError
-from app.views.query import hit_json, item_record, run_query
+from app.views.query import hit_json, item_record, moment_json, run_query
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -30,8 +30,7 @@ def search():
     body = {"results": [hit_json(h) for h in outcome.hits], "timing_ms": outcome.timing_ms,
             "notices": outcome.notices + ([notice] if notice else []), "kind": info.kind}
     if info.kind == "sequence":
-        body["moments"] = [{"video_id": m.video_id, "score": round(m.score, 6), "hits": [hit_json(h) for h in m.hits]}
-                           for m in outcome.moments]
+        body["moments"] = [moment_json(m) for m in outcome.moments]
     return jsonify(body)
 
 

@@ -156,6 +156,13 @@ def hit_json(hit: Hit) -> dict:
             "picture_url": item_url(e.ref), "page_url": url_for("media.item_page", ref=e.ref)}
 
 
+def moment_json(m) -> dict:
+    """A sequence match: its events in order, and the seconds between consecutive ones."""
+    hits = [hit_json(h) for h in m.hits]
+    gaps = [round(b["pts_time"] - a["pts_time"], 2) for a, b in zip(hits, hits[1:], strict=False)]
+    return {"video_id": m.video_id, "score": round(m.score / len(hits), 6), "hits": hits, "gaps_s": gaps}
+
+
 def _brief(video_id: str, k: Keyframe) -> dict:
     ref = ItemRef.frame(video_id, k.frame_idx)
     return {"item": str(ref), "n": k.n, "frame_idx": k.frame_idx, "pts_time": k.pts_time,

@@ -7,7 +7,7 @@ from flask import Blueprint, render_template, request
 
 from app.search import QueryError
 from app.views.api import submission_csv
-from app.views.query import QueryInfo, has_query, hit_json, read_options, run_query
+from app.views.query import QueryInfo, has_query, hit_json, moment_json, read_options, run_query
 
 bp = Blueprint("search", __name__)
 
@@ -26,9 +26,21 @@ def index():
         info = QueryInfo(text=request.values.get("q", ""), options=options)
         return render_template("index.html", info=info, outcome=None, results=[], error=str(exc)), 400
     results = [hit_json(h) for h in outcome.hits]
-    moments = [{"video_id": m.video_id, "score": m.score, "hits": [hit_json(h) for h in m.hits]}
-               for m in outcome.moments]
+    moments = [moment_json(m) for m in outcome.moments]
     export = {"csv": submission_csv(outcome.hits or [h for m in outcome.moments for h in m.hits[:1]]),
               "json": json.dumps({"results": results, "moments": moments, "timing_ms": outcome.timing_ms})}
+    groups = group_results(results) if info.options.group_by_video else []
     return render_template("index.html", info=info, outcome=outcome, results=results, moments=moments,
-                           export=export, error=None)
+                           groups=groups, export=export, error=None)
+
+
+def group_results(results: list[dict]) -> list[dict]:
+    """Results under one header per video (or image), in the order of each group's best result."""
+    groups: dict[str, dict] = {}
+    for r in results:
+        key = r["video_id"] or r["name"]
+        g = groups.setdefault(key, {"key": key, "is_video": r["video_id"] is not None, "results": [],
+                                    "best": r["score"]})
+        g["results"].append(r)
+        g["best"] = max(g["best"], r["score"])
+    return list(groups.values())

@@ -79,6 +79,14 @@ document.addEventListener("DOMContentLoaded", () => {
     });
     const none = $("no-result");
     none.hidden = passing > 0; none.querySelector("span").textContent = pct;
+    const count = $("result-count");  // the count follows the slider
+    if (count) count.textContent = `${passing} result${passing === 1 ? "" : "s"}` +
+      (passing < cards.length ? ` of ${cards.length}` : "");
+    document.querySelectorAll("#results .group").forEach((g) => {
+      const n = [...g.querySelectorAll(".card")].filter((c) => !c.hidden).length;
+      g.hidden = n === 0;
+      g.querySelector(".group-count").textContent = `${n} result${n === 1 ? "" : "s"}`;
+    });
     const more = $("show-more"); if (more) more.hidden = passing <= shown;
   };
   slider.addEventListener("input", apply); mode.addEventListener("change", apply);

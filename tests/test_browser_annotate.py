@@ -148,3 +148,68 @@ def test_orphaned_boxes_are_listed_and_an_image_page_fits(browser, collection, t
         assert page.evaluate("document.documentElement.scrollWidth") <= width
         page.screenshot(path=str(ARTIFACTS / f"item-image-{width}.png"), full_page=True)
         context.close()
+
+
+def test_annotation_traps_enter_n_unsaved_box_and_a_box_inside_a_box(page, collection, tiny_encoder):
+    """Each trap a new user fell into is a step here: Enter then N, N with an unsaved box, a box drawn inside
+    another (a face inside a person), and a press inside another box that must not move it."""
+    with new_server(collection, tiny_encoder) as base:
+        browser_log_in(page, base, "bob")
+        open_frame(page, base)
+        url = f"/api/annotations?author=bob&item={FRAMES['2']}"
+        before = len(page.evaluate(f"fetch('{url}').then(r => r.json())")["annotations"])
+        drag(page, (0.1, 0.1), (0.9, 0.9), steps=6)  # the person
+        page.fill("#label", "trap person")
+        page.press("#label", "Enter")
+        page.wait_for_selector("#status:has-text('Saved box')")
+        assert page.evaluate("document.activeElement.id") == "boxes-canvas"
+        page.keyboard.press("Escape")  # nothing selected now
+        outer = page.evaluate(f"fetch('{url}').then(r => r.json())")["annotations"][-1]
+        page.keyboard.down("Shift")  # the face, drawn inside the person
+        drag(page, (0.4, 0.4), (0.6, 0.6), steps=6)
+        page.keyboard.up("Shift")
+        page.fill("#label", "trap face")
+        page.press("#label", "Enter")
+        page.wait_for_selector("#status:has-text('trap face')")
+        stored = page.evaluate(f"fetch('{url}').then(r => r.json())")["annotations"]
+        assert len(stored) == before + 2
+        face = next(a for a in stored if a["label"] == "trap face")
+        x, y, w, h = face["box"]
+        ox, oy, ow, oh = outer["box"]
+        assert ox < x and oy < y and x + w < ox + ow and y + h < oy + oh  # inside the other box
+        page.locator("body").click(position={"x": 5, "y": 5})
+        drag(page, (0.2, 0.2), (0.3, 0.35), steps=4)  # a press inside the (unselected) person only selects it
+        after = next(a for a in page.evaluate(f"fetch('{url}').then(r => r.json())")["annotations"]
+                     if a["id"] == outer["id"])
+        assert after["box"] == outer["box"] and after["version"] == outer["version"]
+
+        page.keyboard.press("d")  # draw-inside mode by key: a new box, left unsaved
+        drag(page, (0.45, 0.45), (0.55, 0.55), steps=4)
+        page.locator("body").click(position={"x": 5, "y": 5})
+        asked = []
+        page.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
+        page.keyboard.press("n")
+        page.wait_for_selector("#status:has-text('The new box is kept')")
+        assert asked and "not saved" in asked[0] and f"/annotate/{FRAMES['2']}" in page.url
+        page.once("dialog", lambda d: d.accept())
+        page.keyboard.press("n")
+        page.wait_for_url(f"**/annotate/{FRAMES['3']}")
+        assert len(page.evaluate(f"fetch('{url}').then(r => r.json())")["annotations"]) == before + 2
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_the_shortcut_list_opens_with_a_question_mark(browser, collection, tiny_encoder, width):
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    page = context.new_page()
+    with new_server(collection, tiny_encoder) as base:
+        browser_log_in(page, base, "ann")
+        open_frame(page, base)
+        assert not page.is_visible("#help-overlay")
+        page.locator("body").click(position={"x": 5, "y": 5})
+        page.keyboard.press("?")
+        assert page.is_visible("#help-overlay") and "Shift" in page.inner_text("#help-overlay")
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        page.screenshot(path=str(ARTIFACTS / f"annotate-help-{width}.png"), full_page=False)
+        page.keyboard.press("Escape")
+        assert not page.is_visible("#help-overlay")
+    context.close()

@@ -21,7 +21,10 @@
   let selected = null; // a record, or the draft
   let draft = null; // {box: [...]} not saved yet
   let drag = null; // {mode, start, orig}
+  let drawInside = false; // D toggles: a drag always draws a new box, even inside another (a face in a person)
   const undo = [];
+  const modeEl = document.getElementById("draw-mode");
+  const help = document.getElementById("help-overlay");
 
   function scale() { return img.clientWidth / data.width; }
   function say(text, bad) { statusEl.textContent = text; statusEl.classList.toggle("error", !!bad); }
@@ -116,7 +119,8 @@
     const all = draft ? [draft].concat(boxes.slice().reverse()) : boxes.slice().reverse();
     for (const b of all) {
       const [x, y, w, h] = b.box;
-      if (px >= x && px <= x + w && py >= y && py <= y + h) return { mode: "move", target: b };
+      // a press inside the selected box moves it; inside another box it only selects that box
+      if (px >= x && px <= x + w && py >= y && py <= y + h) return { mode: b === selected ? "move" : "select", target: b };
     }
     return { mode: "draw" };
   }
@@ -125,7 +129,8 @@
     ev.preventDefault();
     canvas.setPointerCapture(ev.pointerId);
     const p = toImage(ev);
-    const h = hit(p);
+    const h = ev.shiftKey || drawInside ? { mode: "draw" } : hit(p);
+    if (h.mode === "select") { select(h.target); return; }
     if (h.mode === "draw") {
       draft = { box: [p[0], p[1], 0, 0], label: "" };
       selected = draft;
@@ -188,6 +193,7 @@
         boxes.push(saved); draft = null; selected = saved;
         undo.push({ type: "create", id: saved.id });
         say(`Saved box ${saved.id} (${saved.label}).`);
+        canvas.focus(); // keys (N, P, Delete...) act on the page again, not in the label field
       } else {
         const rec = selected;
         const before = { label: rec.label, note: rec.note };
@@ -195,6 +201,7 @@
         Object.assign(rec, saved);
         undo.push({ type: "update", id: rec.id, before });
         say(`Updated box ${rec.id}.`);
+        canvas.focus();
       }
       addLabelOption(label);
     } catch (e) { say(e.message, true); }
@@ -249,13 +256,35 @@
     document.getElementById("region-box").value = clampBox(selected.box).join(",");
     document.getElementById("region-search").submit();
   });
+  // Leaving with an unsaved box asks first (a dismissed question keeps the box and stays here).
+  function go(url) {
+    if (!url) return;
+    if (draft && !window.confirm("The new box is not saved. Leave this frame and discard it?")) {
+      say("The new box is kept: type a label and press Save (Enter), or Esc to discard it.");
+      return;
+    }
+    window.location = url;
+  }
+  function setDrawInside(on) {
+    drawInside = on;
+    modeEl.textContent = on ? "Drawing inside boxes (D)" : "Draw inside boxes (D)";
+    modeEl.setAttribute("aria-pressed", String(on));
+  }
+  modeEl.addEventListener("click", () => setDrawInside(!drawInside));
+  document.querySelectorAll("#prev-link, #next-link").forEach((a) => a.addEventListener("click", (ev) => {
+    ev.preventDefault(); go(a.href);
+  }));
+  document.getElementById("help-close").addEventListener("click", () => { help.hidden = true; });
   document.addEventListener("keydown", (ev) => {
     const typing = ["INPUT", "TEXTAREA"].includes(document.activeElement.tagName);
     if ((ev.ctrlKey || ev.metaKey) && ev.key.toLowerCase() === "z" && !typing) { ev.preventDefault(); undoLast(); }
     else if (typing) return;
+    else if (ev.key === "?") help.hidden = !help.hidden;
+    else if (ev.key === "Escape" && !help.hidden) help.hidden = true;
     else if (ev.key === "Delete" || ev.key === "Backspace") { ev.preventDefault(); removeSelected(); }
-    else if (ev.key.toLowerCase() === "n" && data.next) window.location = data.next;
-    else if (ev.key.toLowerCase() === "p" && data.previous) window.location = data.previous;
+    else if (ev.key.toLowerCase() === "n") go(data.next);
+    else if (ev.key.toLowerCase() === "p") go(data.previous);
+    else if (ev.key.toLowerCase() === "d") setDrawInside(!drawInside);
     else if (ev.key === "Escape") { draft = null; select(null); }
   });
   window.addEventListener("resize", draw);

@@ -131,3 +131,45 @@ def test_groups_sequences_and_the_live_count(browser, live_url, width):
     assert page.evaluate("document.documentElement.scrollWidth") <= width
     moment.screenshot(path=str(ARTIFACTS / f"search-sequence-{width}.png"))
     context.close()
+
+
+def test_queries_have_addresses_reload_back_and_forward(page, live_url, indexed):
+    """A text query and an image-region query each live at a URL that gives the same results when reloaded;
+    the query image and its region stay on the page; back and forward go between them."""
+    def cards():
+        page.wait_for_selector("#results .card")
+        return [c.get_attribute("data-item") for c in page.locator("#results .card").all()]
+
+    page.goto(live_url)
+    page.fill("#q", "a bridge at dusk")
+    page.click("#search-button")
+    text_cards = cards()
+    text_url = page.url
+    assert "q=a+bridge+at+dusk" in text_url
+    page.reload()
+    assert cards() == text_cards
+
+    jpg = DataLayout.from_data_dir(indexed).keyframes_dir / "long_shot" / "001.jpg"
+    page.fill("#q", "")
+    page.set_input_files("#image", str(jpg))
+    page.wait_for_function("() => document.getElementById('preview-canvas').getBoundingClientRect().width > 50")
+    canvas = page.locator("#preview-canvas").bounding_box()
+    page.mouse.move(canvas["x"] + 5, canvas["y"] + 5)
+    page.mouse.down()
+    page.mouse.move(canvas["x"] + canvas["width"] * 0.6, canvas["y"] + canvas["height"] * 0.6, steps=5)
+    page.mouse.up()
+    box = page.input_value("#box")
+    page.click("#search-button")
+    region_cards = cards()
+    region_url = page.url
+    assert "image=" in region_url and f"box={box}" in region_url and "min_score" not in region_url
+    assert page.is_visible("#preview-canvas") and page.input_value("#box") == box  # kept beside the results
+    page.reload()
+    assert cards() == region_cards and page.input_value("#box") == box
+    page.screenshot(path=str(ARTIFACTS / "search-image-region-1280.png"), full_page=False)
+    page.go_back()
+    page.wait_for_url(text_url)
+    assert cards() == text_cards
+    page.go_forward()
+    page.wait_for_url(region_url)
+    assert cards() == region_cards

@@ -43,12 +43,42 @@ def test_exact_keyframe_as_image_query_comes_back_first_via_api(client, indexed)
     assert top["score"] > 0.99
 
 
-def test_exact_keyframe_upload_through_the_page_is_rank_one(client, indexed, kf):
-    r = client.post("/", data={"csrf_token": _csrf(client), "image": (io.BytesIO(_jpeg(indexed, n=3)), "q.jpg")},
+def test_exact_keyframe_upload_through_the_page_is_rank_one_at_an_address_that_repeats_it(client, indexed, kf):
+    """Post/redirect/get: the upload is kept under its id and the results live at a GET address."""
+    r = client.post("/", data={"csrf_token": _csrf(client), "image": (io.BytesIO(_jpeg(indexed, n=3)), "q.jpg"),
+                               "k": "7", "box": "", "q": ""}, content_type="multipart/form-data")
+    assert r.status_code == 303
+    where = r.headers["Location"]
+    assert re.fullmatch(r"/\?k=7&image=[0-9a-f]{32}", where), where
+    pages = [client.get(where).get_data(as_text=True) for _ in range(2)]  # a reload is the same query
+    cards = [re.findall(r'data-item="([^"]+)"', p) for p in pages]
+    assert cards[0] == cards[1] and cards[0][0] == kf("long_shot/3") and len(cards[0]) == 7
+    image_id = where.rsplit("=", 1)[1]
+    assert f'data-image-url="/query-image/{image_id}"' in pages[0]
+    assert client.get(f"/query-image/{image_id}").data == _jpeg(indexed, n=3)
+    w, h = Image.open(io.BytesIO(_jpeg(indexed, n=3))).size
+    region = client.get(f"{where}&box=0,0,{w // 2},{h // 2}").get_data(as_text=True)
+    assert f'data-box="0,0,{w // 2},{h // 2}"' in region
+
+
+def test_a_kept_query_image_expires_with_a_clear_message(client, indexed, tmp_path):
+    import os
+    import time
+
+    from app import query_images
+
+    r = client.post("/", data={"csrf_token": _csrf(client), "image": (io.BytesIO(_jpeg(indexed, n=2)), "q.jpg")},
                     content_type="multipart/form-data")
-    assert r.status_code == 200
-    first_card = re.search(r'data-item="([^"]+)"', r.get_data(as_text=True)).group(1)
-    assert first_card == kf("long_shot/3")
+    image_id = r.headers["Location"].rsplit("=", 1)[1]
+    kept = query_images.query_image_dir(indexed) / image_id
+    old = time.time() - query_images.MAX_AGE_S - 60
+    os.utime(kept, (old, old))
+    page = client.get(f"/?image={image_id}")
+    assert page.status_code == 400 and "has expired" in page.get_data(as_text=True)
+    assert client.get("/?image=../../etc/passwd").status_code == 400
+    root = tmp_path / "kept"
+    ids = [query_images.put(root, bytes([i]) * 10) for i in range(3)]
+    assert query_images.prune(root, now=time.time() + query_images.MAX_AGE_S + 1) == 3 and ids
 
 
 def test_page_form_without_csrf_token_is_refused(client, indexed):

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, abort, current_app, render_template
+from flask import Blueprint, Response, abort, current_app, render_template
 from sqlalchemy import select
 
-from app import services
+from app import query_images, services
 from app.boxes import image_row
 from app.items import ItemRef
 from app.models import Video
+from app.query_images import query_image_dir
 from app.safe_files import UnsafeFile, open_beneath, open_source, send_opened
 from app.views.query import item_record, keyframe_relpath
 
@@ -43,6 +44,26 @@ def item_picture(ref: ItemRef):
         abort(404, description="no such image")
     handle, st = _opened(open_source, row)
     return send_opened(handle, st, Path(row.path).name, CACHE_SECONDS)
+
+
+@bp.get("/query-image/<image_id>")
+def query_image(image_id: str):
+    """A kept query image (see app.query_images), for the search page's preview."""
+    try:
+        data = query_images.get(query_image_dir(_layout().data_dir), image_id)
+    except query_images.QueryImageGone as exc:
+        abort(404, description=str(exc))
+    return Response(data, mimetype=_sniff(data),
+                    headers={"Cache-Control": "private, max-age=3600"})
+
+
+def _sniff(data: bytes) -> str:
+    """The picture's type from its first bytes (the kept file has no name)."""
+    for magic, mime in ((b"\xff\xd8", "image/jpeg"), (b"\x89PNG", "image/png"), (b"RIFF", "image/webp"),
+                        (b"BM", "image/bmp"), (b"GIF8", "image/gif")):
+        if data.startswith(magic):
+            return mime
+    return "application/octet-stream"
 
 
 @bp.get("/video/<video_id>")

@@ -10,10 +10,11 @@ from flask import current_app, request, url_for
 from PIL import Image as PILImage
 from sqlalchemy import select
 
-from app import boxes, services
+from app import boxes, query_images, services
 from app.boxes import image_row
 from app.items import BadItemRef, ItemRef
 from app.models import Keyframe, Video
+from app.query_images import query_image_dir
 from app.safe_files import UnsafeFile
 from app.search import Hit, Options, Outcome, QueryError, format_time, parse_box, parse_k, parse_min_score
 from app.store import files_match
@@ -31,6 +32,8 @@ class QueryInfo:
     events: list[str] = field(default_factory=list)
     like: str = ""
     box: str = ""
+    image_id: str = ""  # a kept query image (app.query_images): ?image=<id> reproduces the query
+    image_url: str = ""  # where the page shows it
     options: Options = field(default_factory=Options)
     text_weight: float = 0.5
     gap: float = 10.0
@@ -89,7 +92,46 @@ def _like_vector(like: str):
 
 
 def has_query() -> bool:
-    return any(request.values.get(k) for k in ("q", "like", "q1", "region_of")) or "image" in request.files
+    return any(request.values.get(k) for k in ("q", "like", "q1", "region_of", "image", "image_id")) \
+        or "image" in request.files
+
+
+# What a search page URL carries: every option of the form, and the kept image's id instead of its bytes.
+URL_KEYS = ("q", "k", "min_score", "score_mode", "video", "folder", "label", "group", "collapse", "text_weight", "box",
+            "like", "region_of", "nprobe", "ef", "rerank")
+
+
+URL_DEFAULTS = {"k": "100", "min_score": "0", "score_mode": "abs", "text_weight": "0.5"}  # left out of URLs
+
+
+def _query_images_root():
+    return query_image_dir(current_app.extensions["layout"].data_dir)
+
+
+def keep_upload() -> str | None:
+    """An uploaded query image, checked and kept; its id (None when no file came)."""
+    upload = request.files.get("image")
+    if upload is None or not (upload.filename or upload.content_length):
+        return None
+    data = upload.read()
+    read_image(data)  # a bad file is a 400 here, before anything is kept
+    return query_images.put(_query_images_root(), data)
+
+
+def query_url() -> str:
+    """The GET address of the query a form POSTed (post/redirect/get: reload, bookmark, back and forward)."""
+    params = {k: request.form[k] for k in URL_KEYS if request.form.get(k) and request.form[k] != URL_DEFAULTS.get(k)}
+    image_id = keep_upload() or request.form.get("image_id")
+    if image_id:
+        params["image"] = image_id
+    return url_for("search.index", **params)
+
+
+def _kept_image(image_id: str) -> bytes:
+    try:
+        return query_images.get(_query_images_root(), image_id)
+    except query_images.QueryImageGone as exc:
+        raise QueryError(str(exc)) from None
 
 
 def run_query() -> tuple[Outcome, QueryInfo]:
@@ -114,10 +156,15 @@ def run_query() -> tuple[Outcome, QueryInfo]:
         t0 = time.perf_counter()
         text_vec = image_vec = None
         upload = request.files.get("image")
+        kept = request.values.get("image") or request.values.get("image_id")
         if upload is not None and (upload.filename or upload.content_length):
             image = read_image(upload.read())
             image_vec = searcher.encode_image(image, parse_box(info.box, image.width, image.height))
             info.kind = "image"
+        elif kept:
+            image = read_image(_kept_image(kept))
+            image_vec = searcher.encode_image(image, parse_box(info.box, image.width, image.height))
+            info.kind, info.image_id = "image", kept
         elif request.values.get("region_of"):
             image_vec = searcher.encode_image(region_pixels(parse_ref(request.values["region_of"], "region_of"),
                                                             info.box))

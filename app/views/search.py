@@ -3,17 +3,26 @@ from __future__ import annotations
 
 import json
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, redirect, render_template, request, url_for
 
 from app.search import QueryError
 from app.views.api import submission_csv
-from app.views.query import QueryInfo, has_query, hit_json, moment_json, read_options, run_query
+from app.views.query import QueryInfo, has_query, hit_json, moment_json, query_url, read_options, run_query
 
 bp = Blueprint("search", __name__)
 
 
 @bp.route("/", methods=["GET", "POST"])
 def index():
+    """GET runs the query in the URL. A POSTed form (it may carry an image file) is turned into that URL: the
+    image is kept under its id, then a redirect (303) shows the results at an address that can be reloaded,
+    bookmarked and shared."""
+    if request.method == "POST" and has_query():
+        try:
+            return redirect(query_url(), code=303)
+        except QueryError as exc:
+            return render_template("index.html", info=QueryInfo(text=request.form.get("q", "")), outcome=None,
+                                   results=[], error=str(exc)), 400
     if not has_query():
         return render_template("index.html", info=QueryInfo(), outcome=None, results=[], error=None)
     try:
@@ -30,6 +39,8 @@ def index():
     export = {"csv": submission_csv(outcome.hits or [h for m in outcome.moments for h in m.hits[:1]]),
               "json": json.dumps({"results": results, "moments": moments, "timing_ms": outcome.timing_ms})}
     groups = group_results(results) if info.options.group_by_video else []
+    if info.image_id:
+        info.image_url = url_for("media.query_image", image_id=info.image_id)
     return render_template("index.html", info=info, outcome=outcome, results=results, moments=moments,
                            groups=groups, export=export, error=None)
 

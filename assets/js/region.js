@@ -38,7 +38,10 @@ function attachRegion(canvas, naturalSize, onBox) {
   canvas.addEventListener("mousedown", down); canvas.addEventListener("touchstart", down, { passive: false });
   window.addEventListener("mousemove", move); canvas.addEventListener("touchmove", move, { passive: false });
   window.addEventListener("mouseup", up); canvas.addEventListener("touchend", up);
-  return { clear() { box = null; draw(); }, redraw: draw };
+  return {
+    clear() { box = null; draw(); }, redraw: draw,
+    show(b) { const s = scale(); box = { x: b.x / s, y: b.y / s, w: b.w / s, h: b.h / s }; draw(); },  // image pixels
+  };
 }
 
 document.addEventListener("DOMContentLoaded", () => {

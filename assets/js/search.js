@@ -15,20 +15,24 @@ document.addEventListener("DOMContentLoaded", () => {
     canvas.style.backgroundSize = "100% 100%";
     if (region) region.redraw();
   };
-  const showFile = (file) => {
-    const url = URL.createObjectURL(file);
+  const keptId = $("image_id");
+  const showUrl = (url, box) => {
     const img = new Image();
     img.onload = () => {
       bitmap = { width: img.naturalWidth, height: img.naturalHeight, url };
-      preview.hidden = false; weight.hidden = false; boxInput.value = "";
+      preview.hidden = false; weight.hidden = false; boxInput.value = box || "";
       drawPreview();
       if (!region) region = attachRegion(canvas, () => ({ w: bitmap.width, h: bitmap.height }),
         (b) => { boxInput.value = b ? `${b.x},${b.y},${b.w},${b.h}` : ""; });
       else region.clear();
+      if (box) { const [x, y, w, h] = box.split(",").map(Number); region.show({ x, y, w, h }); }
     };
     img.onerror = () => { preview.hidden = false; canvas.style.backgroundImage = "none"; };
     img.src = url;
   };
+  const showFile = (file) => { if (keptId) keptId.value = ""; showUrl(URL.createObjectURL(file), ""); };
+  // the query image of this page's URL (kept on the server): shown with its region, to adjust and run again
+  if (preview && preview.dataset.imageUrl) showUrl(preview.dataset.imageUrl, preview.dataset.box);
   const setFile = (file) => {
     const dt = new DataTransfer(); dt.items.add(file); fileInput.files = dt.files; showFile(file);
   };
@@ -40,6 +44,7 @@ document.addEventListener("DOMContentLoaded", () => {
     });
     $("clear-image").addEventListener("click", () => {
       fileInput.value = ""; boxInput.value = ""; bitmap = null; preview.hidden = true; weight.hidden = true;
+      if (keptId) keptId.value = "";
     });
     const video = $("webcam"), snap = $("snap-button");
     $("webcam-button").addEventListener("click", async () => {

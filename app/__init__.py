@@ -67,6 +67,7 @@ def create_app(config: dict | None = None, settings: Settings | None = None) -> 
     app.url_map.converters["int"] = BoundedInt  # before any route: every <int:...> is a sane id
     app.url_map.converters["item"] = ItemConverter
     app.add_template_filter(item_label)
+    app.add_template_filter(weights_name)
     csrf.init_app(app)
 
     from app.services import init_services
@@ -150,6 +151,12 @@ class ItemConverter(BaseConverter):
 
     def to_url(self, value: ItemRef | str) -> str:
         return super().to_url(str(value))
+
+
+def weights_name(pretrained: str | None) -> str:
+    """A weights tag as it is, a checkpoint file by its name only: pages never show the server's paths."""
+    text = str(pretrained or "")
+    return text.replace("\\", "/").rsplit("/", 1)[-1] if "/" in text or "\\" in text else text
 
 
 def item_label(item: ItemRef | str) -> str:

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, url_for
 
-from app import eval_runs, gt_sets, services
+from app import eval_runs, gt_sets, services, weights_name
 from app.baselines import BASELINES
 from app.groundtruth import ANNOTATIONS_SET, PROTOCOL_HELP, PROTOCOLS, GroundTruthError
 from app.metrics import RECALL_POINTS
@@ -55,7 +55,8 @@ def _configurations() -> list[tuple[str, str]]:
     clip = "clip: no index yet"
     if snap is not None:
         meta = snap.bundle.meta
-        clip = f"{meta.get('model')} [{meta.get('pretrained')}] · {meta.get('params', {}).get('type', 'flat')} index"
+        clip = (f"{meta.get('model')} [{weights_name(meta.get('pretrained'))}] · "
+                f"{meta.get('params', {}).get('type', 'flat')} index")
     return [("clip", clip)] + [(b, f"{b} baseline (image queries only, exact search)") for b in BASELINES]
 
 

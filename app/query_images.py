@@ -37,9 +37,9 @@ def put(root: Path, data: bytes) -> str:
     """Keep `data` (already known to be a decodable image) and return its id."""
     image_id = hashlib.sha256(data).hexdigest()[:32]
     path = root / image_id
-    if path.is_file():
-        os.utime(path)  # recently used
-    else:
+    try:
+        os.utime(path)  # kept already: recently used now
+    except FileNotFoundError:  # new, or evicted a moment ago by another request
         atomic.write_bytes(path, data)
     prune(root, keep=image_id)
     return image_id
@@ -48,24 +48,33 @@ def put(root: Path, data: bytes) -> str:
 def get(root: Path, image_id: str) -> bytes:
     if not valid_id(image_id):
         raise QueryImageGone("the image id must be the 32 hexadecimal characters a search by image put in its URL")
+    gone = QueryImageGone(f"the query image {image_id} is no longer kept (images are kept for a day): upload it again")
     try:
-        handle, _ = open_beneath(root.parent, f"{root.name}/{image_id}")
+        handle, st = open_beneath(root.parent, f"{root.name}/{image_id}")
     except UnsafeFile:
-        raise QueryImageGone(f"the query image {image_id} is no longer kept (images are kept for a day): upload it "
-                             f"again") from None
+        raise gone from None
     with handle:
         data = handle.read()
-    if time.time() - os.stat(root / image_id).st_mtime > MAX_AGE_S:
+    if time.time() - st.st_mtime > MAX_AGE_S:
         raise QueryImageGone(f"the query image {image_id} has expired (images are kept for a day): upload it again")
-    os.utime(root / image_id)
+    try:
+        os.utime(root / image_id)
+    except FileNotFoundError:  # evicted while we read it: what we read is still the image
+        pass
     return data
 
 
 def prune(root: Path, keep: str = "", now: float | None = None) -> int:
     """Drop expired files, then the least recently used beyond the count and size limits; returns how many."""
     now = time.time() if now is None else now
+    entries = []
     try:
-        entries = [(p, p.stat()) for p in root.iterdir() if p.is_file() and valid_id(p.name)]
+        for p in root.iterdir():
+            if valid_id(p.name):
+                try:
+                    entries.append((p, p.stat()))
+                except FileNotFoundError:  # removed by another request's prune meanwhile
+                    continue
     except FileNotFoundError:
         return 0
     entries.sort(key=lambda e: e[1].st_mtime, reverse=True)  # newest first

@@ -36,8 +36,15 @@ def run(settings: Settings, query: TerminalQuery, sessions) -> tuple[Outcome, Co
                          "--data-dir)")
     if not query.text and query.image is None:
         raise QueryError("give a text query, --image FILE, or both")
+    if query.box and query.image is None:
+        raise QueryError("--box is a region of --image: give the image too")
     searcher = Searcher(collection, encoder_for_index(snap.bundle.meta, settings.device))
     outcome = Outcome()
+    from app import weights_notice
+
+    notice = weights_notice(snap.bundle.meta)
+    if notice:
+        outcome.notices.append(notice)
     image_vec = text_vec = None
     if query.image is not None:
         from app.uploads import read_image

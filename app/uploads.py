@@ -48,8 +48,11 @@ def _decode(data: bytes) -> Image.Image:
             im.load()
     except QueryError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise QueryError("the uploaded file is not an image this server can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise QueryError(f"the image declares too many pixels; the limit is {MAX_PIXELS:,} pixels (about 6000x4000)"
+                         ) from None
+    except UnidentifiedImageError:
+        raise QueryError("the file is not an image this server can read (JPEG, PNG, WebP, BMP or GIF)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise QueryError(f"the uploaded image is damaged or truncated ({exc})") from None
     rgb = im.convert("RGB")

@@ -117,8 +117,15 @@ def test_groups_sequences_and_the_live_count(browser, live_url, width):
         page.inner_text("#result-count").endswith(f"of {total}")
     assert page.evaluate("document.documentElement.scrollWidth") <= width
     ARTIFACTS.mkdir(exist_ok=True)
+    page.dispatch_event("#min_score", "change")  # the slider is part of the address
+    assert "min_score=100" in page.url
+    page.reload()
+    assert page.input_value("#min_score") == "100"
     page.fill("#min_score", "0")
     page.dispatch_event("#min_score", "input")
+    page.dispatch_event("#min_score", "change")  # below the served floor: the query runs again
+    page.wait_for_url(lambda url: "min_score" not in url)
+    page.wait_for_selector("#results .card")
     assert page.inner_text("#result-count") == f"{total} results"
     page.screenshot(path=str(ARTIFACTS / f"search-grouped-{width}.png"), full_page=False)
 

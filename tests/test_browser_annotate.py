@@ -183,6 +183,11 @@ def test_annotation_traps_enter_n_unsaved_box_and_a_box_inside_a_box(page, colle
                      if a["id"] == outer["id"])
         assert after["box"] == outer["box"] and after["version"] == outer["version"]
 
+        drag(page, (0.95, 0.3), (0.99, 0.5), steps=4)  # a new box (away from the others): keys go to the label
+        assert page.evaluate("document.activeElement.id") == "label"
+        page.keyboard.press("Escape")  # ...and Esc leaves it, discarding the box: N works again
+        page.wait_for_selector("#status:has-text('discarded')")
+        assert page.evaluate("document.activeElement.id") == "boxes-canvas"
         page.keyboard.press("d")  # draw-inside mode by key: a new box, left unsaved
         drag(page, (0.45, 0.45), (0.55, 0.55), steps=4)
         page.locator("body").click(position={"x": 5, "y": 5})

@@ -78,7 +78,17 @@ def test_a_kept_query_image_expires_with_a_clear_message(client, indexed, tmp_pa
     assert client.get("/?image=../../etc/passwd").status_code == 400
     root = tmp_path / "kept"
     ids = [query_images.put(root, bytes([i]) * 10) for i in range(3)]
-    assert query_images.prune(root, now=time.time() + query_images.MAX_AGE_S + 1) == 3 and ids
+    (root / ids[0]).unlink()  # evicted by another request: a clear "no longer kept", and a new upload keeps it again
+    with pytest.raises(query_images.QueryImageGone, match="no longer kept"):
+        query_images.get(root, ids[0])
+    assert query_images.put(root, bytes([0]) * 10) == ids[0] and query_images.get(root, ids[0]) == bytes([0]) * 10
+    assert query_images.prune(root, now=time.time() + query_images.MAX_AGE_S + 1) == 3
+
+
+def test_a_posted_sequence_keeps_its_events_in_the_address(client):
+    r = client.post("/", data={"csrf_token": _csrf(client), "q1": "first event", "q2": "second event", "gap": "3"})
+    assert r.status_code == 303 and "q1=first+event" in r.headers["Location"] and "gap=3" in r.headers["Location"]
+    assert 'data-event="B"' in client.get(r.headers["Location"]).get_data(as_text=True)
 
 
 def test_page_form_without_csrf_token_is_refused(client, indexed):
@@ -230,6 +240,7 @@ def test_bad_inputs_get_clear_4xx_and_server_keeps_serving(client, indexed):
         client.get("/api/search?like=nope/1"),
         client.get("/api/search?like=nope@1"),
     ]
+    assert "too many pixels" in cases[4].get_json()["error"]
     for r in cases:
         assert r.status_code == 400, r.get_data(as_text=True)
         assert r.get_json()["error"]

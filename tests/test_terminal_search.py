@@ -29,9 +29,11 @@ def test_an_image_finds_its_keyframe_and_text_ranks_as_the_server_does(indexed, 
 def test_lines_for_people_and_clear_errors(indexed):
     done = cli("search", "anything", "--k", "2", "--video", "long_shot", "--data-dir", str(indexed), *ARGS)
     assert done.returncode == 0, done.stderr
+    assert "note: This collection was indexed with random weights" in done.stdout  # as the pages say
     lines = [ln for ln in done.stdout.splitlines() if not ln.startswith("note:")]
     assert len(lines) == 2 and all("long_shot 00:00:" in ln and "(frame " in ln and ".jpg" in ln for ln in lines)
     for bad, message in ((["--k", "0"], "k must be between 1 and 1000"), ([], "give a text query, --image FILE"),
-                         (["--image", "/no/such.jpg"], "/no/such.jpg")):
+                         (["--image", "/no/such.jpg"], "/no/such.jpg"),
+                         (["red", "--box", "1,1,2,2"], "--box is a region of --image")):
         done = cli("search", *bad, "--data-dir", str(indexed), *ARGS)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -98,7 +98,7 @@ def has_query() -> bool:
 
 # What a search page URL carries: every option of the form, and the kept image's id instead of its bytes.
 URL_KEYS = ("q", "k", "min_score", "score_mode", "video", "folder", "label", "group", "collapse", "text_weight", "box",
-            "like", "region_of", "nprobe", "ef", "rerank")
+            "like", "region_of", "nprobe", "ef", "rerank", "q1", "q2", "q3", "q4", "q5", "gap")
 
 
 URL_DEFAULTS = {"k": "100", "min_score": "0", "score_mode": "abs", "text_weight": "0.5"}  # left out of URLs

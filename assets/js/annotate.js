@@ -257,8 +257,8 @@
     document.getElementById("region-search").submit();
   });
   // Leaving with an unsaved box asks first (a dismissed question keeps the box and stays here).
-  function go(url) {
-    if (!url) return;
+  function go(url, which) {
+    if (!url) { say(`This is the ${which} keyframe of the video.`); return; }
     if (draft && !window.confirm("The new box is not saved. Leave this frame and discard it?")) {
       say("The new box is kept: type a label and press Save (Enter), or Esc to discard it.");
       return;
@@ -272,18 +272,21 @@
   }
   modeEl.addEventListener("click", () => setDrawInside(!drawInside));
   document.querySelectorAll("#prev-link, #next-link").forEach((a) => a.addEventListener("click", (ev) => {
-    ev.preventDefault(); go(a.href);
+    ev.preventDefault(); go(a.href, "");
   }));
   document.getElementById("help-close").addEventListener("click", () => { help.hidden = true; });
   document.addEventListener("keydown", (ev) => {
     const typing = ["INPUT", "TEXTAREA"].includes(document.activeElement.tagName);
     if ((ev.ctrlKey || ev.metaKey) && ev.key.toLowerCase() === "z" && !typing) { ev.preventDefault(); undoLast(); }
-    else if (typing) return;
+    else if (typing && ev.key === "Escape") {  // leave the field: an unsaved box is discarded, the keys work again
+      if (draft) { draft = null; select(null); say("The new box was discarded."); }
+      canvas.focus();
+    } else if (typing) return;
     else if (ev.key === "?") help.hidden = !help.hidden;
     else if (ev.key === "Escape" && !help.hidden) help.hidden = true;
     else if (ev.key === "Delete" || ev.key === "Backspace") { ev.preventDefault(); removeSelected(); }
-    else if (ev.key.toLowerCase() === "n") go(data.next);
-    else if (ev.key.toLowerCase() === "p") go(data.previous);
+    else if (ev.key.toLowerCase() === "n") go(data.next, "last");
+    else if (ev.key.toLowerCase() === "p") go(data.previous, "first");
     else if (ev.key.toLowerCase() === "d") setDrawInside(!drawInside);
     else if (ev.key === "Escape") { draft = null; select(null); }
   });

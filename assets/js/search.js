@@ -82,8 +82,8 @@ document.addEventListener("DOMContentLoaded", () => {
       const show = ok && passing <= shown;
       c.hidden = !show; if (show) visible += 1;
     });
-    const none = $("no-result");
-    none.hidden = passing > 0; none.querySelector("span").textContent = pct;
+    const none = $("no-result");  // only when the slider itself hides every result
+    none.hidden = passing > 0 || !cards.length; none.querySelector("span").textContent = pct;
     const count = $("result-count");  // the count follows the slider
     if (count) count.textContent = `${passing} result${passing === 1 ? "" : "s"}` +
       (passing < cards.length ? ` of ${cards.length}` : "");
@@ -94,7 +94,20 @@ document.addEventListener("DOMContentLoaded", () => {
     });
     const more = $("show-more"); if (more) more.hidden = passing <= shown;
   };
+  // the slider and its mode are part of the query's address: a reload or a shared link keeps them
+  const results = $("results");
+  const served = results ? { pct: Number(results.dataset.minScore || 0), mode: results.dataset.scoreMode } : null;
+  const remember = () => {
+    if (!served) return;
+    const url = new URL(window.location.href);
+    if (Number(slider.value) > 0) url.searchParams.set("min_score", slider.value); else url.searchParams.delete("min_score");
+    if (mode.value !== "abs") url.searchParams.set("score_mode", mode.value); else url.searchParams.delete("score_mode");
+    // results the server already left out cannot come back here: a lower floor (or another mode) asks again
+    if (Number(slider.value) < served.pct || (served.pct > 0 && mode.value !== served.mode)) window.location = url;
+    else history.replaceState(history.state, "", url);
+  };
   slider.addEventListener("input", apply); mode.addEventListener("change", apply);
+  slider.addEventListener("change", remember); mode.addEventListener("change", remember);
   const more = $("show-more");
   if (more) more.addEventListener("click", () => { shown += pageSize; apply(); });
   apply();

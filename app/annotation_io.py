@@ -43,15 +43,6 @@ def formula_unquote(cell: str) -> str:
     return cell[1:] if cell.startswith("'") and _formula_like(cell[1:]) else cell
 
 
-def _file_name(session: Session, t: boxes.Target) -> str:
-    """COCO file_name, relative to the collection root: the keyframe file below the data dir, or the image's
-    path below the folder that was indexed. Never a full server path."""
-    if t.ref.is_frame:
-        return session.scalar(select(Keyframe.image_path).join(Video).where(
-            Video.video_id == t.ref.video_id, Keyframe.frame_idx == t.ref.frame_idx)) or str(t.ref)
-    return t.label
-
-
 def to_coco(session: Session, layout: DataLayout, rows: list[Annotation]) -> dict:
     """COCO JSON. `bbox` is in the pixels of the file named (a keyframe may be smaller than its video);
     `source_bbox` and each image's `item` keep the exact box for an import back."""
@@ -65,7 +56,7 @@ def to_coco(session: Session, layout: DataLayout, rows: list[Annotation]) -> dic
             except AnnotationError as exc:  # orphaned: listed, not fatal to the export
                 skipped.append({"id": a.id, "item": a.target, "reason": str(exc)})
                 continue
-            images[a.target] = ({"id": len(images) + 1, "file_name": _file_name(session, t), "item": a.target,
+            images[a.target] = ({"id": len(images) + 1, "file_name": t.file_name, "item": a.target,
                                  "width": t.picture_size[0], "height": t.picture_size[1],
                                  "source_width": t.width, "source_height": t.height}, t)
         image, t = images[a.target]
@@ -119,17 +110,21 @@ def _coco_box(ann: dict, image: dict) -> list:
     bbox, sw, sh = ann["bbox"], image.get("source_width"), image.get("source_height")
     if sw is None and sh is None or not isinstance(bbox, list) or len(bbox) != 4:
         return bbox
+    return _to_source(bbox, (sw, sh), (image.get("width"), image.get("height")), f"image {image.get('id')!r}")
+
+
+def _to_source(bbox, source: tuple, picture: tuple, where: str) -> list[float]:
+    """A bbox in a picture's pixels scaled to the item's source pixels; sizes and numbers must be finite."""
     try:
-        sizes = [finite(v, "image sizes", 1, MAX_SIDE) for v in (sw, sh, image.get("width"), image.get("height"))]
-    except ValueError as exc:
-        raise AnnotationError(f"image {image.get('id')!r}: width, height, source_width and source_height must be "
-                              f"positive sizes ({exc})") from None
-    fx, fy = sizes[0] / sizes[2], sizes[1] / sizes[3]
+        sw, sh, pw, ph = (finite(v, "each size", 1, MAX_SIDE) for v in (*source, *picture))
+    except (ValueError, TypeError) as exc:
+        raise AnnotationError(f"{where}: width, height, source_width and source_height must be positive sizes "
+                              f"({exc})") from None
     try:
-        return [finite(v, "each bbox number", -MAX_SIDE, MAX_SIDE) * f for v, f in zip(bbox, (fx, fy, fx, fy),
-                                                                                      strict=True)]
-    except ValueError as exc:
-        raise AnnotationError(f"bbox {str(bbox)[:80]} must be four finite numbers ({exc})") from None
+        return [finite(v, "each bbox number", -MAX_SIDE, MAX_SIDE) * f
+                for v, f in zip(bbox, (sw / pw, sh / ph, sw / pw, sh / ph), strict=True)]
+    except (ValueError, TypeError) as exc:
+        raise AnnotationError(f"{where}: bbox {str(bbox)[:80]} must be four finite numbers ({exc})") from None
 
 
 def records_from_coco(data: bytes) -> list[dict]:
@@ -194,15 +189,7 @@ def _from_file_name(session: Session, layout: DataLayout, payload: dict) -> dict
                               f"to the collection: keyframes/<video>/<nnn>.jpg, or an image below its indexed folder)")
     ref = ItemRef.frame(*frame) if frame else ItemRef.image(image_hash)
     target = boxes.resolve_ref(session, layout, ref)
-    box, (width, height) = payload["box"], payload["picture_size"]
-    try:
-        fx = target.width / finite(width, "width", 1, MAX_SIDE)
-        fy = target.height / finite(height, "height", 1, MAX_SIDE)
-        box = [finite(v, "each bbox number", -MAX_SIDE, MAX_SIDE) * f for v, f in zip(box, (fx, fy, fx, fy),
-                                                                                     strict=True)]
-    except (ValueError, TypeError) as exc:
-        raise AnnotationError(f"'{name[:200]}': width, height and bbox must be finite positive numbers ({exc})"
-                              ) from None
+    box = _to_source(payload["box"], (target.width, target.height), payload["picture_size"], f"'{name[:200]}'")
     return {"item": str(ref), "box": box, "label": payload["label"], "note": payload["note"]}
 
 

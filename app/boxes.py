@@ -48,6 +48,7 @@ class Target:
     picture_size: tuple[int, int]  # pixels of the stored picture (the keyframe JPEG, or the image)
     pixels: Callable[[], PILImage.Image]  # reads the stored picture (links refused), for crops
     label: str  # how a page names it: 'L01_V001 · frame 1234' or the image's name
+    file_name: str  # the stored picture, relative to the collection (COCO's file_name): never a server path
 
     @property
     def name(self) -> str:
@@ -82,7 +83,7 @@ def resolve_frame(session: Session, layout: DataLayout, ref: ItemRef) -> Target:
     width, height = (row.width, row.height) if row.width and row.height else shown
     rel = row.image_path
     return Target(ref, width, height, shown, lambda: read_picture(open_beneath(layout.data_dir, rel)),
-                  f"{ref.video_id} · frame {ref.frame_idx}")
+                  f"{ref.video_id} · frame {ref.frame_idx}", rel)
 
 
 def image_row(session: Session, ref: ItemRef) -> Image | None:
@@ -95,7 +96,7 @@ def resolve_image(session: Session, ref: ItemRef) -> Target:
     if row is None:
         raise AnnotationError(f"no image with content {ref.image_hash} in the collection", 404)
     return Target(ref, row.width, row.height, (row.width, row.height), lambda: read_picture(open_source(row)),
-                  row.display_name)
+                  row.display_name, row.display_name)
 
 
 def resolve_ref(session: Session, layout: DataLayout, ref: ItemRef) -> Target:
@@ -326,6 +327,12 @@ def as_json(a: Annotation, orphaned: bool | None = None) -> dict:
     if orphaned is not None:
         out["orphaned"] = orphaned
     return out
+
+
+def marked_json(session: Session, rows: list[Annotation]) -> list[dict]:
+    """Boxes as the API and pages list them, each marked orphaned or not (one query for all of them)."""
+    lost = orphaned_ids(session, [a.id for a in rows])
+    return [as_json(a, a.id in lost) for a in rows]
 
 
 def label_counts(session: Session) -> list[tuple[str, int]]:

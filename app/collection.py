@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import vectors
 from app.items import ItemRef
-from app.models import Annotation, Image, Keyframe, Video
+from app.models import Annotation, Image, Keyframe, Video, display_name
 from app.paths import DataLayout
 from app.store import files_match
 
@@ -109,7 +109,9 @@ class Snapshot:
     layout: DataLayout
     hidden: np.ndarray = field(default=None)  # bool per row: its video was re-indexed after this generation
     _video_index: dict[str, int] = field(default_factory=dict)
-    _by_frame: np.ndarray = field(default=None)  # rows sorted by (video, frame)
+    _by_frame: np.ndarray = field(default=None)  # keyframe rows sorted by (video, frame)
+    _by_frame_video: np.ndarray = field(default=None)  # their video and frame columns, in that order, so a
+    _by_frame_frame: np.ndarray = field(default=None)  # lookup is two binary searches, with no copy
     _image_row: dict[str, int] = field(default_factory=dict)
     _label_rows: dict[tuple, np.ndarray] = field(default_factory=dict)
 
@@ -120,6 +122,7 @@ class Snapshot:
         keyframe_rows = np.flatnonzero(c.kind == vectors.KIND_KEYFRAME)
         order = np.lexsort((c.frame[keyframe_rows], c.video[keyframe_rows]))
         self._by_frame = keyframe_rows[order]
+        self._by_frame_video, self._by_frame_frame = c.video[self._by_frame], c.frame[self._by_frame]
         self._image_row = {}
         for row in np.flatnonzero(c.kind == vectors.KIND_IMAGE).tolist():
             self._image_row.setdefault(c.image_key[row], row)
@@ -158,12 +161,11 @@ class Snapshot:
         vidx = self._video_index.get(ref.video_id)
         if vidx is None:
             return None
-        c, rows = self.cols, self._by_frame
-        lo = np.searchsorted(c.video[rows], vidx, side="left")
-        hi = np.searchsorted(c.video[rows], vidx, side="right")
-        at = lo + np.searchsorted(c.frame[rows[lo:hi]], ref.frame_idx)
-        if at < hi and c.frame[rows[at]] == ref.frame_idx and self.visible(int(rows[at])):
-            return int(rows[at])
+        lo = np.searchsorted(self._by_frame_video, vidx, side="left")
+        hi = np.searchsorted(self._by_frame_video, vidx, side="right")
+        at = lo + np.searchsorted(self._by_frame_frame[lo:hi], ref.frame_idx)
+        if at < hi and self._by_frame_frame[at] == ref.frame_idx and self.visible(int(self._by_frame[at])):
+            return int(self._by_frame[at])
         return None
 
     def find(self, ref: ItemRef) -> Entry | None:
@@ -177,6 +179,9 @@ class Snapshot:
 
     def rows_of(self, refs: set[ItemRef]) -> np.ndarray:
         return np.array(sorted(r for r in (self.row_of(ref) for ref in refs) if r is not None), dtype=np.int64)
+
+    def has_video(self, video_id: str) -> bool:
+        return video_id in self._video_index
 
     def rows_of_video(self, video_id: str) -> np.ndarray:
         vidx = self._video_index.get(video_id, -2)
@@ -237,7 +242,7 @@ def _columns(session: Session, ids: np.ndarray) -> tuple[Columns, list[VideoFact
             if r is not None:
                 cols.kind[row] = vectors.KIND_IMAGE
                 cols.image_key[row], cols.image_path[row] = r.content_hash, r.path
-                cols.image_name[row] = r.name or Path(r.path).name
+                cols.image_name[row] = display_name(r.name, r.path)
                 folder_text[row] = str(Path(r.path).parent)
     folders, cols.folder[:] = np.unique(folder_text, return_inverse=True) if n_rows else (np.zeros(0, object), [])
     return cols, videos, folders

@@ -16,6 +16,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def display_name(name: str | None, path: str) -> str:
+    """What pages show for an image: its path below the folder that was indexed, else its file name (never the
+    server's full path)."""
+    return name or path.rsplit("/", 1)[-1]
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -106,7 +112,7 @@ class Image(Base):
 
     @property
     def display_name(self) -> str:
-        return self.name or self.path.rsplit("/", 1)[-1]
+        return display_name(self.name, self.path)
 
 
 class IndexRun(Base):

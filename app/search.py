@@ -177,7 +177,7 @@ class Searcher:
 
     def search(self, query: np.ndarray, opts: Options, outcome: Outcome) -> Outcome:
         snap = self._snapshot()
-        if opts.video and not snap.rows_of_video(opts.video).any():
+        if opts.video and not snap.has_video(opts.video):
             outcome.notices.append(f"There is no video '{opts.video[:100]}' in the collection (video ids are file "
                                    f"names without extension, as results show them).")
         t0 = time.perf_counter()

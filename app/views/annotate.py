@@ -11,6 +11,7 @@ from app.boxes import AnnotationError
 from app.items import ItemRef
 from app.models import Annotation
 from app.safe_files import UnsafeFile
+from app.settings import TRUE_WORDS
 from app.views.auth import require_role
 from app.views.query import item_record, item_url
 
@@ -45,12 +46,11 @@ def item(ref: ItemRef):
 @bp.get("/annotations")
 def browse():
     label, author, video = (request.args.get(k) or None for k in ("label", "author", "video_id"))
-    orphaned = request.args.get("orphaned") in ("1", "on", "true")
+    orphaned = (request.args.get("orphaned") or "").lower() in TRUE_WORDS
     with services.sessions()() as session:
         rows = boxes.search(session, video, label, author, orphaned=orphaned, limit=1000)
         counts = boxes.label_counts(session)
-        lost = boxes.orphaned_ids(session, [a.id for a in rows])
-        items = [boxes.as_json(a, a.id in lost) for a in rows]
+        items = boxes.marked_json(session, rows)
         orphan_count = boxes.count_orphaned(session)
     return render_template("annotations.html", items=items, counts=counts, orphan_count=orphan_count,
                            filters={"label": label or "", "author": author or "", "video_id": video or "",
@@ -60,9 +60,7 @@ def browse():
 @bp.get("/labels/<path:name>")
 def label_page(name: str):
     with services.sessions()() as session:
-        rows = boxes.search(session, label=name, limit=1000)
-        lost = boxes.orphaned_ids(session, [a.id for a in rows])
-        items = [boxes.as_json(a, a.id in lost) for a in rows]
+        items = boxes.marked_json(session, boxes.search(session, label=name, limit=1000))
     return render_template("label.html", name=name, items=items)
 
 

@@ -59,8 +59,7 @@ def listing():
     with services.sessions()() as session:
         rows = boxes.search(session, request.args.get("video_id"), request.args.get("label"),
                             request.args.get("author"), item, _orphaned_only())
-        lost = boxes.orphaned_ids(session, [a.id for a in rows])
-        return jsonify({"annotations": [boxes.as_json(a, a.id in lost) for a in rows], "count": len(rows)})
+        return jsonify({"annotations": boxes.marked_json(session, rows), "count": len(rows)})
 
 
 @bp.patch("/<int:annotation_id>")

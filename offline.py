@@ -66,6 +66,16 @@ def _add_index_args(p: argparse.ArgumentParser, data_dir_help: str | None = None
                    help="the open_clip model and weights that made an AI Challenge dataset's clip-features-* files "
                         "(or a MODEL file beside them says so); without it they are computed again, since a "
                         "matching dimension does not prove the model")
+    faces = p.add_mutually_exclusive_group()
+    faces.add_argument("--faces", dest="faces", action="store_true", default=None,
+                       help="find faces in every keyframe and image, embed them and cluster them into people "
+                            "(default: on when the face model loads here)")
+    faces.add_argument("--no-faces", dest="faces", action="store_false", help="no face pass")
+    p.add_argument("--face-model", default="dlib", metavar="SPEC",
+                   help="dlib (the weights the face-recognition-models package ships; default), or "
+                        "insightface:PATH for an InsightFace model folder such as ~/.insightface/models/buffalo_l")
+    p.add_argument("--faces-redo", action="store_true",
+                   help="scan every picture for faces again (needed to change --face-model on a collection)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--verbose", action="store_true", help="log each step (staged, committed, published) per video")
 
@@ -140,8 +150,8 @@ def _options(args: argparse.Namespace, settings):
     return IndexOptions(model=args.model, pretrained=args.pretrained, device=settings.device, features_model=named,
                         index_type=args.index_type, interval_s=args.keyframe_interval,
                         keyframe_max_side=args.keyframe_size, batch_size=args.batch_size, prune=args.prune,
-                        force=args.force, retrain=args.retrain,
-                        progress=False if args.no_progress else None)
+                        force=args.force, retrain=args.retrain, faces=args.faces, face_model=args.face_model,
+                        faces_redo=args.faces_redo, progress=False if args.no_progress else None)
 
 
 def _report(summary) -> int:
@@ -325,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     from app.encoders import WeightsUnavailable
+    from app.face_ingest import FaceModelMismatch
+    from app.face_model import FaceModelUnavailable
     from app.indexer import CollectionBusy, ModelMismatch
 
     try:
@@ -337,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "search":
             return cmd_search(args)
         return cmd_demo(args)
-    except (WeightsUnavailable, ModelMismatch, CollectionBusy, ValueError) as exc:
+    except (WeightsUnavailable, ModelMismatch, CollectionBusy, FaceModelUnavailable, FaceModelMismatch,
+            ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a broken data dir gets a sentence; anything else re-raises

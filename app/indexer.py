@@ -75,6 +75,9 @@ class IndexOptions:
     retrain: bool = False  # rebuild and retrain the index even when the catalogue's changes could be added to it
     force: bool = False  # ingest again even when unchanged (new keyframe settings)
     features_model: tuple[str, str] | None = None  # (model, pretrained) that made an AI Challenge set's features
+    faces: bool | None = None  # None: when the face model loads here
+    face_model: str = "dlib"  # app.face_model.load_face_model's spec
+    faces_redo: bool = False  # scan every picture again (another face model)
 
 
 @dataclass
@@ -91,12 +94,13 @@ class RunSummary:
     index_rebuilt: bool = False
     failed: list[Problem] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)
+    faces: str = ""  # what the face pass did, when it ran
 
     def line(self) -> str:
         return (f"files seen {self.seen}, added {self.added}, updated {self.updated}, "
                 f"unchanged {self.unchanged}, skipped {len(self.skipped)}, failed {len(self.failed)}, "
                 f"pruned {self.pruned}, keyframes {self.keyframes}, images {self.images}, "
-                f"index {self.index_size} vectors, {self.seconds:.1f} s")
+                f"index {self.index_size} vectors, {self.seconds:.1f} s" + (f"\n{self.faces}" if self.faces else ""))
 
 
 @contextmanager
@@ -199,7 +203,9 @@ def _read_image(path: Path) -> PILImage.Image:
 class Indexer:
     """One run over a list of paths. Construct, then `run()`."""
 
-    def __init__(self, layout: DataLayout, session: Session, encoder: ClipEncoder, options: IndexOptions) -> None:
+    def __init__(self, layout: DataLayout, session: Session, encoder: ClipEncoder, options: IndexOptions,
+                 face_model=None) -> None:
+        self.face_model = face_model  # None: no face pass
         self.layout = layout
         self.session = session
         self.encoder = encoder
@@ -232,6 +238,8 @@ class Indexer:
             if self.options.prune:
                 self._prune()
             self._refresh_index()
+            if self.face_model is not None:
+                self._faces()
         finally:
             self.progress.close()
         self.summary.seconds = time.monotonic() - start
@@ -451,10 +459,44 @@ class Indexer:
                 self.summary.pruned += 1
         self.session.commit()
 
+    def _faces(self) -> None:
+        """Faces of every keyframe and image not yet scanned, their index, and the people they cluster into."""
+        from app.face_index import refresh_face_index
+        from app.face_ingest import FaceScanner
+        from app.people import recluster
+
+        model = self.face_model
+        faces = FaceScanner(self.session, self.layout, model, self.progress).run()
+        self.summary.failed.extend(faces.failed)
+        size = refresh_face_index(self.session, self.layout, model.name, model.dim, model.fingerprint,
+                                  retrain=self.options.retrain)
+        people = recluster(self.session, model.match_threshold) if faces.pictures or self.options.retrain else None
+        self.summary.faces = f"{faces.line()}; face index {size} vectors" + (f"; {people.line()}" if people else "")
+
     def _refresh_index(self) -> None:
         self.summary.index_size, self.summary.index_rebuilt = refresh_index(
             self.session, self.layout, self.encoder.identity, self.encoder.dim, self.options.index_type,
             fingerprint=self.encoder.fingerprint, retrain=self.options.retrain)
+
+
+def _face_model(session: Session, options: IndexOptions):
+    """The face model of this run, checked against the collection's before any work; None: no face pass."""
+    from app.face_ingest import check_face_model
+    from app.face_model import FaceModelUnavailable, load_face_model
+
+    if options.faces is False:
+        return None
+    try:
+        model = load_face_model(options.face_model)
+    except FaceModelUnavailable:
+        if options.faces is None:
+            log.warning("faces: the face model does not load here; indexing without faces")
+            return None
+        raise
+    check_face_model(session, model, options.faces_redo)
+    session.merge(Setting(key="face_model_spec", value=options.face_model))
+    session.commit()
+    return model
 
 
 def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, session_factory,
@@ -469,12 +511,13 @@ def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, sess
         if encoder is None:
             encoder = ClipEncoder(model, pretrained, options.device, options.batch_size)
         check_fingerprint(session, encoder)
+        face_model = _face_model(session, options)
         recover_staged(session, layout)  # finish (or drop) what a killed run had staged
         run = IndexRun(model=encoder.model_name, pretrained=encoder.pretrained, index_type=options.index_type)
         session.add(run)
         session.commit()
         try:
-            summary = Indexer(layout, session, encoder, options).run(paths)
+            summary = Indexer(layout, session, encoder, options, face_model).run(paths)
         except BaseException:
             session.rollback()
             run.status = "failed"

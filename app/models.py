@@ -6,7 +6,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from app.items import ItemRef
@@ -44,6 +55,7 @@ class Video(Base):
     width: Mapped[int] = mapped_column(Integer, default=0)
     height: Mapped[int] = mapped_column(Integer, default=0)
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    faces_model: Mapped[str | None] = mapped_column(String(64), nullable=True)  # which model found its faces
 
     shots: Mapped[list[Shot]] = relationship(back_populates="video", cascade="all, delete-orphan",
                                              passive_deletes=True, order_by="Shot.shot")
@@ -105,6 +117,7 @@ class Image(Base):
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # what pages and exports show: the path below the folder that was indexed (never the server's full path)
     name: Mapped[str | None] = mapped_column(Text, nullable=True)
+    faces_model: Mapped[str | None] = mapped_column(String(64), nullable=True)  # which model found its faces
 
     @property
     def ref(self) -> ItemRef:
@@ -255,3 +268,54 @@ class Annotation(Base):
         if ref is not None:
             return str(ref)
         return f"{self.video_id} keyframe {self.n} (before 0005)" if self.video_id else "an image no longer catalogued"
+
+
+class Person(Base):
+    """A cluster of faces taken as one person; named by an annotator, or not yet. `centroid` (the mean of its faces,
+    unit length) lets a name find its person again after the faces were detected anew (a re-index)."""
+
+    __tablename__ = "people"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(100), unique=True, nullable=True)
+    centroid: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Face(Base):
+    """A face found on a keyframe or an image: its box in the source's pixels, the detector's score, the model.
+    Its vector and thumbnail are in FaceData (one transaction with the row: never a row without its vector).
+    `locked`: an annotator placed it (or took it out of a person); clustering leaves it where it is."""
+
+    __tablename__ = "faces"
+    __table_args__ = {"sqlite_autoincrement": True}  # index generations name faces by id
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    keyframe_id: Mapped[int | None] = mapped_column(ForeignKey("keyframes.id", ondelete="CASCADE"), index=True,
+                                                    nullable=True)
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True,
+                                                 nullable=True)
+    x: Mapped[float] = mapped_column(Float)
+    y: Mapped[float] = mapped_column(Float)
+    w: Mapped[float] = mapped_column(Float)
+    h: Mapped[float] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)
+    model: Mapped[str] = mapped_column(String(64))
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id", ondelete="SET NULL"), index=True,
+                                                  nullable=True)
+    locked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return self.x, self.y, self.w, self.h
+
+
+class FaceData(Base):
+    """A face's unit vector (float32 bytes) and JPEG thumbnail."""
+
+    __tablename__ = "face_data"
+
+    face_id: Mapped[int] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    thumb: Mapped[bytes] = mapped_column(LargeBinary)

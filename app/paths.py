@@ -52,6 +52,11 @@ class DataLayout:
         return self.feature_dir / "index"
 
     @property
+    def face_index_dir(self) -> Path:
+        """The faces' own FAISS generations (their model and dimension, not CLIP's)."""
+        return self.feature_dir / "faces-index"
+
+    @property
     def archives_dir(self) -> Path:
         return self.data_dir / "archives"
 

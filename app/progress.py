@@ -5,8 +5,8 @@ import sys
 
 from tqdm import tqdm
 
-STAGES = ("decode", "shots", "keyframes", "features")
-UNITS = {"decode": "frame", "shots": "frame", "keyframes": "kf", "features": "vec"}
+STAGES = ("decode", "shots", "keyframes", "features", "faces")
+UNITS = {"decode": "frame", "shots": "frame", "keyframes": "kf", "features": "vec", "faces": "pic"}
 
 
 class StageProgress:

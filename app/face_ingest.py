@@ -1,0 +1,155 @@
+"""Adding faces to the catalogue: every keyframe and image not yet scanned by the collection's face model.
+
+A pass of its own after the CLIP ingest, reading the stored keyframe JPEGs (and the original images), so turning
+faces on for an indexed collection re-runs neither shot detection nor CLIP. Each video (or batch of images)
+commits with its scan mark: a killed run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+from sqlalchemy import delete, or_, select
+from sqlalchemy.orm import Session
+
+from app.face_model import MAX_FACES, MIN_FACE_PX, FaceModel, analysed, thumbnail
+from app.media import Problem
+from app.models import Face, FaceData, Image, Keyframe, Setting, Video
+from app.paths import DataLayout
+
+log = logging.getLogger(__name__)
+IMAGE_BATCH = 32
+
+
+class FaceModelMismatch(RuntimeError):
+    """The collection's faces came from another face model; vectors of two models are never mixed."""
+
+
+@dataclass
+class FaceSummary:
+    pictures: int = 0
+    faces: int = 0
+    too_small: int = 0  # faces found but too small to embed
+    capped: int = 0  # pictures with more than MAX_FACES faces (the largest were kept)
+    seconds: float = 0.0
+    failed: list[Problem] = field(default_factory=list)
+
+    def line(self) -> str:
+        extra = f", {self.too_small} too small to embed" if self.too_small else ""
+        extra += f", {self.capped} pictures over {MAX_FACES} faces (largest kept)" if self.capped else ""
+        return f"faces: {self.faces} in {self.pictures} pictures scanned{extra}, {self.seconds:.1f} s"
+
+
+def check_face_model(session: Session, model: FaceModel, redo: bool = False) -> None:
+    """Refuse a second face model while faces of another exist (unless `redo`: then every picture is scanned
+    again with this one)."""
+    rows = {k: v for k, v in session.execute(select(Setting.key, Setting.value)
+                                             .where(Setting.key.in_(("face_model", "face_dim"))))}
+    known = rows.get("face_model")
+    if known and known != model.name:
+        if session.scalar(select(Face.id).limit(1)) is not None and not redo:
+            raise FaceModelMismatch(f"this collection's faces were found with --face-model {known}; refusing to mix "
+                                    f"in {model.name} vectors. Use the same --face-model, add --faces-redo to scan "
+                                    f"every picture again with the new one, or use --no-faces.")
+    if redo or (known and known != model.name):
+        session.execute(delete(Face))
+        session.execute(Video.__table__.update().values(faces_model=None))
+        session.execute(Image.__table__.update().values(faces_model=None))
+    for key, value in (("face_model", model.name), ("face_dim", str(model.dim))):
+        session.merge(Setting(key=key, value=value))
+    session.commit()
+
+
+class FaceScanner:
+    def __init__(self, session: Session, layout: DataLayout, model: FaceModel, progress=None) -> None:
+        self.session = session
+        self.layout = layout
+        self.model = model
+        self.progress = progress
+        self.summary = FaceSummary()
+
+    def run(self) -> FaceSummary:
+        start = time.monotonic()
+        todo = self.session.scalars(select(Video).where(or_(Video.faces_model.is_(None),
+                                                            Video.faces_model != self.model.name))
+                                    .order_by(Video.id)).all()
+        for video in todo:
+            self._scan_video(video)
+        images = self.session.scalars(select(Image).where(or_(Image.faces_model.is_(None),
+                                                              Image.faces_model != self.model.name))
+                                      .order_by(Image.id)).all()
+        for start_at in range(0, len(images), IMAGE_BATCH):
+            self._scan_images(images[start_at:start_at + IMAGE_BATCH])
+        self.summary.seconds = time.monotonic() - start
+        return self.summary
+
+    def _found(self, picture: PILImage.Image, to_source: float) -> list[tuple[Face, FaceData]]:
+        """The faces of one picture as rows; boxes scaled by `to_source` from the picture to the source's pixels."""
+        rgb, scale = analysed(picture)
+        faces = self.model.detect(rgb)
+        kept = [f for f in faces if f.side >= MIN_FACE_PX]
+        self.summary.too_small += len(faces) - len(kept)
+        if len(kept) > MAX_FACES:
+            self.summary.capped += 1
+            kept = kept[:MAX_FACES]
+        vecs = self.model.embed(rgb, kept)
+        factor = to_source / scale
+        rows = []
+        for f, vec in zip(kept, vecs, strict=True):
+            x, y, w, h = (v * factor for v in f.box)
+            rows.append((Face(x=x, y=y, w=w, h=h, score=f.score, model=self.model.name),
+                         FaceData(vector=np.asarray(vec, np.float32).tobytes(), thumb=thumbnail(rgb, f))))
+        self.summary.pictures += 1
+        self.summary.faces += len(rows)
+        if self.progress is not None:
+            self.progress.update("faces", 1)
+        return rows
+
+    def _store(self, rows: list[tuple[Face, FaceData]], **owner) -> None:
+        for face, _ in rows:
+            for key, value in owner.items():
+                setattr(face, key, value)
+            self.session.add(face)
+        self.session.flush()
+        for face, data in rows:
+            data.face_id = face.id
+            self.session.add(data)
+
+    def _scan_video(self, video: Video) -> None:
+        keyframes = self.session.scalars(select(Keyframe).where(Keyframe.video_pk == video.id)
+                                         .order_by(Keyframe.n)).all()
+        try:
+            found = []
+            for kf in keyframes:
+                with PILImage.open(self.layout.data_dir / kf.image_path) as pic:
+                    pic.load()
+                    to_source = video.width / pic.width if video.width else 1.0
+                    found.append((kf.id, self._found(pic, to_source)))
+        except OSError as exc:
+            self.summary.failed.append(Problem(video.video_id, f"faces not scanned: {exc}"))
+            return
+        self.session.execute(delete(Face).where(Face.keyframe_id.in_([kf.id for kf in keyframes])))
+        for keyframe_id, rows in found:
+            self._store(rows, keyframe_id=keyframe_id)
+        video.faces_model = self.model.name
+        self.session.commit()
+        log.info("faces: %s scanned", video.video_id)
+
+    def _scan_images(self, images: list[Image]) -> None:
+        for image in images:
+            path = Path(image.path)
+            try:
+                with PILImage.open(path) as pic:
+                    pic.load()
+                    rows = self._found(pic, 1.0)
+            except (OSError, PILImage.DecompressionBombError) as exc:
+                self.summary.failed.append(Problem(image.display_name, f"faces not scanned: {exc}"))
+                continue
+            self.session.execute(delete(Face).where(Face.image_id == image.id))
+            self._store(rows, image_id=image.id)
+            image.faces_model = self.model.name
+        self.session.commit()

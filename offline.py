@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "<label>/ image subfolders, or a video-moments CSV. Prints the same "
                                         "numbers as the /evaluation page and, last, one JSON line.")
     p_eval.add_argument("gt_path", type=Path, metavar="GT_PATH",
-                        help="a ground-truth file or folder, or @annotations for the boxes saved on the "
-                             "annotation pages")
+                        help="a ground-truth file or folder, @annotations for the boxes saved on the "
+                             "annotation pages, or @people for identity retrieval over the named people's faces")
     _add_settings_args(p_eval, "device", "model_config", "baseline_weights")
     p_eval.add_argument("--protocol", default=None,
                         help="headline protocol: standard|good|ok|junk (Oxford), easy|medium|hard (Revisited; "
@@ -186,6 +186,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     register_model_configs(settings.model_config)
     layout = settings.layout
     sessions = open_database(settings.database_url, layout.data_dir)
+    from app import face_eval
+
+    if str(args.gt_path) == face_eval.GT_NAME:  # identity retrieval over the faces named on the People page
+        try:
+            run_id, result = face_eval.execute(sessions, layout)
+        except face_eval.NoIdentityGroundTruth as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print("\n".join(face_eval.format_lines(result)))
+        print(f"run {run_id} saved; protocol: {face_eval.PROTOCOL}")
+        print(face_eval.json_line(result, run_id))
+        return 0
     snap = Collection(layout, sessions).snapshot()
     if snap is None:
         print("error: the collection has no index yet: run `python offline.py index PATH` first", file=sys.stderr)

@@ -74,19 +74,22 @@ def create_app(config: dict | None = None, settings: Settings | None = None) -> 
 
     init_services(app, layout)
 
-    from app.views import annotate, annotations_api, api, auth, evaluation, media, search
+    from app.views import annotate, annotations_api, api, auth, evaluation, faces, media, people, search
 
     auth.init_auth(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(search.bp)
     app.register_blueprint(evaluation.bp)
     app.register_blueprint(annotate.bp)
+    app.register_blueprint(people.bp)
     app.register_blueprint(annotations_api.bp)
     csrf.exempt(annotations_api.bp)  # checked per call: session calls need the token, bearer-token calls do not
     _search_login_gate(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(faces.bp)
     app.register_blueprint(media.bp)
     csrf.exempt(api.bp)  # read-only JSON queries; state-changing APIs get their own protection
+    csrf.exempt(faces.bp)  # a face search changes nothing
     app.add_url_rule("/favicon.ico", "favicon", lambda: app.send_static_file("favicon.svg"))
     _register_errors(app)
     _security_headers(app)

@@ -364,3 +364,10 @@ class Collection:
                 return {a.ref for a in search(session, label=label, limit=10_000_000) if a.ref is not None}
 
         return snap.label_rows((label, self.boxes_state()), refs)
+
+    def person_rows(self, snap: Snapshot, name: str) -> np.ndarray:
+        """Rows showing a named person (asked each time: naming and merging change it at any moment)."""
+        from app.face_search import person_refs
+
+        with self.sessions() as session:
+            return snap.rows_of(person_refs(session, name))

@@ -437,6 +437,8 @@ class Indexer:
         for (path, state, existing, rgb), vec in zip(batch, features, strict=True):
             atomic.save_npy(self.layout.image_feature_dir / f"{state.content_hash}.npy", vec)
             row = existing or Image(path=str(path))
+            if row.content_hash != state.content_hash:
+                row.faces_model = None  # other pixels: its faces are found again (the old ones go then)
             row.content_hash, row.size, row.mtime_ns = state.content_hash, state.size, state.mtime_ns
             row.name = self._names.get(path) or path.name
             row.width, row.height = rgb.size
@@ -482,14 +484,14 @@ class Indexer:
 def _face_model(session: Session, options: IndexOptions):
     """The face model of this run, checked against the collection's before any work; None: no face pass."""
     from app.face_ingest import check_face_model
-    from app.face_model import FaceModelUnavailable, load_face_model
+    from app.face_model import DEFAULT_FACE_MODEL, FaceModelUnavailable, load_face_model
 
     if options.faces is False:
         return None
     try:
         model = load_face_model(options.face_model)
     except FaceModelUnavailable:
-        if options.faces is None:
+        if options.faces is None and options.face_model == DEFAULT_FACE_MODEL:  # a model named by hand must load
             log.warning("faces: the face model does not load here; indexing without faces")
             return None
         raise

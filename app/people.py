@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import faiss
@@ -68,12 +69,21 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
 
 
-def update_centroids(session: Session) -> None:
-    """Each person's centroid from its faces now (a person with no faces keeps its last one)."""
+def update_centroids(session: Session, person_ids: Iterable[int] | None = None) -> None:
+    """Each person's centroid from its faces now (a person with no faces keeps its last one); only the given
+    people's when `person_ids` is set (what a page's change touched)."""
     members: dict[int, list[int]] = {}
-    for face_id, person_id in session.execute(select(Face.id, Face.person_id).where(Face.person_id.is_not(None))):
+    faces = select(Face.id, Face.person_id).where(Face.person_id.is_not(None))
+    people = select(Person)
+    if person_ids is not None:
+        wanted = sorted(set(person_ids))
+        if not wanted:
+            return
+        faces = faces.where(Face.person_id.in_(wanted))
+        people = people.where(Person.id.in_(wanted))
+    for face_id, person_id in session.execute(faces):
         members.setdefault(person_id, []).append(face_id)
-    for person in session.scalars(select(Person)).all():
+    for person in session.scalars(people).all():
         ids = members.get(person.id)
         if ids:
             _, vecs = face_vectors(session, ids)
@@ -139,3 +149,218 @@ def _person_for(at: np.ndarray, ids: np.ndarray, vecs: np.ndarray, info: dict, p
         if sims[best] >= threshold:
             return named[best].id
     return None
+
+
+# --- what the People page and GET /api/people do -------------------------------------------------------------------
+
+NAME_MAX = 100
+PAGE_SIZE = 50  # people per page, biggest first
+THUMBS = 12  # faces shown per person on the listing
+WRITERS = ("admin", "annotator")
+
+
+class PeopleError(ValueError):
+    """A change the page refuses, with the HTTP status to answer (400 bad input, 404 unknown, 409 not now)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def person_label(person_id: int, name: str | None) -> str:
+    """What pages call a person: its name, else 'Unnamed person N' (N its id, which never changes)."""
+    return name or f"Unnamed person {person_id}"
+
+
+def clean_name(raw: object) -> str:
+    """A person's name from a form: trimmed, 1 to 100 characters, one line."""
+    if not isinstance(raw, str):
+        raise PeopleError("give the person a name")
+    name = " ".join(raw.split())  # no tabs, newlines or runs of spaces
+    if not name:
+        raise PeopleError("the name is empty: give the person a name of 1 to 100 characters")
+    if len(name) > NAME_MAX:
+        raise PeopleError(f"the name is {len(name)} characters long; the limit is {NAME_MAX}")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
+        raise PeopleError("the name contains control characters")
+    return name
+
+
+def parse_id(raw: object, what: str) -> int:
+    """A row id from a form field ('12' or '#12'), or a PeopleError that names the field."""
+    from app.numbers import is_id
+
+    text = raw.strip().lstrip("#") if isinstance(raw, str) else ""
+    if not text:
+        raise PeopleError(f"{what} is missing")
+    if not is_id(text):
+        raise PeopleError(f"{what} must be a number (got {str(raw)[:40]!r})")
+    return int(text)
+
+
+def get_person(session: Session, person_id: int) -> Person:
+    person = session.get(Person, person_id)
+    if person is None:
+        raise PeopleError(f"there is no person {person_id} (clustered again meanwhile? reload the page)", 404)
+    return person
+
+
+def find_person(session: Session, raw: object, what: str = "the person to merge into") -> Person:
+    """A person by id ('12', '#12') or by exact name (case-insensitive), as typed in a form."""
+    text = raw.strip() if isinstance(raw, str) else ""
+    if not text:
+        raise PeopleError(f"{what} is missing: give its number or its name")
+    if text.lstrip("#").isdigit():
+        return get_person(session, parse_id(text, what))
+    found = session.scalars(select(Person).where(func.lower(Person.name) == text.lower())).all()
+    exact = [p for p in found if p.name == text]
+    if exact or len(found) == 1:
+        return (exact or found)[0]
+    raise PeopleError(f"no person is named {text[:NAME_MAX]!r}", 404)
+
+
+def _face_count(session: Session, person_id: int) -> int:
+    return session.scalar(select(func.count(Face.id)).where(Face.person_id == person_id)) or 0
+
+
+def merge_people(session: Session, source_id: int, target_id: int) -> str:
+    """Every face of person `source_id` becomes `target_id`'s; the source goes. The target keeps its name, or takes
+    the source's when it has none. Commits; returns what happened, in words."""
+    if source_id == target_id:
+        raise PeopleError("a person cannot be merged into itself: choose another person")
+    source, target = get_person(session, source_id), get_person(session, target_id)
+    before = person_label(source.id, source.name)
+    moved = session.execute(Face.__table__.update().where(Face.person_id == source.id)
+                            .values(person_id=target.id)).rowcount
+    name = source.name
+    session.delete(source)
+    session.flush()
+    if target.name is None and name:
+        target.name = name
+    update_centroids(session, [target.id])
+    session.commit()
+    return f"Merged {before} ({moved} face{'s' if moved != 1 else ''}) into {person_label(target.id, target.name)}."
+
+
+def name_person(session: Session, person_id: int, raw_name: object) -> str:
+    """Name (or rename) a person. A name another person has already merges this person into that one. Commits."""
+    name = clean_name(raw_name)
+    person = get_person(session, person_id)
+    other = next((p for p in session.scalars(select(Person).where(func.lower(Person.name) == name.lower(),
+                                                                   Person.id != person.id))), None)
+    if other is not None:
+        merged = merge_people(session, person.id, other.id)
+        if other.name != name:  # the same name typed in other letter case: the new spelling
+            other.name = name
+            session.commit()
+        return f"{name} was already a person's name, so the two are one person now: {merged}"
+    old = person.name
+    if old == name:
+        return f"{person_label(person.id, old)} keeps the name {name}."
+    person.name = name
+    update_centroids(session, [person.id])
+    session.commit()
+    return f"Renamed {old} to {name}." if old else f"{person_label(person.id, None)} is now named {name}."
+
+
+def remove_face(session: Session, face_id: int) -> str:
+    """Take a face out of its person for good: no person, and `locked` so clustering leaves it out. Commits."""
+    face = session.get(Face, face_id)
+    if face is None:
+        raise PeopleError(f"there is no face {face_id}", 404)
+    person = session.get(Person, face.person_id) if face.person_id is not None else None
+    face.person_id, face.locked = None, True
+    session.flush()
+    if person is None:
+        session.commit()
+        return f"Face {face_id} is in no person; clustering leaves it out."
+    label = person_label(person.id, person.name)
+    if person.name is None and _face_count(session, person.id) == 0:
+        session.delete(person)  # an unnamed person with no face is nobody
+    else:
+        update_centroids(session, [person.id])
+    session.commit()
+    return f"Took face {face_id} out of {label}; clustering leaves it out."
+
+
+def cluster_threshold(session: Session) -> float:
+    """The collection's face model's same-person similarity (the model named by `face_model_spec`)."""
+    from app.face_model import DEFAULT_FACE_MODEL, FaceModelUnavailable, load_face_model
+    from app.models import Setting
+
+    if session.get(Setting, "face_model") is None:
+        raise PeopleError("the collection has no faces yet: run `python offline.py index PATH` with --faces", 409)
+    spec = session.get(Setting, "face_model_spec")
+    try:
+        return float(load_face_model(spec.value if spec else DEFAULT_FACE_MODEL).match_threshold)
+    except FaceModelUnavailable as exc:
+        raise PeopleError(f"the face model does not load on this server: {exc}", 409) from None
+
+
+@dataclass
+class PersonRow:
+    id: int
+    name: str | None
+    faces: int
+    thumbs: list[int]  # face ids, best detections first
+
+    @property
+    def label(self) -> str:
+        return person_label(self.id, self.name)
+
+
+@dataclass
+class PeoplePage:
+    people: list[PersonRow]
+    page: int
+    pages: int
+    total: int  # people
+    named: int
+    unassigned: int  # faces in no person
+    faces: int  # all faces
+
+
+def _counts():
+    return (select(Face.person_id, func.count(Face.id).label("n")).where(Face.person_id.is_not(None))
+            .group_by(Face.person_id).subquery())
+
+
+def _thumbs(session: Session, person_id: int, limit: int) -> list[int]:
+    return list(session.scalars(select(Face.id).where(Face.person_id == person_id)
+                                .order_by(Face.score.desc(), Face.id).limit(limit)))
+
+
+def listing(session: Session, page: int = 1, per_page: int = PAGE_SIZE, thumbs: int = THUMBS) -> PeoplePage:
+    """One page of people, most faces first (then oldest), each with its first faces."""
+    total = session.scalar(select(func.count(Person.id))) or 0
+    pages = max(1, -(-total // per_page))
+    page = min(max(page, 1), pages)
+    counts = _counts()
+    n = func.coalesce(counts.c.n, 0)
+    rows = session.execute(select(Person.id, Person.name, n).outerjoin(counts, counts.c.person_id == Person.id)
+                           .order_by(n.desc(), Person.id).limit(per_page).offset((page - 1) * per_page)).all()
+    return PeoplePage(
+        people=[PersonRow(pid, name, int(count), _thumbs(session, pid, thumbs)) for pid, name, count in rows],
+        page=page, pages=pages, total=total,
+        named=session.scalar(select(func.count(Person.id)).where(Person.name.is_not(None))) or 0,
+        unassigned=session.scalar(select(func.count(Face.id)).where(Face.person_id.is_(None))) or 0,
+        faces=session.scalar(select(func.count(Face.id))) or 0)
+
+
+def person_faces(session: Session, person_id: int, limit: int, offset: int = 0) -> list[tuple[int, str | None]]:
+    """(face id, item name of its keyframe or image) of a person's faces, best detections first."""
+    from app.items import ItemRef
+    from app.models import Image, Keyframe, Video
+
+    rows = session.execute(select(Face.id, Video.video_id, Keyframe.frame_idx, Image.content_hash)
+                           .outerjoin(Keyframe, Keyframe.id == Face.keyframe_id)
+                           .outerjoin(Video, Video.id == Keyframe.video_pk)
+                           .outerjoin(Image, Image.id == Face.image_id)
+                           .where(Face.person_id == person_id)
+                           .order_by(Face.score.desc(), Face.id).limit(limit).offset(offset)).all()
+    out = []
+    for face_id, video_id, frame_idx, content_hash in rows:
+        ref = (ItemRef.frame(video_id, frame_idx) if video_id is not None else
+               ItemRef.image(content_hash) if content_hash is not None else None)
+        out.append((face_id, str(ref) if ref else None))
+    return out

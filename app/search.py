@@ -48,6 +48,7 @@ class Options:
     video: str | None = None
     folder: str | None = None
     label: str | None = None  # only items that carry a saved box with this label
+    person: str | None = None  # only items showing this named person (People page)
     group_by_video: bool = False
     collapse_shots: bool = False
     index_params: dict | None = None  # per-query nprobe / efSearch / rerank overrides
@@ -162,9 +163,13 @@ class Searcher:
 
     def _allowed(self, snap: Snapshot, opts: Options) -> np.ndarray | None:
         """Filters restrict the search itself, so a filtered query still gets K results."""
-        if not opts.video and not opts.folder and not opts.label:
+        if not opts.video and not opts.folder and not opts.label and not opts.person:
             return None
         mask = np.ones(snap.size, dtype=bool)
+        if opts.person:
+            shown = np.zeros(snap.size, dtype=bool)
+            shown[self.collection.person_rows(snap, opts.person)] = True
+            mask &= shown
         if opts.label:
             labelled = np.zeros(snap.size, dtype=bool)
             labelled[self.collection.labelled_rows(snap, opts.label)] = True
@@ -223,7 +228,8 @@ class Searcher:
         if not 0 < max_gap_s <= 3600:
             raise QueryError("the maximum gap must be between 0 and 3600 seconds")
         per_event = []
-        wide = Options(k=min(MAX_K * 2, max(opts.k * 10, 200)), video=opts.video, folder=opts.folder)
+        wide = Options(k=min(MAX_K * 2, max(opts.k * 10, 200)), video=opts.video, folder=opts.folder,
+                       label=opts.label, person=opts.person)
         t0 = time.perf_counter()
         for vec in queries:
             found = self.search(vec, wide, Outcome()).hits

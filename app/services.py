@@ -43,6 +43,18 @@ def load_encoder_for_index(app: Flask):
     return encoder_for_index(meta, app.config.get("DEVICE", "auto"))
 
 
+def face_searcher():
+    """Face search over the faces' own index (its model is loaded on first use)."""
+    from app.face_search import FaceIndex, FaceSearcher
+
+    ext = current_app.extensions
+    if "face_searcher" not in ext:
+        with ext["searcher_lock"]:
+            if "face_searcher" not in ext:
+                ext["face_searcher"] = FaceSearcher(ext["collection"], FaceIndex(ext["layout"]), ext["sessions"])
+    return ext["face_searcher"]
+
+
 def collection() -> Collection:
     return current_app.extensions["collection"]
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, url_for
 
-from app import eval_runs, gt_sets, services, weights_name
+from app import eval_runs, face_eval, gt_sets, services, weights_name
 from app.baselines import BASELINES
 from app.groundtruth import ANNOTATIONS_SET, PROTOCOL_HELP, PROTOCOLS, GroundTruthError
 from app.metrics import RECALL_POINTS
@@ -62,8 +62,8 @@ def _configurations() -> list[tuple[str, str]]:
 
 def _page(error: str | None = None, status: int = 200):
     runs = eval_runs.listing(services.sessions())
-    return render_template("evaluation.html", sets=[ANNOTATIONS_SET, *gt_sets.available(_root())],
-                           configs=_configurations(),
+    return render_template("evaluation.html", sets=[ANNOTATIONS_SET, face_eval.GT_NAME, *gt_sets.available(_root())],
+                           face_set=face_eval.GT_NAME, face_label=face_eval.GT_LABEL, configs=_configurations(),
                            protocols=PROTOCOLS, protocol_help=PROTOCOL_HELP, runs=runs, error=error), status
 
 
@@ -77,6 +77,9 @@ def index():
 def start():
     """Start a run from a chosen set or an upload; the run page then shows its progress."""
     app = current_app._get_current_object()
+    upload = request.files.get("gt_file")
+    if request.form.get("gt") == face_eval.GT_NAME and not (upload is not None and upload.filename):
+        return _start_identity(app)
     snap = services.collection().snapshot()
     if snap is None:
         return _page("The collection has no index yet: run `python offline.py index PATH` first.", 409)
@@ -125,6 +128,40 @@ def start():
     return redirect(url_for("evaluation.run_page", run_id=run_id), 303)
 
 
+def _start_identity(app):
+    """Identity retrieval over the named people's faces (app.face_eval): no CLIP index, model or protocol."""
+    sessions = services.sessions()
+    try:
+        with sessions() as session:
+            n_queries = face_eval.check_ground_truth(session)
+        run_id = face_eval.start(sessions)
+    except face_eval.NoIdentityGroundTruth as exc:
+        return _page(str(exc), 400)
+    jobs = _jobs()
+    jobs.update(run_id, 0, n_queries)
+
+    def work() -> None:
+        with app.app_context():
+            with jobs.lock:
+                if run_id in jobs.cancelled:
+                    return
+                jobs.started.add(run_id)
+            try:
+                face_eval.execute(sessions, app.extensions["layout"], lambda d, t: jobs.update(run_id, d, t), run_id)
+            except eval_runs.Cancelled:
+                eval_runs.cancel(sessions, run_id)
+                app.logger.info("evaluation run %s cancelled", run_id)
+            except Exception:  # noqa: BLE001 - stored on the run and shown on its page
+                app.logger.exception("evaluation run %s failed", run_id)
+
+    jobs.pool.submit(work)
+    return redirect(url_for("evaluation.run_page", run_id=run_id), 303)
+
+
+def _columns(run: dict) -> list[str]:
+    return face_eval.COLUMNS if run["gt_format"] == face_eval.GT_FORMAT else eval_runs.summary_columns(run["gt_format"])
+
+
 def _run_or_404(run_id: int) -> dict:
     run = eval_runs.load(services.sessions(), run_id)
     if run is None:
@@ -165,7 +202,7 @@ def run_json(run_id: int):
 def run_page(run_id: int):
     run = _run_or_404(run_id)
     curves = [(p, row.get("pr_curve") or []) for p, row in run["summary"].items() if p != "junk"]
-    return render_template("eval_run.html", run=run, columns=eval_runs.summary_columns(run["gt_format"]),
+    return render_template("eval_run.html", run=run, columns=_columns(run), faces=face_eval.GT_FORMAT,
                            protocol_help=PROTOCOL_HELP, recall_points=RECALL_POINTS.tolist(), curves=curves)
 
 
@@ -174,6 +211,8 @@ def query_page(run_id: int, i: int):
     run = _run_or_404(run_id)
     if not 0 <= i < len(run["queries"]):
         abort(404, description=f"run {run_id} has no query {i}")
+    if run["gt_format"] == face_eval.GT_FORMAT:
+        abort(404, description=f"run {run_id} scores named people, not queries: its page lists each person's AP")
     q = run["queries"][i]
     return render_template("eval_query.html", run=run, q=q, i=i, item_url=item_url)
 
@@ -189,7 +228,7 @@ def compare():
         abort(400, description=f"runs {a_id} and {b_id} used different ground truth ({a['gt_name']} vs "
                                f"{b['gt_name']}); compare runs of one set")
     return render_template("eval_compare.html", a=a, b=b, rows=eval_runs.compare(a, b),
-                           columns=eval_runs.summary_columns(a["gt_format"]))
+                           columns=_columns(a))
 
 
 @bp.app_template_filter("metric")

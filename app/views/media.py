@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, Response, abort, current_app, render_template
+from flask import Blueprint, Response, abort, current_app, render_template, request
 from sqlalchemy import select
 
 from app import query_images, services
@@ -89,4 +89,32 @@ def item_page(ref: ItemRef):
         record = item_record(ref)
     except LookupError as exc:
         abort(404, description=str(exc))
-    return render_template("keyframe.html", kf=record)
+    return render_template("keyframe.html", kf=record, matrix=_face_matrix(ref, record))
+
+
+def _face_matrix(ref: ItemRef, record: dict) -> dict | None:
+    """With ?face_query=<kept photo>&faces=0,1 (a several-people result's link): the similarity of each chosen face of
+    the photo to each face of this item, and the pairs the search matched."""
+    from app.face_search import item_matrix, parse_choice, read_photo
+    from app.search import QueryError
+    from app.uploads import read_image
+    from app.views.faces import box_pct
+    from app.views.query import kept_image
+
+    image_id, raw = request.args.get("face_query"), request.args.get("faces")
+    if not image_id or not raw:
+        return None
+    faces = services.face_searcher()
+    try:
+        model = faces.model()
+        photo = faces.photos.get(image_id, lambda: read_photo(model, read_image(kept_image(image_id))))
+        chosen = parse_choice(raw, photo, [])
+    except QueryError as exc:
+        return {"error": str(exc)}
+    query = model.embed(photo.rgb, [photo.faces[i].detected for i in chosen])
+    with services.sessions()() as session:
+        m = item_matrix(session, ref, query)
+    size = (record["video"]["width"], record["video"]["height"]) if record.get("video") else \
+        (record["width"], record["height"])
+    return {"chosen": chosen, "similarity": m.similarity, "assigned": set(m.assigned),
+            "faces": [{"pct": box_pct(f.box, size), "person": f.person} for f in m.faces]}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +68,7 @@ def read_options() -> Options:
     return Options(k=parse_k(request.values.get("k")), min_score=parse_min_score(request.values.get("min_score")),
                    relative=request.values.get("score_mode", "abs") == "rel",
                    video=request.values.get("video") or None, folder=request.values.get("folder") or None,
-                   label=request.values.get("label") or None,
+                   label=request.values.get("label") or None, person=request.values.get("person") or None,
                    group_by_video=_flag("group"), collapse_shots=_flag("collapse"),
                    index_params=read_index_params())
 
@@ -92,12 +93,13 @@ def _like_vector(like: str):
 
 
 def has_query() -> bool:
-    return any(request.values.get(k) for k in ("q", "like", "q1", "region_of", "image", "image_id")) \
+    return any(request.values.get(k) for k in ("q", "like", "q1", "region_of", "image", "image_id", "person")) \
         or "image" in request.files
 
 
 # What a search page URL carries: every option of the form, and the kept image's id instead of its bytes.
-URL_KEYS = ("q", "k", "min_score", "score_mode", "video", "folder", "label", "group", "collapse", "text_weight", "box",
+URL_KEYS = ("q", "k", "min_score", "score_mode", "video", "folder", "label", "person", "mode", "group", "collapse",
+            "text_weight", "box",
             "like", "region_of", "nprobe", "ef", "rerank", "q1", "q2", "q3", "q4", "q5", "gap")
 
 
@@ -127,17 +129,30 @@ def query_url() -> str:
     return url_for("search.index", **params)
 
 
-def _kept_image(image_id: str) -> bytes:
+def kept_image(image_id: str) -> bytes:
     try:
         return query_images.get(_query_images_root(), image_id)
     except query_images.QueryImageGone as exc:
         raise QueryError(str(exc)) from None
 
 
+PERSON_IN_TEXT = re.compile(r'(?:^|\s)person:\s*(?:"([^"]{1,100})"|(\S{1,100}))', re.IGNORECASE)
+
+
+def split_person(text: str) -> tuple[str, str | None]:
+    """'person:Ana' (or person:"Ana Lima") in the query text is the person filter; the rest is the query."""
+    match = PERSON_IN_TEXT.search(text)
+    if match is None:
+        return text, None
+    return (text[:match.start()] + " " + text[match.end():]).strip(), (match.group(1) or match.group(2)).strip()
+
+
 def run_query() -> tuple[Outcome, QueryInfo]:
     searcher = services.searcher()
-    info = QueryInfo(options=read_options(), text=(request.values.get("q") or "").strip(),
-                     like=request.values.get("like", ""), box=request.values.get("box", ""))
+    text, person = split_person((request.values.get("q") or "").strip())
+    info = QueryInfo(options=read_options(), text=text, like=request.values.get("like", ""),
+                     box=request.values.get("box", ""))
+    info.options.person = person or info.options.person
     outcome = Outcome()
     started = time.perf_counter()
     events = [request.values.get(f"q{i}", "").strip() for i in range(1, 6)]
@@ -162,7 +177,7 @@ def run_query() -> tuple[Outcome, QueryInfo]:
             image_vec = searcher.encode_image(image, parse_box(info.box, image.width, image.height))
             info.kind = "image"
         elif kept:
-            image = read_image(_kept_image(kept))
+            image = read_image(kept_image(kept))
             image_vec = searcher.encode_image(image, parse_box(info.box, image.width, image.height))
             info.kind, info.image_id = "image", kept
         elif request.values.get("region_of"):
@@ -172,6 +187,8 @@ def run_query() -> tuple[Outcome, QueryInfo]:
         elif info.like:
             image_vec = _like_vector(info.like)
             info.kind = "like"
+        if not info.text and image_vec is None and info.options.person:
+            return _person_only(info, outcome, started)
         if info.text or image_vec is None:
             text_vec = searcher.encode_text(info.text, outcome.notices)
             info.kind = "combined" if image_vec is not None else "text"
@@ -187,6 +204,31 @@ def run_query() -> tuple[Outcome, QueryInfo]:
              info.text[:80], info.options.k, len(outcome.hits) or len(outcome.moments),
              outcome.timing_ms.get("encode", 0), outcome.timing_ms.get("search", 0), outcome.timing_ms["total"])
     return outcome, info
+
+
+def _person_only(info: QueryInfo, outcome: Outcome, started: float) -> tuple[Outcome, QueryInfo]:
+    """Just 'person: NAME': that person's frames and images, closest to the person's average face first."""
+    from app.face_search import FaceOutcome, person_centroid
+
+    faces = services.face_searcher()
+    with services.sessions()() as session:
+        centroid = person_centroid(session, info.options.person)
+    model = faces.model()
+    found = faces.search_vectors(centroid, info.options, allowed_refs(info.options), True, model, FaceOutcome())
+    outcome.hits = [h.hit for h in found.hits]
+    outcome.timing_ms.update(found.timing_ms)
+    outcome.timing_ms["total"] = (time.perf_counter() - started) * 1000
+    info.kind = "person"
+    return outcome, info
+
+
+def allowed_refs(opts: Options) -> set[ItemRef] | None:
+    """The items the filters of `opts` let through (None: no filter), for searches outside the CLIP index."""
+    snap = services.collection().snapshot()
+    if snap is None:
+        return None
+    rows = services.searcher()._allowed(snap, opts)
+    return None if rows is None else {snap.entry(int(r)).ref for r in rows}
 
 
 def item_url(item: ItemRef | str) -> str:

@@ -6,8 +6,19 @@ import json
 from flask import Blueprint, redirect, render_template, request, url_for
 
 from app.search import QueryError
+from app.uploads import read_image
 from app.views.api import submission_csv
-from app.views.query import QueryInfo, has_query, hit_json, moment_json, query_url, read_options, run_query
+from app.views.faces import box_pct, face_hit_json, face_query
+from app.views.query import (
+    QueryInfo,
+    has_query,
+    hit_json,
+    kept_image,
+    moment_json,
+    query_url,
+    read_options,
+    run_query,
+)
 
 bp = Blueprint("search", __name__)
 
@@ -25,6 +36,8 @@ def index():
                                    results=[], error=str(exc)), 400
     if not has_query():
         return render_template("index.html", info=QueryInfo(), outcome=None, results=[], error=None)
+    if request.values.get("mode") == "faces":
+        return face_page()
     try:
         outcome, info = run_query()
     except QueryError as exc:
@@ -43,6 +56,42 @@ def index():
         info.image_url = url_for("media.query_image", image_id=info.image_id)
     return render_template("index.html", info=info, outcome=outcome, results=results, moments=moments,
                            groups=groups, export=export, error=None)
+
+
+def face_page():
+    """Face mode: the kept photo with its faces to pick; once picked, who is where."""
+    info = QueryInfo(kind="faces", image_id=request.values.get("image", ""))
+    try:
+        info.options = read_options()
+        if not info.image_id:
+            raise QueryError("choose a photo (file, webcam or paste), then 'Find these faces'")
+        image = read_image(kept_image(info.image_id))
+        chosen_raw = ",".join(v for v in request.values.getlist("face") if v)
+        out = face_query(image, info.image_id, chosen_raw, None, pick_first=False)
+    except QueryError as exc:
+        return render_template("index.html", info=info, outcome=None, results=[], error=str(exc)), 400
+    info.image_url = url_for("media.query_image", image_id=info.image_id)
+    if not out.chosen:
+        info.options.min_score = 0
+    elif request.values.get("min_score") in (None, "") and not info.options.relative:
+        info.options.min_score = round(out.floor * 100)
+    results = []
+    for h in out.hits:
+        r = face_hit_json(h)
+        r["face_boxes"] = [{"pct": box_pct(f["box"], h.size), "score": f["score"], "query": f["query_face"],
+                            "person": f["person"]} for f in r["faces"]]
+        if len(out.chosen) > 1:
+            r["page_url"] = url_for("media.item_page", ref=h.hit.entry.ref, face_query=info.image_id,
+                                    faces=",".join(map(str, out.chosen)))
+        results.append(r)
+    out.timing_ms["encode"] = out.timing_ms.get("detect", 0) + out.timing_ms.get("embed", 0)  # the page's timing line
+    photo = out.photo
+    picker = [{"index": f.index, "pct": box_pct(f.box, photo.size), "chosen": f.index in out.chosen}
+              for f in photo.faces]
+    export = {"csv": submission_csv([h.hit for h in out.hits]),
+              "json": json.dumps({"results": results, "timing_ms": out.timing_ms})}
+    return render_template("index.html", info=info, outcome=out, results=results, moments=[], groups=[],
+                           export=export, error=None, picker=picker, face_mode=True)
 
 
 def group_results(results: list[dict]) -> list[dict]:

@@ -100,7 +100,9 @@ document.addEventListener("DOMContentLoaded", () => {
   const remember = () => {
     if (!served) return;
     const url = new URL(window.location.href);
-    if (Number(slider.value) > 0) url.searchParams.set("min_score", slider.value); else url.searchParams.delete("min_score");
+    // face searches have a floor of their own (the model's same-person level): 0 must be said
+    if (Number(slider.value) > 0 || results.dataset.mode === "faces") url.searchParams.set("min_score", slider.value);
+    else url.searchParams.delete("min_score");
     if (mode.value !== "abs") url.searchParams.set("score_mode", mode.value); else url.searchParams.delete("score_mode");
     // results the server already left out cannot come back here: a lower floor (or another mode) asks again
     if (Number(slider.value) < served.pct || (served.pct > 0 && mode.value !== served.mode)) window.location = url;

@@ -7,7 +7,9 @@ commits with its scan mark: a killed run resumes where it stopped.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,50 +66,71 @@ def check_face_model(session: Session, model: FaceModel, redo: bool = False) -> 
     session.commit()
 
 
+@dataclass
+class Found:
+    """One picture's faces as the model saw them (made in a worker thread; no database work)."""
+
+    faces: list[tuple[tuple[float, float, float, float], float, bytes, bytes]]  # source box, score, vector, thumbnail
+    too_small: int = 0
+    capped: bool = False
+
+
+def analyse(model: FaceModel, path: Path, source_width: int | None) -> Found:
+    """Detect, embed and crop the faces of one picture file; boxes in the source's pixels (a keyframe JPEG may be
+    smaller than its video: `source_width` scales them)."""
+    with PILImage.open(path) as picture:
+        picture.load()
+        rgb, scale = analysed(picture)
+        to_source = source_width / picture.width if source_width else 1.0
+    faces = model.detect(rgb)
+    kept = [f for f in faces if f.side >= MIN_FACE_PX]
+    found = Found([], len(faces) - len(kept), len(kept) > MAX_FACES)
+    kept = kept[:MAX_FACES]
+    factor = to_source / scale
+    for f, vec in zip(kept, model.embed(rgb, kept), strict=True):
+        found.faces.append((tuple(v * factor for v in f.box), f.score, np.asarray(vec, np.float32).tobytes(),
+                            thumbnail(rgb, f)))
+    return found
+
+
 class FaceScanner:
-    def __init__(self, session: Session, layout: DataLayout, model: FaceModel, progress=None) -> None:
+    """Pictures are analysed by a pool of threads (dlib's detector lets go of the GIL), in order; each video's (or
+    image batch's) rows are written by this thread in one transaction."""
+
+    def __init__(self, session: Session, layout: DataLayout, model: FaceModel, progress=None,
+                 workers: int | None = None) -> None:
         self.session = session
         self.layout = layout
         self.model = model
         self.progress = progress
         self.summary = FaceSummary()
+        self.workers = workers or max(1, os.cpu_count() or 1)
 
     def run(self) -> FaceSummary:
         start = time.monotonic()
         todo = self.session.scalars(select(Video).where(or_(Video.faces_model.is_(None),
                                                             Video.faces_model != self.model.name))
                                     .order_by(Video.id)).all()
-        for video in todo:
-            self._scan_video(video)
-        images = self.session.scalars(select(Image).where(or_(Image.faces_model.is_(None),
-                                                              Image.faces_model != self.model.name))
-                                      .order_by(Image.id)).all()
-        for start_at in range(0, len(images), IMAGE_BATCH):
-            self._scan_images(images[start_at:start_at + IMAGE_BATCH])
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="faces") as pool:
+            for video in todo:
+                self._scan_video(pool, video)
+            images = self.session.scalars(select(Image).where(or_(Image.faces_model.is_(None),
+                                                                  Image.faces_model != self.model.name))
+                                          .order_by(Image.id)).all()
+            for start_at in range(0, len(images), IMAGE_BATCH):
+                self._scan_images(pool, images[start_at:start_at + IMAGE_BATCH])
         self.summary.seconds = time.monotonic() - start
         return self.summary
 
-    def _found(self, picture: PILImage.Image, to_source: float) -> list[tuple[Face, FaceData]]:
-        """The faces of one picture as rows; boxes scaled by `to_source` from the picture to the source's pixels."""
-        rgb, scale = analysed(picture)
-        faces = self.model.detect(rgb)
-        kept = [f for f in faces if f.side >= MIN_FACE_PX]
-        self.summary.too_small += len(faces) - len(kept)
-        if len(kept) > MAX_FACES:
-            self.summary.capped += 1
-            kept = kept[:MAX_FACES]
-        vecs = self.model.embed(rgb, kept)
-        factor = to_source / scale
-        rows = []
-        for f, vec in zip(kept, vecs, strict=True):
-            x, y, w, h = (v * factor for v in f.box)
-            rows.append((Face(x=x, y=y, w=w, h=h, score=f.score, model=self.model.name),
-                         FaceData(vector=np.asarray(vec, np.float32).tobytes(), thumb=thumbnail(rgb, f))))
+    def _rows(self, found: Found) -> list[tuple[Face, FaceData]]:
         self.summary.pictures += 1
-        self.summary.faces += len(rows)
+        self.summary.faces += len(found.faces)
+        self.summary.too_small += found.too_small
+        self.summary.capped += found.capped
         if self.progress is not None:
             self.progress.update("faces", 1)
-        return rows
+        return [(Face(x=box[0], y=box[1], w=box[2], h=box[3], score=score, model=self.model.name),
+                 FaceData(vector=vector, thumb=thumb)) for box, score, vector, thumb in found.faces]
 
     def _store(self, rows: list[tuple[Face, FaceData]], **owner) -> None:
         for face, _ in rows:
@@ -119,37 +142,34 @@ class FaceScanner:
             data.face_id = face.id
             self.session.add(data)
 
-    def _scan_video(self, video: Video) -> None:
+    def _scan_video(self, pool: ThreadPoolExecutor, video: Video) -> None:
         keyframes = self.session.scalars(select(Keyframe).where(Keyframe.video_pk == video.id)
                                          .order_by(Keyframe.n)).all()
+        paths = [self.layout.data_dir / kf.image_path for kf in keyframes]
         try:
-            found = []
-            for kf in keyframes:
-                with PILImage.open(self.layout.data_dir / kf.image_path) as pic:
-                    pic.load()
-                    to_source = video.width / pic.width if video.width else 1.0
-                    found.append((kf.id, self._found(pic, to_source)))
+            found = list(pool.map(lambda path: analyse(self.model, path, video.width or None), paths))
         except OSError as exc:
             self.summary.failed.append(Problem(video.video_id, f"faces not scanned: {exc}"))
             return
         self.session.execute(delete(Face).where(Face.keyframe_id.in_([kf.id for kf in keyframes])))
-        for keyframe_id, rows in found:
-            self._store(rows, keyframe_id=keyframe_id)
+        for kf, picture in zip(keyframes, found, strict=True):
+            self._store(self._rows(picture), keyframe_id=kf.id)
         video.faces_model = self.model.name
         self.session.commit()
         log.info("faces: %s scanned", video.video_id)
 
-    def _scan_images(self, images: list[Image]) -> None:
-        for image in images:
-            path = Path(image.path)
+    def _scan_images(self, pool: ThreadPoolExecutor, images: list[Image]) -> None:
+        def one(image: Image) -> Found | Problem:
             try:
-                with PILImage.open(path) as pic:
-                    pic.load()
-                    rows = self._found(pic, 1.0)
+                return analyse(self.model, Path(image.path), None)
             except (OSError, PILImage.DecompressionBombError) as exc:
-                self.summary.failed.append(Problem(image.display_name, f"faces not scanned: {exc}"))
+                return Problem(image.display_name, f"faces not scanned: {exc}")
+
+        for image, found in zip(images, pool.map(one, images), strict=True):
+            if isinstance(found, Problem):
+                self.summary.failed.append(found)
                 continue
             self.session.execute(delete(Face).where(Face.image_id == image.id))
-            self._store(rows, image_id=image.id)
+            self._store(self._rows(found), image_id=image.id)
             image.faces_model = self.model.name
         self.session.commit()

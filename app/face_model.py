@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import io
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,8 +55,6 @@ class FaceModel(Protocol):
     def embed(self, rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
         """(len(faces), dim) float32 unit vectors, one per face, in order."""
 
-    def face_at(self, rgb: np.ndarray, box: tuple[float, float, float, float]) -> DetectedFace:
-        """A face the user boxed by hand (landmarks found inside the box)."""
 
 
 def _dlib_models_dir() -> Path:
@@ -89,13 +88,20 @@ class DlibFaceModel:
                                        "(pip install -r requirements.txt), or use --no-faces") from None
         models = _dlib_models_dir()
         self._dlib = dlib
-        self._detector = dlib.get_frontal_face_detector()
+        # dlib's detector may not be shared between threads (its scanner keeps state): one per thread, built in
+        # microseconds; the landmark predictor may be shared; the recognition network may not, so embedding takes a
+        # lock. Detection, the slow part, runs in parallel (dlib lets go of the GIL).
+        self._local = threading.local()
+        self._embed_lock = threading.Lock()
         self._landmarks = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
         self._recognizer = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
         self.fingerprint = _fingerprint(models / "dlib_face_recognition_resnet_model_v1.dat")
 
     def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
-        rects, scores, _ = self._detector.run(np.ascontiguousarray(rgb), 1, 0.0)
+        detector = getattr(self._local, "detector", None)
+        if detector is None:
+            detector = self._local.detector = self._dlib.get_frontal_face_detector()
+        rects, scores, _ = detector.run(np.ascontiguousarray(rgb), 1, 0.0)
         faces = [self._face(rgb, r, s) for r, s in zip(rects, scores, strict=True)]
         return sorted(faces, key=lambda f: -f.box[2] * f.box[3])
 
@@ -107,17 +113,15 @@ class DlibFaceModel:
         return DetectedFace((float(left), float(top), float(right - left), float(bottom - top)), float(score),
                             self._landmarks(rgb, rect))
 
-    def face_at(self, rgb: np.ndarray, box: tuple[float, float, float, float]) -> DetectedFace:
-        x, y, w, h = (int(round(v)) for v in box)
-        return self._face(rgb, self._dlib.rectangle(x, y, x + w - 1, y + h - 1), 0.0)
-
     def embed(self, rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
         if not faces:
             return np.zeros((0, self.dim), np.float32)
         shapes = self._dlib.full_object_detections()
         for f in faces:
             shapes.append(f.shape)
-        return _unit(np.array(self._recognizer.compute_face_descriptor(np.ascontiguousarray(rgb), shapes)))
+        with self._embed_lock:
+            found = self._recognizer.compute_face_descriptor(np.ascontiguousarray(rgb), shapes)
+        return _unit(np.array(found))
 
 
 class InsightFaceModel:
@@ -155,22 +159,8 @@ class InsightFaceModel:
                                float(f.bbox[3] - f.bbox[1])), float(f.det_score), f) for f in found]
         return sorted(faces, key=lambda f: -f.box[2] * f.box[3])
 
-    def face_at(self, rgb: np.ndarray, box: tuple[float, float, float, float]) -> DetectedFace:
-        x, y, w, h = box
-        pad = 0.25 * max(w, h)
-        left, top = max(int(x - pad), 0), max(int(y - pad), 0)
-        crop = rgb[top:int(y + h + pad), left:int(x + w + pad)]
-        inside = self.detect(crop)
-        if not inside:
-            raise ValueError("no face was found inside the box")
-        f = inside[0]
-        return DetectedFace((f.box[0] + left, f.box[1] + top, f.box[2], f.box[3]), f.score, (f.shape, left, top))
-
     def embed(self, rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
-        vectors = []
-        for f in faces:
-            shape = f.shape[0] if isinstance(f.shape, tuple) else f.shape
-            vectors.append(shape.normed_embedding)
+        vectors = [f.shape.normed_embedding for f in faces]
         return _unit(np.array(vectors).reshape(len(faces), self.dim))
 
 

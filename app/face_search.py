@@ -59,8 +59,9 @@ class MatchedFace:
     face_id: int
     box: tuple[float, float, float, float]  # source pixels of the item
     score: float
-    query: int  # which query face it matched
+    query: int  # which chosen face it matched: its position in FaceOutcome.chosen
     person: str | None = None
+    person_id: int | None = None  # its cluster (named or not: GET /api/people lists them)
 
 
 @dataclass
@@ -157,16 +158,21 @@ def read_photo(model: FaceModel, image: Image.Image) -> QueryPhoto:
 
 
 def photo_with_box(model: FaceModel, image: Image.Image, raw_box: str) -> QueryPhoto:
-    """A query photo whose one face the user boxed by hand (x,y,w,h in the photo's pixels)."""
+    """A query photo whose face the user boxed by hand (x,y,w,h in the photo's pixels): the largest face the detector
+    finds inside the box (a loose box is fine); none there is a clear error."""
     box = parse_box(raw_box, image.width, image.height)
     rgb, scale = analysed(image)
-    if min(box[2], box[3]) * scale < MIN_FACE_PX:
-        raise QueryError(f"the box is too small to embed a face (under {MIN_FACE_PX} pixels a side)")
-    try:
-        face = model.face_at(rgb, tuple(v * scale for v in box))
-    except ValueError as exc:
-        raise QueryError(str(exc)) from None
-    return QueryPhoto(rgb, scale, image.size, [QueryFace(0, tuple(float(v) for v in box), 0.0, face)])
+    x, y, w, h = (v * scale for v in box)
+    if min(w, h) < MIN_FACE_PX:
+        raise QueryError(f"the box is too small to hold a face (under {MIN_FACE_PX} pixels a side)")
+    left, top = int(x), int(y)
+    crop = np.ascontiguousarray(rgb[top:int(y + h), left:int(x + w)])  # what is embedded: the face in the box
+    inside = [f for f in model.detect(crop) if f.side >= MIN_FACE_PX]
+    if not inside:
+        raise QueryError("no face found in the box")
+    face = inside[0]
+    shown = ((face.box[0] + left) / scale, (face.box[1] + top) / scale, face.box[2] / scale, face.box[3] / scale)
+    return QueryPhoto(crop, scale, image.size, [QueryFace(0, shown, face.score, face)])
 
 
 def parse_choice(raw: str | None, photo: QueryPhoto, notices: list[str]) -> list[int]:
@@ -207,23 +213,25 @@ class _FaceRow:
     box: tuple[float, float, float, float]
     size: tuple[int, int]
     person: str | None
+    person_id: int | None = None
 
 
 def _face_rows(session: Session, where) -> list[_FaceRow]:
     """Faces with the item they are on (a frame of a video, or an image) and that item's source size."""
     rows = []
     frames = session.execute(select(Face.id, Face.x, Face.y, Face.w, Face.h, Video.video_id, Keyframe.frame_idx,
-                                    Video.width, Video.height, Person.name)
+                                    Video.width, Video.height, Person.name, Face.person_id)
                              .join(Keyframe, Face.keyframe_id == Keyframe.id).join(Video, Keyframe.video_pk == Video.id)
                              .outerjoin(Person, Face.person_id == Person.id).where(where))
-    for fid, x, y, w, h, video_id, frame_idx, width, height, person in frames:
-        rows.append(_FaceRow(fid, ItemRef.frame(video_id, frame_idx), (x, y, w, h), (width, height), person))
+    for fid, x, y, w, h, video_id, frame_idx, width, height, person, person_id in frames:
+        rows.append(_FaceRow(fid, ItemRef.frame(video_id, frame_idx), (x, y, w, h), (width, height), person,
+                             person_id))
     images = session.execute(select(Face.id, Face.x, Face.y, Face.w, Face.h, ImageRow.content_hash, ImageRow.width,
-                                    ImageRow.height, Person.name)
+                                    ImageRow.height, Person.name, Face.person_id)
                              .join(ImageRow, Face.image_id == ImageRow.id)
                              .outerjoin(Person, Face.person_id == Person.id).where(where))
-    for fid, x, y, w, h, content_hash, width, height, person in images:
-        rows.append(_FaceRow(fid, ItemRef.image(content_hash), (x, y, w, h), (width, height), person))
+    for fid, x, y, w, h, content_hash, width, height, person, person_id in images:
+        rows.append(_FaceRow(fid, ItemRef.image(content_hash), (x, y, w, h), (width, height), person, person_id))
     return rows
 
 
@@ -248,6 +256,17 @@ def person_refs(session: Session, name: str) -> set[ItemRef]:
 
     person_ids = select(Person.id).where(func.lower(Person.name) == name.strip().lower())
     return {r.ref for r in _face_rows(session, Face.person_id.in_(person_ids))}
+
+
+def check_person(session: Session, name: str) -> None:
+    """A filter naming nobody is an error that lists the names there are (not a silent empty result)."""
+    from sqlalchemy import func
+
+    if session.scalar(select(Person.id).where(func.lower(Person.name) == name.strip().lower())) is None:
+        known = session.scalars(select(Person.name).where(Person.name.is_not(None)).order_by(Person.name)
+                                .limit(20)).all()
+        raise QueryError(f"no person named '{name[:100]}'" + (f" (named people: {', '.join(known)})" if known else
+                                                               " (no one is named yet: see the People page)"))
 
 
 def person_centroid(session: Session, name: str) -> np.ndarray:
@@ -336,8 +355,8 @@ class FaceSearcher:
             row = rows.get(face_id)
             if row is not None and (row.ref not in best or score > best[row.ref][0]):
                 best[row.ref] = (score, row)
-        return [(ref, score, [MatchedFace(row.face_id, row.box, score, 0, row.person)], row.size, None, None)
-                for ref, (score, row) in best.items()]
+        return [(ref, score, [MatchedFace(row.face_id, row.box, score, 0, row.person, row.person_id)], row.size,
+                 None, None) for ref, (score, row) in best.items()]
 
     @staticmethod
     def _several(session: Session, query: np.ndarray, per_query: list[dict], rows: dict[int, _FaceRow]) -> list:
@@ -356,7 +375,8 @@ class FaceSearcher:
                 continue
             sims = query @ np.stack([vecs[f.face_id] for f in faces]).T  # n x m
             qi, fi = linear_sum_assignment(-sims)
-            matched = [MatchedFace(faces[j].face_id, faces[j].box, float(sims[i, j]), int(i), faces[j].person)
+            matched = [MatchedFace(faces[j].face_id, faces[j].box, float(sims[i, j]), int(i), faces[j].person,
+                                   faces[j].person_id)
                        for i, j in zip(qi.tolist(), fi.tolist(), strict=True)]
             results.append((ref, min(m.score for m in matched), matched, faces[0].size,
                             [[round(float(v), 4) for v in row] for row in sims], [f.face_id for f in faces]))

@@ -183,6 +183,8 @@ def clean_name(raw: object) -> str:
         raise PeopleError(f"the name is {len(name)} characters long; the limit is {NAME_MAX}")
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
         raise PeopleError("the name contains control characters")
+    if name.lstrip("#").isdigit():
+        raise PeopleError("a name cannot be only a number: forms read a number as a person's id")
     return name
 
 

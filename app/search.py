@@ -61,6 +61,7 @@ class Outcome:
     timing_ms: dict[str, float] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
     filtered_out: bool = False  # results existed but none passed min_score
+    faces: dict = field(default_factory=dict)  # item -> face search hit (a person search draws its faces)
 
 
 def format_time(seconds: float | None) -> str:

@@ -92,6 +92,18 @@ def test_matched_face_box_lies_on_that_person(faces_collection):
     assert rx <= x + w / 2 <= rx + rw and ry <= y + h / 2 <= ry + rh  # the box's centre is on Biden's photo
 
 
+def test_a_loose_hand_drawn_box_finds_the_face_inside_it(faces_collection, tmp_path):
+    c = faces_collection
+    query = tmp_path / "pair.jpg"
+    placed = dict(group_photo(query, ["obama_3", "biden_1"], seed=5))
+    x, y, w, h = placed["biden_1"]  # the whole of Biden's photo, far looser than his face
+    status, body = _search(c["base"], query, box=f"{x},{y},{w},{h}", k=50)
+    assert status == 200, body
+    (face,) = body["faces"]
+    assert x <= face["box"][0] and face["box"][0] + face["box"][2] <= x + w and face["box"][2] < w / 2
+    assert body["results"] and all("biden" in _who_is_in(r, c["timeline"]) for r in body["results"])
+
+
 def test_two_people_find_only_the_pictures_with_both(faces_collection, tmp_path):
     c = faces_collection
     query = tmp_path / "query.jpg"
@@ -176,7 +188,8 @@ def _post_face_form(base: str, photo: Path):
 
 
 @pytest.mark.parametrize("case", ["no_face", "same_person_twice", "face_out_of_range", "face_not_a_number",
-                                  "tiny_box", "no_image", "not_an_image"])
+                                  "tiny_box", "box_without_face", "unknown_person", "long_person", "bad_score_mode",
+                                  "no_image", "not_an_image"])
 def test_bad_face_queries_get_a_clear_400(faces_collection, tmp_path, case):
     base = faces_collection["base"]
     plain = tmp_path / "plain.jpg"
@@ -191,6 +204,10 @@ def test_bad_face_queries_get_a_clear_400(faces_collection, tmp_path, case):
         "face_out_of_range": (FACES / "obama_1.jpg", {"face": "3"}, "does not exist"),
         "face_not_a_number": (FACES / "obama_1.jpg", {"face": "left"}, "face must be"),
         "tiny_box": (FACES / "obama_1.jpg", {"box": "10,10,5,5"}, "too small"),
+        "box_without_face": (plain, {"box": "10,10,120,120"}, "no face found in the box"),
+        "unknown_person": (FACES / "obama_1.jpg", {"person": "Nobody"}, "no person named 'Nobody'"),
+        "long_person": (FACES / "obama_1.jpg", {"person": "b" * 10_000}, "names are at most 100"),
+        "bad_score_mode": (FACES / "obama_1.jpg", {"score_mode": "junk"}, "score_mode must be"),
         "no_image": (None, {}, "multipart field 'image'"),
         "not_an_image": (junk, {}, "not an image"),
     }[case]
@@ -247,6 +264,10 @@ def test_person_filter_by_name(faces_collection):
     assert {r["item"] for r in body["results"]} == obama_items
     status, _, raw = get(c["base"] + "/api/search?q=person:Nobody")
     assert status == 400 and "no person named" in json.loads(raw)["error"]
+    status, _, raw = get(c["base"] + "/?q=person:obama")  # the name in any case; the page boxes where he is
+    page = raw.decode()
+    assert status == 200 and page.count('class="card"') == len(obama_items)
+    assert page.count("face-box matched") == len(obama_items)
 
 
 def test_faces_added_to_an_indexed_collection_redo_neither_shots_nor_clip(tmp_path):

@@ -319,6 +319,7 @@ def test_a_changed_photo_is_scanned_for_faces_again(env):
     ("/people/name", {"person": "999999", "name": "X"}, 404, "there is no person 999999"),
     ("/people/name", {"person": "PERSON", "name": "   "}, 400, "the name is empty"),
     ("/people/name", {"person": "PERSON", "name": "x" * 101}, 400, "the limit is 100"),
+    ("/people/name", {"person": "PERSON", "name": "#12"}, 400, "cannot be only a number"),
     ("/people/name", {"person": "PERSON", "name": "a\x01b"}, 400, "control characters"),
     ("/people/name", {"person": "9" * 40, "name": "X"}, 400, "the person must be a number"),
     ("/people/merge", {"person": "PERSON", "into": "PERSON"}, 400, "cannot be merged into itself"),

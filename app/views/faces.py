@@ -9,7 +9,7 @@ from app import services
 from app.face_search import FaceOutcome, parse_choice, photo_with_box, read_photo
 from app.search import QueryError
 from app.uploads import read_image
-from app.views.query import allowed_refs, hit_json, read_options
+from app.views.query import allowed_refs, check_person, hit_json, read_options
 
 bp = Blueprint("faces", __name__, url_prefix="/api/faces")
 
@@ -30,6 +30,7 @@ def face_query(image, cache_key: str | None, raw_choice: str | None, raw_box: st
         photo = read_photo(model, image)
     detect_ms = (time.perf_counter() - started) * 1000
     opts = read_options()
+    check_person(opts)
     if not photo.faces:
         raise QueryError("no face found in this image")
     if not raw_choice and not raw_box and len(photo.faces) > 1 and not pick_first:
@@ -50,11 +51,13 @@ def box_pct(box, size) -> str:
     return ",".join(f"{v:.3f}" for v in (box[0] / w * 100, box[1] / h * 100, box[2] / w * 100, box[3] / h * 100))
 
 
-def face_hit_json(h) -> dict:
-    """A result with the faces it matched (boxes in the item's source pixels) and, for several people, the matrix."""
+def face_hit_json(h, chosen: list[int]) -> dict:
+    """A result with the faces it matched (boxes in the item's source pixels; `query_face` is the number of the query
+    photo's face it matched, as in `faces`) and, for several people, the matrix."""
     body = {**hit_json(h.hit), "size": list(h.size),
             "faces": [{"face_id": m.face_id, "box": [round(v, 1) for v in m.box], "score": round(m.score, 6),
-                       "query_face": m.query, "person": m.person} for m in h.faces]}
+                       "query_face": chosen[m.query], "person": m.person, "person_id": m.person_id}
+                      for m in h.faces]}
     if h.matrix is not None:
         body["matrix"] = {"rows": "query faces, in the order chosen", "columns": h.item_faces, "similarity": h.matrix}
     return body
@@ -64,7 +67,8 @@ def outcome_json(out: FaceOutcome) -> dict:
     photo = out.photo
     return {"faces": [{"index": f.index, "box": [round(v, 1) for v in f.box], "score": round(f.score, 4)}
                       for f in photo.faces] if photo else [],
-            "chosen": out.chosen, "floor": round(out.floor, 4), "results": [face_hit_json(h) for h in out.hits],
+            "chosen": out.chosen, "floor": round(out.floor, 4),
+            "results": [face_hit_json(h, out.chosen) for h in out.hits],
             "not_found": not out.hits and bool(out.chosen), "notices": out.notices,
             "timing_ms": {k: round(v, 1) for k, v in out.timing_ms.items()}}
 

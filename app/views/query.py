@@ -64,11 +64,32 @@ def read_index_params() -> dict | None:
     return params or None
 
 
+MAX_PERSON_CHARS = 100
+
+
+def read_person() -> str | None:
+    person = (request.values.get("person") or "").strip() or None
+    if person is not None and len(person) > MAX_PERSON_CHARS:
+        raise QueryError(f"person is {len(person)} characters long; names are at most {MAX_PERSON_CHARS}")
+    return person
+
+
+def check_person(opts: Options) -> None:
+    """An unknown person named as a filter is a clear error, not an empty page."""
+    if opts.person:
+        from app.face_search import check_person as known
+
+        with services.sessions()() as session:
+            known(session, opts.person)
+
+
 def read_options() -> Options:
+    if request.values.get("score_mode", "abs") not in ("abs", "rel"):
+        raise QueryError("score_mode must be abs (cosine x 100) or rel (relative to the best result)")
     return Options(k=parse_k(request.values.get("k")), min_score=parse_min_score(request.values.get("min_score")),
                    relative=request.values.get("score_mode", "abs") == "rel",
                    video=request.values.get("video") or None, folder=request.values.get("folder") or None,
-                   label=request.values.get("label") or None, person=request.values.get("person") or None,
+                   label=request.values.get("label") or None, person=read_person(),
                    group_by_video=_flag("group"), collapse_shots=_flag("collapse"),
                    index_params=read_index_params())
 
@@ -153,6 +174,7 @@ def run_query() -> tuple[Outcome, QueryInfo]:
     info = QueryInfo(options=read_options(), text=text, like=request.values.get("like", ""),
                      box=request.values.get("box", ""))
     info.options.person = person or info.options.person
+    check_person(info.options)
     outcome = Outcome()
     started = time.perf_counter()
     events = [request.values.get(f"q{i}", "").strip() for i in range(1, 6)]
@@ -216,6 +238,7 @@ def _person_only(info: QueryInfo, outcome: Outcome, started: float) -> tuple[Out
     model = faces.model()
     found = faces.search_vectors(centroid, info.options, allowed_refs(info.options), True, model, FaceOutcome())
     outcome.hits = [h.hit for h in found.hits]
+    outcome.faces = {h.hit.entry.item: h for h in found.hits}
     outcome.timing_ms.update(found.timing_ms)
     outcome.timing_ms["total"] = (time.perf_counter() - started) * 1000
     info.kind = "person"

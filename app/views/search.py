@@ -5,6 +5,7 @@ import json
 
 from flask import Blueprint, redirect, render_template, request, url_for
 
+from app import services
 from app.search import QueryError
 from app.uploads import read_image
 from app.views.api import submission_csv
@@ -48,6 +49,9 @@ def index():
         info = QueryInfo(text=request.values.get("q", ""), options=options)
         return render_template("index.html", info=info, outcome=None, results=[], error=str(exc)), 400
     results = [hit_json(h) for h in outcome.hits]
+    for r in results:
+        if r["item"] in outcome.faces:  # person: NAME alone: where the person is in each picture
+            r["face_boxes"] = _face_boxes(face_hit_json(outcome.faces[r["item"]], [0]), outcome.faces[r["item"]])
     moments = [moment_json(m) for m in outcome.moments]
     export = {"csv": submission_csv(outcome.hits or [h for m in outcome.moments for h in m.hits[:1]]),
               "json": json.dumps({"results": results, "moments": moments, "timing_ms": outcome.timing_ms})}
@@ -56,6 +60,12 @@ def index():
         info.image_url = url_for("media.query_image", image_id=info.image_id)
     return render_template("index.html", info=info, outcome=outcome, results=results, moments=moments,
                            groups=groups, export=export, error=None)
+
+
+def _face_boxes(r: dict, hit) -> list[dict]:
+    """A result's matched faces as boxes to draw over its picture."""
+    return [{"pct": box_pct(f["box"], hit.size), "score": f["score"], "query": f["query_face"], "person": f["person"]}
+            for f in r["faces"]]
 
 
 def face_page():
@@ -71,15 +81,14 @@ def face_page():
     except QueryError as exc:
         return render_template("index.html", info=info, outcome=None, results=[], error=str(exc)), 400
     info.image_url = url_for("media.query_image", image_id=info.image_id)
-    if not out.chosen:
-        info.options.min_score = 0
+    if not out.chosen:  # the slider shows the level the search will start from
+        info.options.min_score = round(services.face_searcher().model().match_threshold * 100)
     elif request.values.get("min_score") in (None, "") and not info.options.relative:
         info.options.min_score = round(out.floor * 100)
     results = []
     for h in out.hits:
-        r = face_hit_json(h)
-        r["face_boxes"] = [{"pct": box_pct(f["box"], h.size), "score": f["score"], "query": f["query_face"],
-                            "person": f["person"]} for f in r["faces"]]
+        r = face_hit_json(h, out.chosen)
+        r["face_boxes"] = _face_boxes(r, h)
         if len(out.chosen) > 1:
             r["page_url"] = url_for("media.item_page", ref=h.hit.entry.ref, face_query=info.image_id,
                                     faces=",".join(map(str, out.chosen)))

@@ -89,12 +89,14 @@ def end_to_end(folder: Path, data: Path, args) -> tuple[float, str]:
            args.model, "--pretrained", args.pretrained, "--device", args.device, "--no-progress"]
     if args.model_config:
         cmd += ["--model-config", args.model_config]
+    if args.no_faces:
+        cmd.append("--no-faces")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode not in (0, 1):
         raise SystemExit(f"offline.py index failed:\n{proc.stderr}")
-    return wall, proc.stdout.strip().splitlines()[-1]
+    return wall, " / ".join(proc.stdout.strip().splitlines())
 
 
 def main() -> None:
@@ -116,6 +118,7 @@ def main() -> None:
     p.add_argument("--pretrained", default="none", help="weights do not change speed; 'none' runs offline")
     p.add_argument("--model-config", default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-faces", action="store_true", help="index without the face pass (on by default, as for users)")
     p.add_argument("--batch-size", type=int, default=None, help="CLIP batch (default 32 on CPU, 256 on GPU)")
     args = p.parse_args()
     register_model_configs(args.model_config)
@@ -164,7 +167,8 @@ def main() -> None:
                  "clip": rate("clip", kfs, "keyframes/s"), "write": rate("write", kfs, "keyframes/s")}
     gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None
     row = {"bench": "ingest", "source": source, "device": args.device, "gpu": gpu, "cpu_cores": os.cpu_count(),
-           "cpu_bf16": cpu_has_bf16(), "model": args.model, "clips": clips, "videos": len(clips),
+           "cpu_bf16": cpu_has_bf16(), "model": args.model, "faces": not args.no_faces, "clips": clips,
+           "videos": len(clips),
            "video_seconds": round(video_s, 1), "stage_video": longest.name, "frames_per_video": n,
            "shots_per_video": stages["shots"], "keyframes_per_video": kfs, "stages": per_stage,
            "decode_shots_wall_s": round(t["decode+shots wall"], 2), "end_to_end_s": round(e2e_s, 2),

@@ -76,6 +76,25 @@ def _add_index_args(p: argparse.ArgumentParser, data_dir_help: str | None = None
                         "insightface:PATH for an InsightFace model folder such as ~/.insightface/models/buffalo_l")
     p.add_argument("--faces-redo", action="store_true",
                    help="scan every picture for faces again (needed to change --face-model on a collection)")
+    p.add_argument("--vocabulary", type=Path, default=None, metavar="FILE",
+                   help="action and concept labels for shots and images, one per line (default: UCF101's 101 "
+                        "actions and COCO's 80 classes); labelled zero-shot with the CLIP model")
+    p.add_argument("--no-concepts", dest="concepts", action="store_false", help="no action/concept labels")
+    detector = p.add_mutually_exclusive_group()
+    detector.add_argument("--detector", default=None, metavar="NAME",
+                          help="torchvision detection model for objects (COCO classes), its weights from torchvision's "
+                               "cache or downloaded (default: fasterrcnn_mobilenet_v3_large_fpn, run only when its "
+                               "weights are cached already)")
+    detector.add_argument("--no-detector", dest="objects", action="store_false", default=None,
+                          help="no object detection")
+    p.add_argument("--detector-weights", default=None, metavar="PATH",
+                   help="the detector's weights: a local file, or 'none' for random weights (reproducible; boxes "
+                        "mean nothing); default: torchvision's, from its cache or downloaded")
+    p.add_argument("--object-threshold", type=float, default=0.5, metavar="SCORE",
+                   help="keep detections scoring at least this (0 to 1; default %(default)s)")
+    p.add_argument("--hierarchy", type=Path, default=None, metavar="FILE",
+                   help="a YAML or JSON file of label parents (e.g. shirt: top, top: clothing); default: COCO's "
+                        "supercategories")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--verbose", action="store_true", help="log each step (staged, committed, published) per video")
 
@@ -92,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval = sub.add_parser("evaluate", help="score retrieval against a ground-truth set",
                             description="Scores the collection against ground truth: an Oxford/Paris folder of "
                                         "*_query.txt/_good/_ok/_junk files, a Revisited gnd_*.pkl, a folder of "
-                                        "<label>/ image subfolders, or a video-moments CSV. Prints the same "
-                                        "numbers as the /evaluation page and, last, one JSON line.")
+                                        "<label>/ image subfolders, a video-moments CSV, or a UCF101-layout folder of "
+                                        "<Class>/<clip> videos (video-to-video mAP, zero-shot top-1/top-5). Prints the "
+                                        "same numbers as the /evaluation page and, last, one JSON line.")
     p_eval.add_argument("gt_path", type=Path, metavar="GT_PATH",
                         help="a ground-truth file or folder, @annotations for the boxes saved on the "
                              "annotation pages, or @people for identity retrieval over the named people's faces")
@@ -151,7 +171,10 @@ def _options(args: argparse.Namespace, settings):
                         index_type=args.index_type, interval_s=args.keyframe_interval,
                         keyframe_max_side=args.keyframe_size, batch_size=args.batch_size, prune=args.prune,
                         force=args.force, retrain=args.retrain, faces=args.faces, face_model=args.face_model,
-                        faces_redo=args.faces_redo, progress=False if args.no_progress else None)
+                        faces_redo=args.faces_redo, concepts=args.concepts, vocabulary=args.vocabulary,
+                        objects=args.objects, detector=args.detector, detector_weights=args.detector_weights,
+                        object_threshold=args.object_threshold, hierarchy=args.hierarchy,
+                        progress=False if args.no_progress else None)
 
 
 def _report(summary) -> int:
@@ -202,6 +225,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if snap is None:
         print("error: the collection has no index yet: run `python offline.py index PATH` first", file=sys.stderr)
         return 2
+    meta = snap.bundle.meta
+    if groundtruth.is_ucf101_layout(args.gt_path):  # <Class>/<clip>.avi: retrieval mAP, zero-shot top-1/top-5
+        from app import ucf_eval
+
+        if args.model not in ("clip", meta.get("model")):
+            print(f"error: a UCF101-layout folder is scored with the collection's own CLIP vectors "
+                  f"({meta.get('model')}); leave out --model {args.model}", file=sys.stderr)
+            return 2
+        try:
+            gt = groundtruth.load(args.gt_path)
+            run_id, ucf = ucf_eval.execute(sessions, layout, gt, lambda: encoder_for_index(meta, settings.device))
+        except groundtruth.GroundTruthError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print("\n".join(ucf_eval.format_lines(ucf, gt)))
+        print(f"run {run_id} saved; protocol: {ucf_eval.PROTOCOL}")
+        print(ucf_eval.json_line(ucf, gt, run_id))
+        return 0
     try:
         if str(args.gt_path) == groundtruth.ANNOTATIONS_SET:
             from app.gt_sets import annotations_ground_truth
@@ -211,7 +252,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             gt = groundtruth.load(args.gt_path, allow_pickle=True)
         config = eval_runs.configuration(snap, args.model, settings.baseline_weights)
         config.depth = evaluation.checked_depth(args.depth)  # before the run is stored: a bad flag is no run
-        meta = snap.bundle.meta
         run_id, result = eval_runs.execute(
             layout, sessions, snap, gt, config, lambda: encoder_for_index(meta, settings.device),
             protocol=args.protocol, queries_dir=args.queries_dir, baseline_weights=settings.baseline_weights,
@@ -350,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.face_ingest import FaceModelMismatch
     from app.face_model import FaceModelUnavailable
     from app.indexer import CollectionBusy, ModelMismatch
+    from app.objects import DetectorUnavailable
 
     try:
         if args.command == "index":
@@ -362,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_search(args)
         return cmd_demo(args)
     except (WeightsUnavailable, ModelMismatch, CollectionBusy, FaceModelUnavailable, FaceModelMismatch,
-            ValueError) as exc:
+            DetectorUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a broken data dir gets a sentence; anything else re-raises

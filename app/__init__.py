@@ -74,7 +74,7 @@ def create_app(config: dict | None = None, settings: Settings | None = None) -> 
 
     init_services(app, layout)
 
-    from app.views import annotate, annotations_api, api, auth, evaluation, faces, media, people, search
+    from app.views import annotate, annotations_api, api, auth, detections, evaluation, faces, media, people, search
 
     auth.init_auth(app)
     app.register_blueprint(auth.bp)
@@ -82,6 +82,7 @@ def create_app(config: dict | None = None, settings: Settings | None = None) -> 
     app.register_blueprint(evaluation.bp)
     app.register_blueprint(annotate.bp)
     app.register_blueprint(people.bp)
+    app.register_blueprint(detections.bp)  # machine boxes' API (CSRF checked per call) and /categories
     app.register_blueprint(annotations_api.bp)
     csrf.exempt(annotations_api.bp)  # checked per call: session calls need the token, bearer-token calls do not
     _search_login_gate(app)

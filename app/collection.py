@@ -356,14 +356,26 @@ class Collection:
                                                 func.max(Annotation.updated_at))).one())
 
     def labelled_rows(self, snap: Snapshot, label: str) -> np.ndarray:
-        """Rows that carry a box with this label (cached until the boxes change)."""
+        """Rows that carry a box with this label, or whose shot (or image) has it among its best three action and
+        concept labels, any case (app.concepts); cached until the boxes or the concept labels change."""
         from app.boxes import search
+        from app.concepts import labelled_refs, labels_state
 
         def refs() -> set[ItemRef]:
             with self.sessions() as session:
-                return {a.ref for a in search(session, label=label, limit=10_000_000) if a.ref is not None}
+                boxed = {a.ref for a in search(session, label=label, limit=10_000_000) if a.ref is not None}
+                return boxed | labelled_refs(session, label)
 
-        return snap.label_rows((label, self.boxes_state()), refs)
+        with self.sessions() as session:
+            concepts = labels_state(session)
+        return snap.label_rows((label, self.boxes_state(), concepts), refs)
+
+    def object_rows(self, snap: Snapshot, conditions: tuple) -> np.ndarray:
+        """Rows meeting object conditions (detections change only at ingest or when an annotator rejects one)."""
+        from app.object_filter import matching_refs
+
+        with self.sessions() as session:
+            return snap.rows_of(matching_refs(session, conditions))
 
     def person_rows(self, snap: Snapshot, name: str) -> np.ndarray:
         """Rows showing a named person (asked each time: naming and merging change it at any moment)."""

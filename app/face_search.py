@@ -12,6 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -26,7 +27,6 @@ from app.face_model import MAX_FACES, MIN_FACE_PX, DetectedFace, FaceModel, anal
 from app.items import ItemRef
 from app.models import Face, FaceData, Keyframe, Person, Setting, Video
 from app.models import Image as ImageRow
-from app.paths import DataLayout
 from app.search import Hit, Options, QueryError, parse_box
 
 MAX_PEOPLE = 5  # chosen faces per query: the n x m matrices stay small and the query fast
@@ -84,11 +84,12 @@ class FaceOutcome:
     floor: float = 0.0  # the similarity a result needed (0-1)
 
 
-class FaceIndex:
-    """The served face generation, reloaded when offline.py publishes a new one (checked at most once a second)."""
+class ServedIndex:
+    """The served generation of a row index (faces, objects), reloaded when offline.py publishes a new one (checked at
+    most once a second)."""
 
-    def __init__(self, layout: DataLayout) -> None:
-        self.layout = layout
+    def __init__(self, index_dir: Path) -> None:
+        self.index_dir = index_dir
         self._bundle: vectors.IndexBundle | None = None
         self._loaded_for: str | None = None
         self._checked = float("-inf")
@@ -99,9 +100,9 @@ class FaceIndex:
         if now - self._checked >= 1.0 or self._bundle is None:
             with self._lock:
                 self._checked = now
-                current = vectors.pointer(self.layout.face_index_dir)
+                current = vectors.pointer(self.index_dir)
                 if current != self._loaded_for:
-                    self._bundle = vectors.load_current(self.layout.face_index_dir)
+                    self._bundle = vectors.load_current(self.index_dir)
                     self._loaded_for = current
         return self._bundle
 
@@ -284,7 +285,7 @@ def person_centroid(session: Session, name: str) -> np.ndarray:
 
 
 class FaceSearcher:
-    def __init__(self, collection: Collection, faces: FaceIndex, sessions) -> None:
+    def __init__(self, collection: Collection, faces: ServedIndex, sessions) -> None:
         self.collection = collection
         self.faces = faces
         self.sessions = sessions

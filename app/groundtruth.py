@@ -14,10 +14,10 @@ import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.media import IMAGE_EXTENSIONS
+from app.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from app.numbers import finite
 
-FORMATS = ("oxford", "revisited", "labelled", "moments", "annotations")
+FORMATS = ("oxford", "revisited", "labelled", "moments", "annotations", "ucf101")
 ANNOTATIONS_SET = "@annotations"  # the boxes saved on the annotation page, as ground truth
 MOMENT_COLUMNS = ("query_id", "query", "video_id", "start_frame", "end_frame")
 # Rows of the summary table per format; the first is the headline (`--protocol` picks another).
@@ -27,6 +27,7 @@ PROTOCOLS = {
     "labelled": ("standard",),
     "moments": ("standard",),
     "annotations": ("standard",),
+    "ucf101": ("video",),
 }
 PROTOCOL_HELP = {
     "standard": "positives good + ok, junk ignored",
@@ -36,6 +37,7 @@ PROTOCOL_HELP = {
     "easy": "positives easy; junk + hard ignored",
     "medium": "positives easy + hard; junk ignored",
     "hard": "positives hard; junk + easy ignored",
+    "video": "each clip (the mean of its keyframe vectors) queries every other clip; relevant: its class's clips",
 }
 
 
@@ -108,6 +110,8 @@ def detect_format(path: Path) -> str:
     if path.is_dir():
         if any(path.glob("*_query.txt")):
             return "oxford"
+        if is_ucf101_layout(path):
+            return "ucf101"
         if any(p.is_dir() for p in path.iterdir()):
             return "labelled"
         raise GroundTruthError(f"{path}: no *_query.txt files and no label subfolders")
@@ -127,6 +131,8 @@ def load(path: Path, fmt: str | None = None, allow_pickle: bool = True) -> Groun
         gt = load_oxford(path)
     elif fmt == "labelled":
         gt = load_labelled(path)
+    elif fmt == "ucf101":
+        gt = load_ucf101(path)
     elif fmt == "moments":
         gt = load_moments(path.read_bytes(), path.name)
         gt.source = str(path)
@@ -339,3 +345,35 @@ def load_moments(data: bytes, filename: str) -> GroundTruth:
             raise GroundTruthError(f"{filename}:{lineno}: query {qid} has another text than on {q.where}")
         q.moments.append(Moment(video, start, end))
     return GroundTruth(Path(filename).stem, "moments", filename, list(queries.values()))
+
+
+def _videos_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
+                  and not p.name.startswith("."))
+
+
+def is_ucf101_layout(path: Path) -> bool:
+    """A labelled video folder as UCF101 ships it (`<Class>/<clip>.avi`): subfolders, every one of them holding
+    video files, and no Oxford *.txt lists beside them."""
+    if not path.is_dir() or any(path.glob("*.txt")):
+        return False
+    classes = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return bool(classes) and all(_videos_in(c) for c in classes)
+
+
+def load_ucf101(root: Path) -> GroundTruth:
+    """<Class>/<clip>.<video>: each clip queries the other clips (relevant: its class's); its class name is the
+    zero-shot label. Item names are '<Class>/<clip stem>'; `root` lets the evaluation find the clips' files."""
+    if not is_ucf101_layout(root):
+        raise GroundTruthError(f"{root}: not a UCF101-layout folder (<Class>/<clip>.avi: every subfolder holds "
+                               f"video files)")
+    by_class: dict[str, list[str]] = {}
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        by_class[class_dir.name] = [f"{class_dir.name}/{v.name}" for v in _videos_in(class_dir)]
+    queries, where = [], {}
+    for names in by_class.values():
+        for name in names:
+            where[name] = f"{root.name}/{name}"
+            queries.append(GtQuery(name, where[name], sets={"good": frozenset(n for n in names if n != name)},
+                                   exclude_self=True))
+    return GroundTruth(root.name, "ucf101", str(root), queries, where, root=root.resolve())

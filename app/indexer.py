@@ -50,7 +50,9 @@ from app.video_ingest import VideoError, process_video
 
 log = logging.getLogger(__name__)
 MAX_IMAGE_PIXELS = 100_000_000
-PREFETCH_VIDEOS = 2  # decoded ahead; each holds its candidate keyframes in memory
+PREFETCH_VIDEOS = 2  # decoded ahead per decode worker; each holds its candidate keyframes in memory
+SMALL_VIDEO_BYTES = 32 * 1024 * 1024  # a folder of files this small (short clips) gets more decode workers
+MAX_DECODE_WORKERS = 4
 
 
 class CollectionBusy(RuntimeError):
@@ -78,6 +80,13 @@ class IndexOptions:
     faces: bool | None = None  # None: when the face model loads here
     face_model: str = "dlib"  # app.face_model.load_face_model's spec
     faces_redo: bool = False  # scan every picture again (another face model)
+    concepts: bool = True  # zero-shot action/concept labels per shot and image (app.concepts)
+    vocabulary: Path | None = None  # a file of labels, one per line; None: UCF101's actions and COCO's classes
+    objects: bool | None = None  # object detection (app.objects); None: when the detector loads here
+    detector: str | None = None  # a torchvision detection model; None: the default, if its weights are cached
+    detector_weights: str | None = None  # None: torchvision's (cache or download); a file; 'none': random weights
+    object_threshold: float = 0.5  # detections below this score are not kept
+    hierarchy: Path | None = None  # a YAML or JSON file of label parents; None: COCO's supercategories
 
 
 @dataclass
@@ -95,12 +104,15 @@ class RunSummary:
     failed: list[Problem] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)
     faces: str = ""  # what the face pass did, when it ran
+    concepts: str = ""  # what the concept pass did
+    objects: str = ""  # what the object pass did
 
     def line(self) -> str:
         return (f"files seen {self.seen}, added {self.added}, updated {self.updated}, "
                 f"unchanged {self.unchanged}, skipped {len(self.skipped)}, failed {len(self.failed)}, "
                 f"pruned {self.pruned}, keyframes {self.keyframes}, images {self.images}, "
-                f"index {self.index_size} vectors, {self.seconds:.1f} s" + (f"\n{self.faces}" if self.faces else ""))
+                f"index {self.index_size} vectors, {self.seconds:.1f} s"
+                + "".join(f"\n{line}" for line in (self.concepts, self.objects, self.faces) if line))
 
 
 @contextmanager
@@ -204,8 +216,9 @@ class Indexer:
     """One run over a list of paths. Construct, then `run()`."""
 
     def __init__(self, layout: DataLayout, session: Session, encoder: ClipEncoder, options: IndexOptions,
-                 face_model=None) -> None:
+                 face_model=None, detector=None) -> None:
         self.face_model = face_model  # None: no face pass
+        self.detector = detector  # None: no object pass
         self.layout = layout
         self.session = session
         self.encoder = encoder
@@ -238,6 +251,10 @@ class Indexer:
             if self.options.prune:
                 self._prune()
             self._refresh_index()
+            if self.options.concepts:
+                self._concepts()
+            if self.detector is not None:
+                self._objects()
             if self.face_model is not None:
                 self._faces()
         finally:
@@ -288,15 +305,24 @@ class Indexer:
         return False
 
     def _ingest_videos(self, paths: list[Path]) -> None:
-        """Decode and shot detection of the next videos run in a worker thread while this thread
-        encodes, writes and commits the current one, so the slowest stage sets the pace."""
+        """Decode and shot detection of the next videos run in worker threads while this thread encodes, writes
+        and commits the current one, so the slowest stage sets the pace. One worker for long videos (decoding and
+        TransNetV2 already use every core); for a folder of short clips, where each file's own start-up and its
+        short TransNetV2 windows leave cores idle, up to MAX_DECODE_WORKERS (a quarter of the cores on the CPU,
+        more with a GPU doing the network work). Videos are committed in their order either way."""
         todo: list[tuple[Path, FileState, Video | None]] = []
         for path in paths:
             self._guard(path, lambda p: self._check_video(p, todo))
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+        from os import cpu_count
+
+        sizes = sorted(state.size for _, state, _ in todo)
+        small = len(todo) > 1 and sizes[len(sizes) // 2] <= SMALL_VIDEO_BYTES
+        per_worker = 2 if self.encoder.device.startswith("cuda") else 4  # cores per worker
+        workers = max(1, min(MAX_DECODE_WORKERS, (cpu_count() or 1) // per_worker, len(todo))) if small else 1
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
             ahead: deque = deque()
             queue_iter = iter(todo)
-            for _ in range(PREFETCH_VIDEOS):
+            for _ in range(PREFETCH_VIDEOS * workers):
                 self._submit(pool, ahead, queue_iter)
             while ahead:
                 path, state, existing, future = ahead.popleft()
@@ -437,8 +463,8 @@ class Indexer:
         for (path, state, existing, rgb), vec in zip(batch, features, strict=True):
             atomic.save_npy(self.layout.image_feature_dir / f"{state.content_hash}.npy", vec)
             row = existing or Image(path=str(path))
-            if row.content_hash != state.content_hash:
-                row.faces_model = None  # other pixels: its faces are found again (the old ones go then)
+            if row.content_hash != state.content_hash:  # other pixels: faces and objects are found again
+                row.faces_model = row.objects_model = row.concepts_vocab = None
             row.content_hash, row.size, row.mtime_ns = state.content_hash, state.size, state.mtime_ns
             row.name = self._names.get(path) or path.name
             row.width, row.height = rgb.size
@@ -460,6 +486,21 @@ class Indexer:
                 self.session.delete(image)
                 self.summary.pruned += 1
         self.session.commit()
+
+    def _concepts(self) -> None:
+        """Action and concept labels of every shot and image not yet labelled with this vocabulary."""
+        from app.concepts import ConceptPass
+
+        self.summary.concepts = ConceptPass(self.session, self.layout, self.encoder, self.options.vocabulary,
+                                            self.progress).run()
+
+    def _objects(self) -> None:
+        """Objects of every keyframe and image not yet scanned by this detector, and the regions index."""
+        from app.objects import ObjectPass
+
+        found = ObjectPass(self.session, self.layout, self.detector, self.encoder, self.options, self.progress).run()
+        self.summary.failed.extend(found.failed)
+        self.summary.objects = found.line()
 
     def _faces(self) -> None:
         """Faces of every keyframe and image not yet scanned, their index, and the people they cluster into."""
@@ -501,6 +542,28 @@ def _face_model(session: Session, options: IndexOptions):
     return model
 
 
+def _detector(session: Session, options: IndexOptions, device: str):
+    """The object detector of this run, loaded before any work: (detector or None, a sentence when there is none).
+    Named by hand (--detector, --detector-weights), it must load, else the run stops here as for CLIP; by default it
+    runs when torchvision's weights are in its cache already (no download is tried unasked)."""
+    from app.objects import DEFAULT_DETECTOR, Detector, check_detector, default_weights_cached
+
+    if options.objects is False:
+        return None, ""
+    name = options.detector or DEFAULT_DETECTOR
+    named = options.detector is not None or options.detector_weights is not None or options.objects is True
+    if not named and not default_weights_cached(name):
+        return None, (f"objects: not detected ({name}'s weights are not in torchvision's cache; --detector {name} "
+                      f"downloads them, --detector-weights PATH or none gives others, --no-detector silences this)")
+    detector = Detector(name, options.detector_weights, options.object_threshold, device)
+    check_detector(session, detector)
+    if options.hierarchy is not None:
+        from app.categories import load_hierarchy, store_hierarchy
+
+        store_hierarchy(session, load_hierarchy(options.hierarchy))
+    return detector, ""
+
+
 def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, session_factory,
               encoder: ClipEncoder | None = None) -> RunSummary:
     """Everything `offline.py index` does, with the checks made before any work."""
@@ -513,13 +576,19 @@ def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, sess
         if encoder is None:
             encoder = ClipEncoder(model, pretrained, options.device, options.batch_size)
         check_fingerprint(session, encoder)
+        if options.concepts:  # a bad vocabulary file is refused before any work
+            from app.concepts import load_vocabulary
+
+            load_vocabulary(options.vocabulary)
         face_model = _face_model(session, options)
+        detector, no_objects = _detector(session, options, encoder.device)
         recover_staged(session, layout)  # finish (or drop) what a killed run had staged
         run = IndexRun(model=encoder.model_name, pretrained=encoder.pretrained, index_type=options.index_type)
         session.add(run)
         session.commit()
         try:
-            summary = Indexer(layout, session, encoder, options, face_model).run(paths)
+            summary = Indexer(layout, session, encoder, options, face_model, detector).run(paths)
+            summary.objects = summary.objects or no_objects
         except BaseException:
             session.rollback()
             run.status = "failed"

@@ -56,6 +56,8 @@ class Video(Base):
     height: Mapped[int] = mapped_column(Integer, default=0)
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     faces_model: Mapped[str | None] = mapped_column(String(64), nullable=True)  # which model found its faces
+    objects_model: Mapped[str | None] = mapped_column(String(64), nullable=True)  # which detector found its objects
+    concepts_vocab: Mapped[str | None] = mapped_column(String(64), nullable=True)  # which vocabulary labelled it
 
     shots: Mapped[list[Shot]] = relationship(back_populates="video", cascade="all, delete-orphan",
                                              passive_deletes=True, order_by="Shot.shot")
@@ -118,6 +120,8 @@ class Image(Base):
     # what pages and exports show: the path below the folder that was indexed (never the server's full path)
     name: Mapped[str | None] = mapped_column(Text, nullable=True)
     faces_model: Mapped[str | None] = mapped_column(String(64), nullable=True)  # which model found its faces
+    objects_model: Mapped[str | None] = mapped_column(String(64), nullable=True)  # which detector found its objects
+    concepts_vocab: Mapped[str | None] = mapped_column(String(64), nullable=True)  # which vocabulary labelled it
 
     @property
     def ref(self) -> ItemRef:
@@ -319,3 +323,57 @@ class FaceData(Base):
     face_id: Mapped[int] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"), primary_key=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     thumb: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Detection(Base):
+    """A machine box: an object the detector found on a keyframe or an image (class, score, box in source pixels,
+    model). Never a human box: an annotator may accept it (a human Annotation is made from it and linked), correct
+    that box, or reject it. Detected anew when its keyframe or image is; human boxes are never touched."""
+
+    __tablename__ = "detections"
+    __table_args__ = {"sqlite_autoincrement": True}  # index generations name detections by id
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    keyframe_id: Mapped[int | None] = mapped_column(ForeignKey("keyframes.id", ondelete="CASCADE"), index=True,
+                                                    nullable=True)
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True,
+                                                 nullable=True)
+    label: Mapped[str] = mapped_column(String(100), index=True)
+    score: Mapped[float] = mapped_column(Float)
+    x: Mapped[float] = mapped_column(Float)
+    y: Mapped[float] = mapped_column(Float)
+    w: Mapped[float] = mapped_column(Float)
+    h: Mapped[float] = mapped_column(Float)
+    model: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="new")  # new | accepted | rejected
+    annotation_id: Mapped[int | None] = mapped_column(ForeignKey("annotations.id", ondelete="SET NULL"),
+                                                      nullable=True)
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return self.x, self.y, self.w, self.h
+
+
+class DetectionData(Base):
+    """The CLIP vector (float32 bytes) of a detection's crop: the regions index searches these."""
+
+    __tablename__ = "detection_data"
+
+    detection_id: Mapped[int] = mapped_column(ForeignKey("detections.id", ondelete="CASCADE"), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ConceptLabel(Base):
+    """An action or concept label of a shot (or of an image), zero-shot from CLIP over a vocabulary: its score is
+    the label's probability averaged over the shot's keyframes; `rank` 1 is the shot's best."""
+
+    __tablename__ = "concept_labels"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shot_id: Mapped[int | None] = mapped_column(ForeignKey("shots.id", ondelete="CASCADE"), index=True, nullable=True)
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True,
+                                                 nullable=True)
+    label: Mapped[str] = mapped_column(String(200), index=True)
+    score: Mapped[float] = mapped_column(Float)
+    rank: Mapped[int] = mapped_column(Integer)
+    vocabulary: Mapped[str] = mapped_column(String(64))

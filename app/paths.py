@@ -57,6 +57,11 @@ class DataLayout:
         return self.feature_dir / "faces-index"
 
     @property
+    def regions_index_dir(self) -> Path:
+        """The detected objects' CLIP vectors (objects as search targets)."""
+        return self.feature_dir / "regions-index"
+
+    @property
     def archives_dir(self) -> Path:
         return self.data_dir / "archives"
 

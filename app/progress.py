@@ -5,8 +5,9 @@ import sys
 
 from tqdm import tqdm
 
-STAGES = ("decode", "shots", "keyframes", "features", "faces")
-UNITS = {"decode": "frame", "shots": "frame", "keyframes": "kf", "features": "vec", "faces": "pic"}
+STAGES = ("decode", "shots", "keyframes", "features", "concepts", "objects", "faces")
+UNITS = {"decode": "frame", "shots": "frame", "keyframes": "kf", "features": "vec", "concepts": "item",
+         "objects": "pic", "faces": "pic"}
 
 
 class StageProgress:

@@ -49,6 +49,7 @@ class Options:
     folder: str | None = None
     label: str | None = None  # only items that carry a saved box with this label
     person: str | None = None  # only items showing this named person (People page)
+    objects: tuple = ()  # app.object_filter conditions: at least N detected objects of a class or category
     group_by_video: bool = False
     collapse_shots: bool = False
     index_params: dict | None = None  # per-query nprobe / efSearch / rerank overrides
@@ -164,9 +165,13 @@ class Searcher:
 
     def _allowed(self, snap: Snapshot, opts: Options) -> np.ndarray | None:
         """Filters restrict the search itself, so a filtered query still gets K results."""
-        if not opts.video and not opts.folder and not opts.label and not opts.person:
+        if not opts.video and not opts.folder and not opts.label and not opts.person and not opts.objects:
             return None
         mask = np.ones(snap.size, dtype=bool)
+        if opts.objects:
+            meeting = np.zeros(snap.size, dtype=bool)
+            meeting[self.collection.object_rows(snap, opts.objects)] = True
+            mask &= meeting
         if opts.person:
             shown = np.zeros(snap.size, dtype=bool)
             shown[self.collection.person_rows(snap, opts.person)] = True
@@ -230,7 +235,7 @@ class Searcher:
             raise QueryError("the maximum gap must be between 0 and 3600 seconds")
         per_event = []
         wide = Options(k=min(MAX_K * 2, max(opts.k * 10, 200)), video=opts.video, folder=opts.folder,
-                       label=opts.label, person=opts.person)
+                       label=opts.label, person=opts.person, objects=opts.objects)
         t0 = time.perf_counter()
         for vec in queries:
             found = self.search(vec, wide, Outcome()).hits

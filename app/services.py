@@ -45,14 +45,29 @@ def load_encoder_for_index(app: Flask):
 
 def face_searcher():
     """Face search over the faces' own index (its model is loaded on first use)."""
-    from app.face_search import FaceIndex, FaceSearcher
+    from app.face_search import FaceSearcher, ServedIndex
 
     ext = current_app.extensions
     if "face_searcher" not in ext:
         with ext["searcher_lock"]:
             if "face_searcher" not in ext:
-                ext["face_searcher"] = FaceSearcher(ext["collection"], FaceIndex(ext["layout"]), ext["sessions"])
+                ext["face_searcher"] = FaceSearcher(ext["collection"], ServedIndex(ext["layout"].face_index_dir),
+                                                    ext["sessions"])
     return ext["face_searcher"]
+
+
+def region_searcher():
+    """Search over detected objects (the regions index)."""
+    from app.face_search import ServedIndex
+    from app.region_search import RegionSearcher
+
+    ext = current_app.extensions
+    if "region_searcher" not in ext:
+        with ext["searcher_lock"]:
+            if "region_searcher" not in ext:
+                ext["region_searcher"] = RegionSearcher(ext["collection"],
+                                                        ServedIndex(ext["layout"].regions_index_dir), ext["sessions"])
+    return ext["region_searcher"]
 
 
 def collection() -> Collection:

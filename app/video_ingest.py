@@ -17,7 +17,7 @@ import torch
 
 from app.keyframes import Candidate, ChosenKeyframe, KeyframeSelector, QualityWindow, frame_quality
 from app.progress import StageProgress
-from app.shots import FrameDecision, ShotRange, ShotTracker, StreamingShotDetector
+from app.shots import CONTEXT, FAST_WINDOW, FrameDecision, ShotRange, ShotTracker, StreamingShotDetector
 from app.video_decode import DecodedFrame, VideoError, VideoInfo, decode_frames
 
 TRUNCATION_TOLERANCE = 0.05  # decoded frames may fall this short of the container's count
@@ -126,7 +126,7 @@ def process_video(path: Path, transnet: torch.nn.Module, *, interval_s: float = 
     reader = threading.Thread(target=_reader, args=(path, keyframe_max_side, frames_q, info_out, stop, timings),
                               daemon=True)
     reader.start()
-    detector = StreamingShotDetector(transnet)
+    detector = None  # made at the first frame, its window sized to the clip (a short clip is one short window)
     result = VideoResult(fps=25.0, frames=0, width=0, height=0)
     pipe: _Pipeline | None = None
 
@@ -152,6 +152,9 @@ def process_video(path: Path, transnet: torch.nn.Module, *, interval_s: float = 
                 info = info_out[0]
                 result.fps, result.info = info.fps, info
                 pipe = _Pipeline(interval_s, threshold, result, pinned)
+                n = info.declared_frames
+                window = FAST_WINDOW if n <= 0 or n + 2 * CONTEXT >= FAST_WINDOW else n + 2 * CONTEXT
+                detector = StreamingShotDetector(transnet, window=window)
             t0 = time.perf_counter()
             pipe.add(item)
             result.frames += 1

@@ -6,7 +6,7 @@ import io
 from flask import Blueprint, abort, current_app, render_template, request, send_file, url_for
 from flask_login import current_user
 
-from app import boxes, services
+from app import boxes, detections, services
 from app.boxes import AnnotationError
 from app.items import ItemRef
 from app.models import Annotation
@@ -21,9 +21,10 @@ bp = Blueprint("annotate", __name__)
 def _page(target: boxes.Target, neighbours: dict):
     with services.sessions()() as session:
         records = [boxes.as_json(a) for a in boxes.search(session, item=target.ref)]
+        machine = detections.for_item(session, target.ref)  # machine boxes, beside (never instead of) human ones
         labels = boxes.all_labels(session)
     return render_template("annotate.html", target=target, picture_url=item_url(target.ref), boxes=records,
-                           labels=labels, payload={"item": target.name}, neighbours=neighbours,
+                           detections=machine, labels=labels, payload={"item": target.name}, neighbours=neighbours,
                            me={"name": current_user.name, "role": current_user.role})
 
 

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, jsonify, request
 from app import services, weights_notice
 from app.items import ItemRef
 from app.search import QueryError
-from app.views.query import hit_json, item_record, moment_json, run_query
+from app.views.query import hit_json, item_record, moment_json, prefetch_labels, run_query
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -27,7 +27,16 @@ def search():
                         headers={"Content-Disposition": "attachment; filename=submission.csv"})
     snap = services.collection().snapshot()
     notice = weights_notice(snap.bundle.meta) if snap is not None else None
-    body = {"results": [hit_json(h) for h in outcome.hits], "timing_ms": outcome.timing_ms,
+    prefetch_labels(outcome.hits + [h for m in outcome.moments for h in m.hits])
+    results = [hit_json(h) for h in outcome.hits]
+    for r in results:  # an objects search (or person: NAME) says where in each picture it matched
+        boxed = outcome.faces.get(r["item"])
+        if boxed is not None:
+            key = "objects" if info.kind == "objects" else "faces"
+            r[key] = [{"box": [round(v, 1) for v in m.box], "score": round(m.score, 6),
+                       ("detection_id" if key == "objects" else "face_id"): m.face_id,
+                       ("label" if key == "objects" else "person"): m.person} for m in boxed.faces]
+    body = {"results": results, "timing_ms": outcome.timing_ms,
             "notices": outcome.notices + ([notice] if notice else []), "kind": info.kind}
     if info.kind == "sequence":
         body["moments"] = [moment_json(m) for m in outcome.moments]

@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, url_for
 
-from app import eval_runs, face_eval, gt_sets, services, weights_name
+from app import eval_runs, face_eval, gt_sets, services, ucf_eval, weights_name
 from app.baselines import BASELINES
-from app.groundtruth import ANNOTATIONS_SET, PROTOCOL_HELP, PROTOCOLS, GroundTruthError
+from app.groundtruth import ANNOTATIONS_SET, PROTOCOL_HELP, PROTOCOLS, GroundTruthError, is_ucf101_layout
 from app.metrics import RECALL_POINTS
 from app.numbers import is_id
 from app.views.auth import require_role
@@ -62,7 +62,9 @@ def _configurations() -> list[tuple[str, str]]:
 
 def _page(error: str | None = None, status: int = 200):
     runs = eval_runs.listing(services.sessions())
-    return render_template("evaluation.html", sets=[ANNOTATIONS_SET, face_eval.GT_NAME, *gt_sets.available(_root())],
+    available = gt_sets.available(_root())
+    ucf_sets = {name for name, path in available.items() if is_ucf101_layout(path)}
+    return render_template("evaluation.html", sets=[ANNOTATIONS_SET, face_eval.GT_NAME, *available], ucf_sets=ucf_sets,
                            face_set=face_eval.GT_NAME, face_label=face_eval.GT_LABEL, configs=_configurations(),
                            protocols=PROTOCOLS, protocol_help=PROTOCOL_HELP, runs=runs, error=error), status
 
@@ -91,6 +93,8 @@ def start():
         if not name:
             raise GroundTruthError("choose a ground-truth set or upload one")
         gt = gt_sets.load_named(_root(), name, services.sessions(), current_app.extensions["layout"])
+        if gt.format == ucf_eval.GT_FORMAT:
+            return _start_ucf(app, gt)
         model = request.form.get("model", "clip")
         if model != "clip" and model not in BASELINES:
             raise GroundTruthError(f"unknown configuration '{model}'")
@@ -158,7 +162,37 @@ def _start_identity(app):
     return redirect(url_for("evaluation.run_page", run_id=run_id), 303)
 
 
+def _start_ucf(app, gt):
+    """A UCF101-layout video folder (app.ucf_eval): retrieval mAP and zero-shot accuracy over the indexed clips,
+    with the collection's own vectors and text encoder; configuration and protocol do not apply."""
+    sessions = services.sessions()
+    with sessions() as session:
+        ucf_eval.check_indexed(session, gt)  # clips not indexed: a 400 here, not a failed run
+    run_id = ucf_eval.start(sessions, gt)
+    jobs = _jobs()
+    jobs.update(run_id, 0, len(gt.queries))
+
+    def work() -> None:
+        with app.app_context():
+            with jobs.lock:
+                if run_id in jobs.cancelled:
+                    return
+                jobs.started.add(run_id)
+            try:
+                ucf_eval.execute(sessions, app.extensions["layout"], gt, lambda: services.searcher().encoder,
+                                 lambda d, t: jobs.update(run_id, d, t), run_id)
+            except eval_runs.Cancelled:
+                app.logger.info("evaluation run %s cancelled", run_id)
+            except Exception:  # noqa: BLE001 - stored on the run and shown on its page
+                app.logger.exception("evaluation run %s failed", run_id)
+
+    jobs.pool.submit(work)
+    return redirect(url_for("evaluation.run_page", run_id=run_id), 303)
+
+
 def _columns(run: dict) -> list[str]:
+    if run["gt_format"] == ucf_eval.GT_FORMAT:
+        return ucf_eval.COLUMNS
     return face_eval.COLUMNS if run["gt_format"] == face_eval.GT_FORMAT else eval_runs.summary_columns(run["gt_format"])
 
 
@@ -203,6 +237,7 @@ def run_page(run_id: int):
     run = _run_or_404(run_id)
     curves = [(p, row.get("pr_curve") or []) for p, row in run["summary"].items() if p != "junk"]
     return render_template("eval_run.html", run=run, columns=_columns(run), faces=face_eval.GT_FORMAT,
+                           ucf=ucf_eval.GT_FORMAT,
                            protocol_help=PROTOCOL_HELP, recall_points=RECALL_POINTS.tolist(), curves=curves)
 
 
@@ -213,6 +248,8 @@ def query_page(run_id: int, i: int):
         abort(404, description=f"run {run_id} has no query {i}")
     if run["gt_format"] == face_eval.GT_FORMAT:
         abort(404, description=f"run {run_id} scores named people, not queries: its page lists each person's AP")
+    if run["gt_format"] == ucf_eval.GT_FORMAT:
+        abort(404, description=f"run {run_id} scores video clips: its page lists each class's AP and accuracy")
     q = run["queries"][i]
     return render_template("eval_query.html", run=run, q=q, i=i, item_url=item_url)
 

@@ -9,7 +9,7 @@ from app import services
 from app.face_search import FaceOutcome, parse_choice, photo_with_box, read_photo
 from app.search import QueryError
 from app.uploads import read_image
-from app.views.query import allowed_refs, check_person, hit_json, read_options
+from app.views.query import allowed_refs, check_person, hit_json, prefetch_labels, read_options
 
 bp = Blueprint("faces", __name__, url_prefix="/api/faces")
 
@@ -63,12 +63,17 @@ def face_hit_json(h, chosen: list[int]) -> dict:
     return body
 
 
+def _results(out: FaceOutcome) -> list[dict]:
+    prefetch_labels([h.hit for h in out.hits])
+    return [face_hit_json(h, out.chosen) for h in out.hits]
+
+
 def outcome_json(out: FaceOutcome) -> dict:
     photo = out.photo
     return {"faces": [{"index": f.index, "box": [round(v, 1) for v in f.box], "score": round(f.score, 4)}
                       for f in photo.faces] if photo else [],
             "chosen": out.chosen, "floor": round(out.floor, 4),
-            "results": [face_hit_json(h, out.chosen) for h in out.hits],
+            "results": _results(out),
             "not_found": not out.hits and bool(out.chosen), "notices": out.notices,
             "timing_ms": {k: round(v, 1) for k, v in out.timing_ms.items()}}
 

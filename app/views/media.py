@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, Response, abort, current_app, render_template, request
+from flask import Blueprint, Response, abort, current_app, render_template, request, url_for
 from sqlalchemy import select
 
 from app import query_images, services
@@ -89,7 +89,34 @@ def item_page(ref: ItemRef):
         record = item_record(ref)
     except LookupError as exc:
         abort(404, description=str(exc))
-    return render_template("keyframe.html", kf=record, matrix=_face_matrix(ref, record))
+    return render_template("keyframe.html", kf=record, matrix=_face_matrix(ref, record), objects=_objects(ref, record))
+
+
+def _objects(ref: ItemRef, record: dict) -> list[dict]:
+    """The detector's boxes on this item (not rejected), each a link that searches the collection's objects for it."""
+    import math
+
+    from app.models import Detection, Image, Keyframe
+    from app.views.faces import box_pct
+
+    if ref.is_frame:
+        owner = Detection.keyframe_id.in_(select(Keyframe.id).join(Video).where(
+            Video.video_id == ref.video_id, Keyframe.frame_idx == ref.frame_idx))
+    else:
+        owner = Detection.image_id.in_(select(Image.id).where(Image.content_hash == ref.image_hash))
+    with services.sessions()() as session:
+        rows = session.execute(select(Detection.label, Detection.score, Detection.x, Detection.y, Detection.w,
+                                      Detection.h).where(owner, Detection.status != "rejected")
+                               .order_by(Detection.score.desc()).limit(30)).all()
+    size = (record["video"]["width"], record["video"]["height"]) if record.get("video") else \
+        (record["width"], record["height"])
+    out = []
+    for r in rows:
+        box = [math.floor(r.x), math.floor(r.y), max(1, math.floor(r.w)), max(1, math.floor(r.h))]
+        out.append({"label": r.label, "score": r.score, "pct": box_pct((r.x, r.y, r.w, r.h), size),
+                    "search_url": url_for("search.index", region_of=str(ref), box=",".join(map(str, box)),
+                                          target="objects")})
+    return out
 
 
 def _face_matrix(ref: ItemRef, record: dict) -> dict | None:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flask import current_app, request, url_for
+from flask import current_app, g, request, url_for
 from PIL import Image as PILImage
 from sqlalchemy import select
 
@@ -38,6 +38,7 @@ class QueryInfo:
     options: Options = field(default_factory=Options)
     text_weight: float = 0.5
     gap: float = 10.0
+    target: str = "frames"  # a region searches whole frames, or the detected objects (target=objects)
 
 
 def _flag(name: str) -> bool:
@@ -83,10 +84,27 @@ def check_person(opts: Options) -> None:
             known(session, opts.person)
 
 
+def read_objects() -> tuple:
+    """`objects=person>=2,car>=1`: conditions on the detected objects (app.object_filter)."""
+    raw = request.values.get("objects") or ""
+    if not raw.strip():
+        return ()
+    if len(raw) > 1000:
+        raise QueryError("objects: at most 1,000 characters")
+    from app.object_filter import ObjectFilterError, parse_conditions
+
+    with services.sessions()() as session:
+        try:
+            return parse_conditions(raw, session)
+        except ObjectFilterError as exc:
+            raise QueryError(str(exc)) from None
+
+
 def read_options() -> Options:
     if request.values.get("score_mode", "abs") not in ("abs", "rel"):
         raise QueryError("score_mode must be abs (cosine x 100) or rel (relative to the best result)")
-    return Options(k=parse_k(request.values.get("k")), min_score=parse_min_score(request.values.get("min_score")),
+    return Options(objects=read_objects(), k=parse_k(request.values.get("k")),
+                   min_score=parse_min_score(request.values.get("min_score")),
                    relative=request.values.get("score_mode", "abs") == "rel",
                    video=request.values.get("video") or None, folder=request.values.get("folder") or None,
                    label=request.values.get("label") or None, person=read_person(),
@@ -119,8 +137,8 @@ def has_query() -> bool:
 
 
 # What a search page URL carries: every option of the form, and the kept image's id instead of its bytes.
-URL_KEYS = ("q", "k", "min_score", "score_mode", "video", "folder", "label", "person", "mode", "group", "collapse",
-            "text_weight", "box",
+URL_KEYS = ("q", "k", "min_score", "score_mode", "video", "folder", "label", "person", "objects", "target", "mode",
+            "group", "collapse", "text_weight", "box",
             "like", "region_of", "nprobe", "ef", "rerank", "q1", "q2", "q3", "q4", "q5", "gap")
 
 
@@ -211,6 +229,17 @@ def run_query() -> tuple[Outcome, QueryInfo]:
             info.kind = "like"
         if not info.text and image_vec is None and info.options.person:
             return _person_only(info, outcome, started)
+        target = request.values.get("target") or "frames"
+        if target not in ("frames", "objects"):
+            raise QueryError("target must be frames (whole frames) or objects (the detected objects)")
+        if target == "objects":
+            if image_vec is None or info.text:
+                raise QueryError("searching objects takes an image or a region, without text")
+            info.kind, info.target = "objects", "objects"
+            outcome.timing_ms["encode"] = (time.perf_counter() - t0) * 1000
+            services.region_searcher().search(image_vec, info.options, allowed_refs(info.options), outcome)
+            outcome.timing_ms["total"] = (time.perf_counter() - started) * 1000
+            return outcome, info
         if info.text or image_vec is None:
             text_vec = searcher.encode_text(info.text, outcome.notices)
             info.kind = "combined" if image_vec is not None else "text"
@@ -259,13 +288,41 @@ def item_url(item: ItemRef | str) -> str:
     return url_for("media.item_picture", ref=item)
 
 
+def _label_key(entry) -> tuple[str, int] | None:
+    """Whose action and concept labels a result shows: its shot's, or the image's."""
+    if entry.video_id is None:
+        return ("image", entry.db_id)
+    return ("shot", entry.shot_id) if entry.shot_id is not None else None
+
+
+def prefetch_labels(hits) -> None:
+    """The labels of all these hits in one query, kept for this request: hit_json then asks nothing more (call it
+    before turning a list of hits into JSON; a hit not prefetched costs one query of its own)."""
+    from app.concepts import top_labels
+
+    known = g.setdefault("concept_labels", {})
+    keys = {k for k in (_label_key(h.entry) for h in hits) if k is not None and k not in known}
+    if not keys:
+        return
+    with services.sessions()() as session:
+        by_shot, by_image = top_labels(session, [i for kind, i in keys if kind == "shot"],
+                                       [i for kind, i in keys if kind == "image"])
+    for kind, i in keys:
+        known[(kind, i)] = (by_shot if kind == "shot" else by_image).get(i, [])
+
+
 def hit_json(hit: Hit) -> dict:
     """A result as the API and pages show it. `n` is the keyframe's number in the current revision (the AI
-    Challenge file name); `item` is what stays the same across re-indexing."""
+    Challenge file name); `item` is what stays the same across re-indexing. `labels`: the best three action and
+    concept labels of its shot (or image), with their scores (app.concepts)."""
     e = hit.entry
+    key = _label_key(e)
+    if key is not None and key not in g.get("concept_labels", {}):
+        prefetch_labels([hit])
     return {"item": e.item, "video_id": e.video_id, "frame_idx": e.frame_idx, "n": e.n, "pts_time": e.pts_time,
             "timestamp": format_time(e.pts_time), "score": round(hit.score, 6), "name": e.name,
-            "picture_url": item_url(e.ref), "page_url": url_for("media.item_page", ref=e.ref)}
+            "picture_url": item_url(e.ref), "page_url": url_for("media.item_page", ref=e.ref),
+            "labels": g.concept_labels.get(key, []) if key is not None else []}
 
 
 def moment_json(m) -> dict:

@@ -16,6 +16,7 @@ from app.views.query import (
     hit_json,
     kept_image,
     moment_json,
+    prefetch_labels,
     query_url,
     read_options,
     run_query,
@@ -48,6 +49,7 @@ def index():
             options = QueryInfo().options
         info = QueryInfo(text=request.values.get("q", ""), options=options)
         return render_template("index.html", info=info, outcome=None, results=[], error=str(exc)), 400
+    prefetch_labels(outcome.hits + [h for m in outcome.moments for h in m.hits])
     results = [hit_json(h) for h in outcome.hits]
     for r in results:
         if r["item"] in outcome.faces:  # person: NAME alone: where the person is in each picture
@@ -86,6 +88,7 @@ def face_page():
     elif request.values.get("min_score") in (None, "") and not info.options.relative:
         info.options.min_score = round(out.floor * 100)
     results = []
+    prefetch_labels([h.hit for h in out.hits])
     for h in out.hits:
         r = face_hit_json(h, out.chosen)
         r["face_boxes"] = _face_boxes(r, h)

@@ -1,6 +1,8 @@
 // Annotation page: draw, move, resize, label, save, delete and undo boxes on one frame.
 // Boxes live in the image's own pixels; the canvas only scales them for display.
 // Every change is sent at once through /api/annotations (session cookie + CSRF header).
+// Machine boxes (detections) are drawn dashed beneath the human boxes and never replace one: a click selects one,
+// A accepts it (it becomes a human box, selected for correction), R rejects it (greyed, hidden, restorable).
 (function () {
   const data = JSON.parse(document.getElementById("annotate-data").textContent);
   const img = document.getElementById("picture");
@@ -18,6 +20,13 @@
   const HANDLE = 8; // px on screen
 
   let boxes = data.boxes; // saved records from the server
+  const machine = data.detections || []; // machine boxes: {id, label, score, box, status, annotation_id}
+  let picked = null; // the selected machine box (never `selected`: saving and deleting act on human boxes only)
+  let pressedMachine = null; // the machine box under a press that may turn out to be a click
+  let showMachine = true, showRejected = false;
+  const machineList = document.getElementById("machine-list");
+  const showMachineEl = document.getElementById("show-machine");
+  const showRejectedEl = document.getElementById("show-rejected");
   let selected = null; // a record, or the draft
   let draft = null; // {box: [...]} not saved yet
   let drag = null; // {mode, start, orig}
@@ -51,10 +60,48 @@
     return [x, y, w, h];
   }
 
+  function iou(a, b) {
+    const ix = Math.max(0, Math.min(a[0] + a[2], b[0] + b[2]) - Math.max(a[0], b[0]));
+    const iy = Math.max(0, Math.min(a[1] + a[3], b[1] + b[3]) - Math.max(a[1], b[1]));
+    const inter = ix * iy, union = a[2] * a[3] + b[2] * b[3] - inter;
+    return union > 0 ? inter / union : 0;
+  }
+  // An accepted machine box is drawn as its human box only; so is one a human box of the same label already covers.
+  function covered(m) {
+    if (m.status === "accepted") return true;
+    return boxes.some((b) => b.label === m.label && iou(b.box, m.box) >= 0.9);
+  }
+  function machineShown(m) {
+    return showMachine && !covered(m) && (m.status !== "rejected" || showRejected);
+  }
+
+  function drawMachine(s) {
+    ctx.save();
+    ctx.font = "12px system-ui, sans-serif";
+    for (const m of machine) {
+      if (!machineShown(m)) continue;
+      const [x, y, w, h] = m.box.map((v) => v * s);
+      const rejected = m.status === "rejected", isPicked = m === picked;
+      ctx.setLineDash(rejected ? [2, 4] : [6, 4]);
+      ctx.lineWidth = isPicked ? 3 : 1.5;
+      ctx.strokeStyle = rejected ? "#8a8f98" : isPicked ? "#ffd166" : "#ff9f43";
+      if (isPicked) { ctx.fillStyle = "rgba(255,159,67,.18)"; ctx.fillRect(x, y, w, h); }
+      ctx.strokeRect(x, y, w, h);
+      if (!isPicked && (w < 44 || h < 16)) continue; // a small box's tag would cover its neighbours: shown when picked
+      const text = `${m.label} ${m.score.toFixed(2)}`;
+      const tw = ctx.measureText(text).width + 6;
+      const ty = Math.min(y + h, canvas.height) - 15; // inside the bottom-left corner: human labels sit above boxes
+      ctx.fillStyle = rejected ? "rgba(40,40,40,.7)" : "rgba(90,45,0,.78)"; ctx.fillRect(x, Math.max(0, ty), tw, 15);
+      ctx.fillStyle = rejected ? "#bbb" : "#fff"; ctx.fillText(text, x + 3, Math.max(11, ty + 11));
+    }
+    ctx.restore();
+  }
+
   function draw() {
     canvas.width = img.clientWidth; canvas.height = img.clientHeight;
     const s = scale();
     ctx.clearRect(0, 0, canvas.width, canvas.height);
+    drawMachine(s); // beneath: a machine box never hides a human box
     const all = draft ? boxes.concat([draft]) : boxes;
     for (const b of all) {
       const [x, y, w, h] = b.box.map((v) => v * s);
@@ -74,6 +121,7 @@
       }
     }
     renderList();
+    renderMachine();
     const has = !!selected;
     saveBtn.disabled = !has; deleteBtn.disabled = !has; searchBtn.disabled = !has;
     undoBtn.disabled = undo.length === 0;
@@ -97,7 +145,98 @@
     }
   }
 
+  function renderMachine() {
+    machineList.replaceChildren();
+    machineList.hidden = !showMachine;
+    let live = 0, rejected = 0;
+    for (const m of machine) {
+      if (m.status === "rejected") rejected++; else live++;
+      const li = document.createElement("li");
+      li.dataset.id = m.id;
+      li.dataset.status = m.status;
+      li.className = `${m.status}${m === picked ? " selected" : ""}`;
+      li.hidden = m.status === "rejected" && !showRejected;
+      const label = document.createElement("strong"); label.className = "machine-label"; label.textContent = m.label;
+      const meta = document.createElement("span"); meta.className = "hint";
+      meta.textContent = ` ${m.score.toFixed(2)} [${m.box.map((v) => Math.round(v)).join(", ")}]` +
+        (m.status === "accepted" ? ` → box ${m.annotation_id}` : m.status === "rejected" ? " rejected" : "");
+      const actions = document.createElement("span"); actions.className = "machine-actions";
+      const button = (text, cls, fn) => {
+        const bt = document.createElement("button"); bt.type = "button"; bt.textContent = text; bt.className = cls;
+        bt.addEventListener("click", (ev) => { ev.stopPropagation(); fn(m); });
+        actions.append(bt);
+      };
+      if (m.status === "new") { button("Accept", "accept-machine", accept); button("Reject", "reject-machine", reject); }
+      else if (m.status === "rejected") button("Restore", "restore-machine", restore);
+      else button("Show box", "show-accepted", (d) => { const b = boxes.find((r) => r.id === d.annotation_id); if (b) select(b); });
+      li.append(label, meta, actions);
+      li.addEventListener("click", () => { if (m.status !== "accepted") pick(m); });
+      machineList.append(li);
+    }
+    document.getElementById("machine-count").textContent = String(live);
+    document.getElementById("rejected-count").textContent = String(rejected);
+  }
+
+  function pick(m) {
+    select(null);
+    picked = m;
+    say(`Machine box: ${m.label} (score ${m.score.toFixed(2)}). A accepts it as your box, R ${m.status === "rejected" ? "restores" : "rejects"} it.`);
+    draw();
+  }
+
+  const machineUrl = (m, action) => `${data.detections_api}/${m.id}/${action}`;
+
+  async function accept(m) {
+    if (!m || m.status === "accepted") return;
+    try {
+      const out = await api("POST", machineUrl(m, "accept"));
+      Object.assign(m, out.detection);
+      boxes.push(out.annotation);
+      undo.push({ type: "create", id: out.annotation.id });
+      addLabelOption(out.annotation.label);
+      select(out.annotation); // the usual edit flow corrects it: drag, resize, relabel and Save
+      say(`Accepted as box ${out.annotation.id} (${out.annotation.label}): drag or resize it, or change the label and Save, to correct it.`);
+      canvas.focus();
+    } catch (e) { say(e.message, true); draw(); }
+  }
+
+  async function reject(m) {
+    if (!m || m.status !== "new") return;
+    try {
+      Object.assign(m, (await api("POST", machineUrl(m, "reject"))).detection);
+      undo.push({ type: "reject", id: m.id });
+      if (picked === m && !showRejected) picked = null;
+      say(`Rejected the machine box ${m.label}; "show rejected" lists it to restore.`);
+    } catch (e) { say(e.message, true); }
+    draw();
+  }
+
+  async function restore(m) {
+    if (!m || m.status !== "rejected") return;
+    try {
+      Object.assign(m, (await api("POST", machineUrl(m, "restore"))).detection);
+      say(`Restored the machine box ${m.label}.`);
+    } catch (e) { say(e.message, true); }
+    draw();
+  }
+
+  // A deleted human box frees the machine box it was accepted from (the server unlinks it too).
+  function unlink(annotationId) {
+    for (const m of machine) if (m.annotation_id === annotationId) { m.status = "new"; m.annotation_id = null; }
+  }
+
+  function machineAt([px, py]) {
+    let best = null;
+    for (const m of machine) {
+      if (!machineShown(m)) continue;
+      const [x, y, w, h] = m.box;
+      if (px >= x && px <= x + w && py >= y && py <= y + h && (!best || w * h < best.box[2] * best.box[3])) best = m;
+    }
+    return best;
+  }
+
   function select(b) {
+    picked = null;
     selected = b;
     labelInput.value = b ? b.label || "" : "";
     noteInput.value = b ? b.note || "" : "";
@@ -130,6 +269,7 @@
     canvas.setPointerCapture(ev.pointerId);
     const p = toImage(ev);
     const h = ev.shiftKey || drawInside ? { mode: "draw" } : hit(p);
+    pressedMachine = h.mode === "draw" && !ev.shiftKey && !drawInside ? machineAt(p) : null; // a click picks it
     if (h.mode === "select") { select(h.target); return; }
     if (h.mode === "draw") {
       draft = { box: [p[0], p[1], 0, 0], label: "" };
@@ -163,7 +303,12 @@
     drag = null;
     selected.box = clampBox(selected.box);
     if (mode === "draw") {
-      if (selected.box[2] < 3 || selected.box[3] < 3) { draft = null; selected = null; draw(); return; }
+      if (selected.box[2] < 3 || selected.box[3] < 3) {
+        draft = null; selected = null;
+        if (pressedMachine) pick(pressedMachine); else { picked = null; draw(); }
+        return;
+      }
+      picked = null;
       say("New box: type a label and press Save (Enter).");
       labelInput.value = ""; noteInput.value = "";
       labelInput.focus();
@@ -220,6 +365,7 @@
     try {
       await api("DELETE", `${itemUrl(rec.id)}?version=${rec.version}`);
       boxes = boxes.filter((b) => b !== rec);
+      unlink(rec.id);
       undo.push({ type: "delete", record: rec });
       selected = null;
       say(`Deleted box ${rec.id}.`);
@@ -235,7 +381,11 @@
         const rec = boxes.find((b) => b.id === step.id);
         await api("DELETE", `${itemUrl(step.id)}?version=${rec.version}`);
         boxes = boxes.filter((b) => b !== rec);
+        unlink(rec.id);
         if (selected === rec) selected = null;
+      } else if (step.type === "reject") {
+        const m = machine.find((d) => d.id === step.id);
+        Object.assign(m, (await api("POST", machineUrl(m, "restore"))).detection);
       } else if (step.type === "update") {
         const rec = boxes.find((b) => b.id === step.id);
         Object.assign(rec, await api("PATCH", itemUrl(rec.id), { ...step.before, version: rec.version }));
@@ -288,7 +438,21 @@
     else if (ev.key.toLowerCase() === "n") go(data.next, "last");
     else if (ev.key.toLowerCase() === "p") go(data.previous, "first");
     else if (ev.key.toLowerCase() === "d") setDrawInside(!drawInside);
-    else if (ev.key === "Escape") { draft = null; select(null); }
+    else if (ev.key.toLowerCase() === "a" && picked && !ev.ctrlKey && !ev.metaKey) { ev.preventDefault(); accept(picked); }
+    else if (ev.key.toLowerCase() === "r" && picked && !ev.ctrlKey && !ev.metaKey) {
+      ev.preventDefault();
+      if (picked.status === "rejected") restore(picked); else reject(picked);
+    } else if (ev.key === "Escape") { draft = null; select(null); }
+  });
+  showMachineEl.addEventListener("change", () => {
+    showMachine = showMachineEl.checked;
+    if (!showMachine) picked = null;
+    draw();
+  });
+  showRejectedEl.addEventListener("change", () => {
+    showRejected = showRejectedEl.checked;
+    if (picked && picked.status === "rejected" && !showRejected) picked = null;
+    draw();
   });
   window.addEventListener("resize", draw);
   if (img.complete) draw(); else img.addEventListener("load", draw);

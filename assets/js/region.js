@@ -50,10 +50,12 @@ document.addEventListener("DOMContentLoaded", () => {
   if (!img || !canvas) return;
   const boxInput = document.getElementById("region-box");
   const button = document.getElementById("region-search");
+  const objectsButton = document.getElementById("region-objects");
     // boxes are in the item's source pixels (data-width/height: the video frame at full size), like saved boxes
   const setup = () => attachRegion(canvas, () => ({ w: +img.dataset.width || img.naturalWidth, h: +img.dataset.height || img.naturalHeight }), (b) => {
     boxInput.value = b ? `${b.x},${b.y},${b.w},${b.h}` : "";
     button.disabled = !b;
+    if (objectsButton) objectsButton.disabled = !b;
   });
   if (img.complete) setup(); else img.addEventListener("load", setup);
 });

@@ -1,0 +1,266 @@
+"""Objects: a torchvision detector at ingest, its boxes stored as machine boxes, and each object's crop embedded
+by CLIP into a regions index (objects as search targets).
+
+The detector's weights come as CLIP's do: torchvision's (from its cache, else downloaded), a local file
+(`--detector-weights PATH`), or random weights drawn from a fixed seed (`--detector-weights none`: the same network
+in every process; its boxes mean nothing, like `--pretrained none`). Detections belong to a keyframe or an image and
+are found anew only when it is; annotators' boxes are another table and never touched.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from sqlalchemy import delete, or_, select
+from sqlalchemy.orm import Session
+
+from app.media import Problem
+from app.models import Detection, DetectionData, Image, Keyframe, Setting, Video
+from app.paths import DataLayout
+from app.row_index import refresh_row_index
+
+DEFAULT_DETECTOR = "fasterrcnn_mobilenet_v3_large_fpn"
+RANDOM_WEIGHTS_SEED = 20261126
+MAX_OBJECTS = 30  # per picture, best first
+MIN_CROP_PX = 8  # a box thinner than this has nothing for CLIP to see
+KIND_REGION = 3  # ids.npy kind of a detected object
+log = logging.getLogger(__name__)
+
+
+class DetectorUnavailable(RuntimeError):
+    """The detector cannot be loaded here; the message names the flag that fixes it."""
+
+
+def coco_categories() -> list[str]:
+    """COCO's class names by torchvision label id (0 is the background; 'N/A' marks unused ids)."""
+    from torchvision.models.detection import FasterRCNN_MobileNet_V3_Large_FPN_Weights
+
+    return list(FasterRCNN_MobileNet_V3_Large_FPN_Weights.DEFAULT.meta["categories"])
+
+
+def default_weights_cached(name: str) -> bool:
+    """Whether torchvision's default weights of `name` are in its cache already (no network is tried)."""
+    import torchvision
+
+    try:
+        url = torchvision.models.get_model_weights(name).DEFAULT.url
+    except (ValueError, AttributeError):
+        return False
+    return (Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]).is_file()
+
+
+def detector_names() -> list[str]:
+    import torchvision
+    from torchvision.models import detection
+
+    return sorted(torchvision.models.list_models(module=detection))
+
+
+@dataclass
+class Found:
+    label: str
+    score: float
+    box: tuple[float, float, float, float]  # x, y, w, h in the picture's pixels
+
+
+class Detector:
+    """A torchvision detection model with COCO's classes; `detect(pictures)` -> per picture, its objects."""
+
+    def __init__(self, name: str = DEFAULT_DETECTOR, weights: str | None = None, threshold: float = 0.5,
+                 device: str = "cpu") -> None:
+        import torchvision
+
+        if name not in detector_names():
+            raise DetectorUnavailable(f"unknown --detector {name!r}; torchvision has: {', '.join(detector_names())}")
+        if not 0.0 <= threshold <= 1.0:
+            raise DetectorUnavailable(f"--object-threshold must be between 0 and 1, not {threshold}")
+        self.device = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.categories = coco_categories()
+        self.threshold = threshold
+        kwargs = {"box_score_thresh": threshold, "box_detections_per_img": MAX_OBJECTS} \
+            if name.startswith(("fasterrcnn", "maskrcnn")) else {"score_thresh": threshold} \
+            if name.startswith(("retinanet", "fcos", "ssd")) else {}
+        builder = torchvision.models.get_model_builder(name)
+        if weights is not None and weights.lower() == "none":
+            # random weights: COCO's 80 real classes only (torchvision's 91 ids include unused 'N/A' ones, which an
+            # untrained head favours as much as any)
+            self.categories = [c for c in self.categories if c != "N/A"]
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_WEIGHTS_SEED)
+                model = builder(weights=None, weights_backbone=None, num_classes=len(self.categories), **kwargs)
+            tag = "none"
+        elif weights is not None:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise DetectorUnavailable(f"--detector-weights {weights}: no such file")
+            model = builder(weights=None, weights_backbone=None, num_classes=len(self.categories), **kwargs)
+            try:
+                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            except (RuntimeError, ValueError, OSError) as exc:
+                raise DetectorUnavailable(f"--detector-weights {weights} are not {name} weights with COCO's "
+                                          f"{len(self.categories)} classes ({str(exc)[:200]})") from None
+            tag = "file-" + hashlib.sha1(path.read_bytes()[: 1 << 20]).hexdigest()[:12]
+        else:
+            from app.encoders import _hub_reachable
+
+            if not default_weights_cached(name) and not _hub_reachable("download.pytorch.org"):
+                raise DetectorUnavailable(self._no_weights(name, "not in torchvision's cache, and no network"))
+            try:
+                model = builder(weights="DEFAULT", **kwargs)
+            except Exception as exc:  # noqa: BLE001 - a broken download or cache: one clear sentence
+                raise DetectorUnavailable(self._no_weights(name, type(exc).__name__)) from None
+            tag = "default"
+        self.model = model.eval().to(self.device)
+        self.name = f"{name}:{tag}"[:64]
+        self.random = tag == "none"
+
+    @staticmethod
+    def _no_weights(name: str, why: str) -> str:
+        return (f"the {name} weights could not be had ({why}). Put the file in ~/.cache/torch/hub/checkpoints/, or "
+                f"give --detector-weights PATH, or --detector-weights none for random weights, or --no-detector.")
+
+    def detect(self, pictures: list[PILImage.Image]) -> list[list[Found]]:
+        from torchvision.transforms.functional import pil_to_tensor
+
+        batch = [pil_to_tensor(p.convert("RGB")).float().div(255).to(self.device) for p in pictures]
+        with torch.inference_mode():
+            outputs = self.model(batch)
+        found = []
+        for out in outputs:
+            objects = []
+            for (x1, y1, x2, y2), score, label in zip(out["boxes"].tolist(), out["scores"].tolist(),
+                                                       out["labels"].tolist(), strict=True):
+                name = self.categories[label] if 0 < label < len(self.categories) else "N/A"
+                if name != "N/A" and score >= self.threshold and x2 - x1 >= 1 and y2 - y1 >= 1:
+                    objects.append(Found(name, float(score), (x1, y1, x2 - x1, y2 - y1)))
+            found.append(sorted(objects, key=lambda o: -o.score)[:MAX_OBJECTS])
+        return found
+
+
+@dataclass
+class ObjectSummary:
+    pictures: int = 0
+    objects: int = 0
+    regions: int = 0
+    index_size: int = 0
+    seconds: float = 0.0
+    failed: list[Problem] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"objects: {self.objects} in {self.pictures} pictures scanned, {self.regions} regions embedded, "
+                f"regions index {self.index_size} vectors, {self.seconds:.1f} s")
+
+
+def check_detector(session: Session, detector: Detector) -> None:
+    """Record the detector; a collection's objects from another detector are detected again (they are machine boxes:
+    nothing of a person's is lost)."""
+    known = session.get(Setting, "detector")
+    if known is not None and known.value != detector.name:
+        session.execute(Video.__table__.update().values(objects_model=None))
+        session.execute(Image.__table__.update().values(objects_model=None))
+    session.merge(Setting(key="detector", value=detector.name))
+    session.commit()
+
+
+class ObjectPass:
+    """Detection on every keyframe and image not yet scanned by this detector; each object's crop into CLIP; the
+    regions index refreshed. Commits per video (a killed run resumes)."""
+
+    def __init__(self, session: Session, layout: DataLayout, detector: Detector, encoder, options,
+                 progress=None) -> None:
+        self.session = session
+        self.layout = layout
+        self.detector = detector
+        self.encoder = encoder
+        self.options = options
+        self.progress = progress
+        self.summary = ObjectSummary()
+
+    def run(self) -> ObjectSummary:
+        start = time.monotonic()
+        name = self.detector.name
+        for video in self.session.scalars(select(Video).where(or_(Video.objects_model.is_(None),
+                                                                  Video.objects_model != name))
+                                          .order_by(Video.id)).all():
+            self._scan_video(video)
+        for image in self.session.scalars(select(Image).where(or_(Image.objects_model.is_(None),
+                                                                  Image.objects_model != name))
+                                          .order_by(Image.id)).all():
+            self._scan_image(image)
+        identity = {"model": self.encoder.identity[0], "pretrained": self.encoder.identity[1],
+                    "weights_fingerprint": self.encoder.fingerprint, "dim": self.encoder.dim}
+        self.summary.index_size = refresh_row_index(self.session, self.layout.regions_index_dir, KIND_REGION,
+                                                    DetectionData.detection_id, DetectionData.vector, identity,
+                                                    self.options.retrain)
+        self.summary.seconds = time.monotonic() - start
+        return self.summary
+
+    def _objects(self, picture: PILImage.Image, to_source: float) -> list[tuple[Detection, DetectionData | None]]:
+        found = self.detector.detect([picture])[0]
+        crops, rows = [], []
+        for f in found:
+            x, y, w, h = f.box
+            row = Detection(label=f.label, score=f.score, x=x * to_source, y=y * to_source, w=w * to_source,
+                            h=h * to_source, model=self.detector.name, status="new")
+            rows.append([row, None])
+            if min(w, h) >= MIN_CROP_PX:
+                crops.append((len(rows) - 1, picture.crop((int(x), int(y), int(x + w), int(y + h)))))
+        if crops:
+            vecs = self.encoder.encode_images([c for _, c in crops])
+            for (i, _), vec in zip(crops, vecs, strict=True):
+                rows[i][1] = DetectionData(vector=np.asarray(vec, np.float32).tobytes())
+        self.summary.pictures += 1
+        self.summary.objects += len(rows)
+        self.summary.regions += len(crops)
+        if self.progress is not None:
+            self.progress.update("objects", 1)
+        return [tuple(r) for r in rows]
+
+    def _store(self, rows, **owner) -> None:
+        for det, _ in rows:
+            for key, value in owner.items():
+                setattr(det, key, value)
+            self.session.add(det)
+        self.session.flush()
+        for det, data in rows:
+            if data is not None:
+                data.detection_id = det.id
+                self.session.add(data)
+
+    def _scan_video(self, video: Video) -> None:
+        keyframes = self.session.scalars(select(Keyframe).where(Keyframe.video_pk == video.id)
+                                         .order_by(Keyframe.n)).all()
+        found = []
+        try:
+            for kf in keyframes:
+                with PILImage.open(self.layout.data_dir / kf.image_path) as pic:
+                    pic.load()
+                    found.append((kf.id, self._objects(pic.convert("RGB"),
+                                                       video.width / pic.width if video.width else 1.0)))
+        except OSError as exc:
+            self.summary.failed.append(Problem(video.video_id, f"objects not detected: {exc}"))
+            return
+        self.session.execute(delete(Detection).where(Detection.keyframe_id.in_([kf.id for kf in keyframes])))
+        for keyframe_id, rows in found:
+            self._store(rows, keyframe_id=keyframe_id)
+        video.objects_model = self.detector.name
+        self.session.commit()
+
+    def _scan_image(self, image: Image) -> None:
+        try:
+            with PILImage.open(image.path) as pic:
+                pic.load()
+                rows = self._objects(pic.convert("RGB"), 1.0)
+        except (OSError, PILImage.DecompressionBombError) as exc:
+            self.summary.failed.append(Problem(image.display_name, f"objects not detected: {exc}"))
+            return
+        self.session.execute(delete(Detection).where(Detection.image_id == image.id))
+        self._store(rows, image_id=image.id)
+        image.objects_model = self.detector.name
+        self.session.commit()

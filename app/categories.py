@@ -16,6 +16,7 @@ from app.models import Setting
 
 MAX_NAME = 100
 MAX_LABELS = 10_000
+MAX_FILE_BYTES = 2_000_000  # 10,000 labels of 100 characters, with room
 COCO_SUPERCATEGORIES = {
     "person": ["person"],
     "vehicle": ["bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat"],
@@ -115,6 +116,9 @@ def parse_hierarchy(data: object) -> dict[str, str | None]:
 def load_hierarchy(path: Path) -> dict[str, str | None]:
     """A YAML (.yaml/.yml) or JSON file."""
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise HierarchyError(f"{path}: {size:,} bytes; a hierarchy file is at most {MAX_FILE_BYTES:,} bytes")
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise HierarchyError(f"{path}: cannot be read ({exc})") from None
@@ -125,11 +129,15 @@ def load_hierarchy(path: Path) -> dict[str, str | None]:
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
+    except RecursionError:
+        raise HierarchyError(f"{path}: nested too deeply") from None
     except Exception as exc:  # noqa: BLE001 - YAML and JSON errors: the parser's own line and column
         raise HierarchyError(f"{path}: not valid {'YAML' if Path(path).suffix.lower() in ('.yaml', '.yml') else 'JSON'}"
                              f" ({str(exc).splitlines()[0][:200]})") from None
     try:
         return parse_hierarchy(data)
+    except RecursionError:
+        raise HierarchyError(f"{path}: nested too deeply") from None
     except HierarchyError as exc:
         raise HierarchyError(f"{path}: {exc}") from None
 

@@ -557,10 +557,6 @@ def _detector(session: Session, options: IndexOptions, device: str):
                       f"downloads them, --detector-weights PATH or none gives others, --no-detector silences this)")
     detector = Detector(name, options.detector_weights, options.object_threshold, device)
     check_detector(session, detector)
-    if options.hierarchy is not None:
-        from app.categories import load_hierarchy, store_hierarchy
-
-        store_hierarchy(session, load_hierarchy(options.hierarchy))
     return detector, ""
 
 
@@ -580,6 +576,10 @@ def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, sess
             from app.concepts import load_vocabulary
 
             load_vocabulary(options.vocabulary)
+        if options.hierarchy is not None:  # checked and kept whether or not this run detects
+            from app.categories import load_hierarchy, store_hierarchy
+
+            store_hierarchy(session, load_hierarchy(options.hierarchy))
         face_model = _face_model(session, options)
         detector, no_objects = _detector(session, options, encoder.device)
         recover_staged(session, layout)  # finish (or drop) what a killed run had staged

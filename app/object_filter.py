@@ -18,7 +18,7 @@ from app.models import Detection, Image, Keyframe, Video
 
 MAX_CONDITIONS = 10
 MAX_COUNT = 1000
-CONDITION = re.compile(r"^\s*(.+?)\s*(>=|=>|>|=)?\s*([^\s<>=]*)\s*$")
+CONDITION = re.compile(r"^\s*([^<>=]+?)\s*(?:(>=|=>|>|=)\s*(\S*))?\s*$")
 
 
 class ObjectFilterError(ValueError):
@@ -53,9 +53,12 @@ def parse_conditions(raw: str, session: Session) -> tuple[Condition, ...]:
     out = []
     for part in parts:
         match = CONDITION.match(part)
-        name, op, count = (match.group(1), match.group(2), match.group(3)) if match else (part, None, "")
-        if op is None and count:
-            raise ObjectFilterError(f"objects: '{part.strip()[:60]}' is not NAME>=COUNT")
+        if match is None:
+            what = "the class name is missing" if part.strip()[:1] in "<>=" else "only NAME>=COUNT, NAME>COUNT or NAME"
+            raise ObjectFilterError(f"objects: '{part.strip()[:60]}' is not NAME>=COUNT ({what})")
+        name, op, count = match.group(1), match.group(2), match.group(3) or ""
+        if op is not None and not count:
+            raise ObjectFilterError(f"objects: '{part.strip()[:60]}' has no count after {op}")
         if len(name) > 100:
             raise ObjectFilterError("objects: a class name is at most 100 characters")
         if name.lower() not in lower:
@@ -64,6 +67,8 @@ def parse_conditions(raw: str, session: Session) -> tuple[Condition, ...]:
                                     (f" (known ones like it: {', '.join(close)})" if close else
                                      " (see the Categories page for the classes)"))
         try:
+            if count and not count.isascii():
+                raise ValueError(count)  # int() would read other scripts' digits
             n = int(count) if count else 1
         except ValueError:
             raise ObjectFilterError(f"objects: '{count[:20]}' in '{part.strip()[:60]}' is not a whole number") from None

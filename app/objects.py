@@ -102,9 +102,10 @@ class Detector:
             model = builder(weights=None, weights_backbone=None, num_classes=len(self.categories), **kwargs)
             try:
                 model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            except (RuntimeError, ValueError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - not a checkpoint, another network, damaged: one sentence
+                why = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
                 raise DetectorUnavailable(f"--detector-weights {weights} are not {name} weights with COCO's "
-                                          f"{len(self.categories)} classes ({str(exc)[:200]})") from None
+                                          f"{len(self.categories)} classes ({why})") from None
             tag = "file-" + hashlib.sha1(path.read_bytes()[: 1 << 20]).hexdigest()[:12]
         else:
             from app.encoders import _hub_reachable

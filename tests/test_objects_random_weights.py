@@ -120,6 +120,15 @@ def test_random_weights_object_filters_count_what_is_not_rejected(objects_site):
         db.execute("update detections set status = 'new'")
 
 
+def test_random_weights_a_bare_class_means_at_least_one(objects_site):
+    c = objects_site
+    with _db(c["data"]) as db:
+        label = db.execute("select label from detections limit 1").fetchone()[0]
+    _, _, bare = get(f"{c['base']}/api/search?q=x&k=1000&objects={urllib.parse.quote(label)}")
+    _, _, one = get(f"{c['base']}/api/search?q=x&k=1000&objects={urllib.parse.quote(label + '>=1')}")
+    assert json.loads(bare)["results"] == json.loads(one)["results"] and json.loads(one)["results"]
+
+
 def test_random_weights_a_category_filter_takes_in_its_descendants(objects_site):
     c = objects_site
     with _db(c["data"]) as db:
@@ -139,7 +148,10 @@ def test_random_weights_a_category_filter_takes_in_its_descendants(objects_site)
 @pytest.mark.parametrize(("value", "words"), [("person>=abc", "'abc' in 'person>=abc' is not a whole number"),
                                               ("unicorn>=1", "unknown class 'unicorn'"),
                                               ("person>=0", "must be between 1 and"),
-                                              ("person>=2 cars", "is not NAME>=COUNT")])
+                                              ("person<=2", "only NAME>=COUNT, NAME>COUNT or NAME"),
+                                              (">=2", "the class name is missing"),
+                                              ("person>=", "has no count after >="),
+                                              ("person>=\u0663", "is not a whole number")])
 def test_bad_object_filters_name_the_part(objects_site, value, words):
     status, _, raw = get(f"{objects_site['base']}/api/search?q=x&objects={urllib.parse.quote(value)}")
     assert status == 400 and words in json.loads(raw)["error"], raw
@@ -187,5 +199,17 @@ def test_a_detector_that_cannot_load_stops_before_any_work(tmp_path):
     bad.write_text('{"shirt": "top"}')
     bad = bad.rename(tmp_path / "unknown.json")
     done = cli("index", str(media), "--data-dir", str(tmp_path / "data3"), "--pretrained", "none", *TINY_ARGS,
-               *DETECTOR, "--hierarchy", str(bad))
+               "--no-detector", "--no-faces", "--hierarchy", str(bad))  # checked even when this run detects nothing
     assert done.returncode == 2 and "its parent 'top' is not defined" in done.stderr, done.stderr
+    not_weights = tmp_path / "weights.txt"
+    not_weights.write_text("not a checkpoint")
+    done = cli("index", str(media), "--data-dir", str(tmp_path / "data4"), "--pretrained", "none", *TINY_ARGS,
+               "--detector", "fasterrcnn_mobilenet_v3_large_320_fpn", "--detector-weights", str(not_weights),
+               "--no-faces")
+    assert done.returncode == 2 and "are not fasterrcnn_mobilenet_v3_large_320_fpn weights" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("a: null\n" + "".join(f"c{i}: a\n" for i in range(300_000)))
+    done = cli("index", str(media), "--data-dir", str(tmp_path / "data5"), "--pretrained", "none", *TINY_ARGS,
+               "--no-detector", "--no-faces", "--hierarchy", str(huge))
+    assert done.returncode == 2 and "a hierarchy file is at most" in done.stderr, done.stderr

@@ -112,7 +112,9 @@ def _objects(ref: ItemRef, record: dict) -> list[dict]:
         (record["width"], record["height"])
     out = []
     for r in rows:
-        box = [math.floor(r.x), math.floor(r.y), max(1, math.floor(r.w)), max(1, math.floor(r.h))]
+        left, top = math.floor(r.x), math.floor(r.y)
+        right, bottom = min(math.ceil(r.x + r.w), size[0] or 10**6), min(math.ceil(r.y + r.h), size[1] or 10**6)
+        box = [left, top, max(1, right - left), max(1, bottom - top)]
         out.append({"label": r.label, "score": r.score, "pct": box_pct((r.x, r.y, r.w, r.h), size),
                     "search_url": url_for("search.index", region_of=str(ref), box=",".join(map(str, box)),
                                           target="objects")})

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.optimize import linear_sum_assignment
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
@@ -361,6 +360,8 @@ class FaceSearcher:
 
     @staticmethod
     def _several(session: Session, query: np.ndarray, per_query: list[dict], rows: dict[int, _FaceRow]) -> list:
+        from scipy.optimize import linear_sum_assignment
+
         reached = [{rows[f].ref for f in found if f in rows} for found in per_query]
         candidates = set.intersection(*reached) if reached else set()
         if not candidates:
@@ -412,6 +413,8 @@ class ItemMatrix:
 
 
 def item_matrix(session: Session, ref: ItemRef, query: np.ndarray) -> ItemMatrix:
+    from scipy.optimize import linear_sum_assignment
+
     rows = _face_rows(session, _item_filter({ref}))
     vecs = _vectors(session, [r.face_id for r in rows])
     rows = [r for r in rows if r.face_id in vecs]

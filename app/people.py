@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
-from scipy.sparse import csr_matrix
-from sklearn.cluster import DBSCAN
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
@@ -56,6 +54,9 @@ def cluster_labels(vecs: np.ndarray, threshold: float, min_faces: int = MIN_FACE
     n = len(vecs)
     if n == 0:
         return np.zeros(0, np.int64)
+    from scipy.sparse import csr_matrix  # imported here: every index run and server start would pay for them
+    from sklearn.cluster import DBSCAN
+
     index = faiss.IndexFlatIP(vecs.shape[1])
     index.add(np.ascontiguousarray(vecs, dtype=np.float32))
     lims, sims, cols = index.range_search(np.ascontiguousarray(vecs, dtype=np.float32), float(threshold))

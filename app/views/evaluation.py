@@ -108,8 +108,17 @@ def start():
         return _page(str(exc), 400)
     sessions = services.sessions()
     run_id = eval_runs.start(sessions, gt, config, protocol)
+    return _submit(app, run_id, len(gt.queries), lambda progress: eval_runs.execute(
+        app.extensions["layout"], sessions, snap, gt, config, lambda: services.searcher().encoder, protocol=protocol,
+        baseline_weights=app.config.get("BASELINE_WEIGHTS"), device=app.config.get("DEVICE", "auto"),
+        progress=progress, run_id=run_id))
+
+
+def _submit(app, run_id: int, total: int, execute, mark_cancelled: bool = False):
+    """Run an evaluation in the one background worker (`execute(progress)`), then show its page, which polls the
+    progress. `mark_cancelled`: the run's own code does not record a cancel, so it is recorded here."""
     jobs = _jobs()
-    jobs.update(run_id, 0, len(gt.queries))
+    jobs.update(run_id, 0, total)
 
     def work() -> None:
         with app.app_context():
@@ -118,12 +127,10 @@ def start():
                     return
                 jobs.started.add(run_id)
             try:
-                eval_runs.execute(app.extensions["layout"], sessions, snap, gt, config,
-                                  lambda: services.searcher().encoder, protocol=protocol,
-                                  baseline_weights=app.config.get("BASELINE_WEIGHTS"),
-                                  device=app.config.get("DEVICE", "auto"),
-                                  progress=lambda d, t: jobs.update(run_id, d, t), run_id=run_id)
+                execute(lambda d, t: jobs.update(run_id, d, t))
             except eval_runs.Cancelled:
+                if mark_cancelled:
+                    eval_runs.cancel(app.extensions["sessions"], run_id)
                 app.logger.info("evaluation run %s cancelled", run_id)
             except Exception:  # noqa: BLE001 - stored on the run and shown on its page
                 app.logger.exception("evaluation run %s failed", run_id)
@@ -141,25 +148,8 @@ def _start_identity(app):
         run_id = face_eval.start(sessions)
     except face_eval.NoIdentityGroundTruth as exc:
         return _page(str(exc), 400)
-    jobs = _jobs()
-    jobs.update(run_id, 0, n_queries)
-
-    def work() -> None:
-        with app.app_context():
-            with jobs.lock:
-                if run_id in jobs.cancelled:
-                    return
-                jobs.started.add(run_id)
-            try:
-                face_eval.execute(sessions, app.extensions["layout"], lambda d, t: jobs.update(run_id, d, t), run_id)
-            except eval_runs.Cancelled:
-                eval_runs.cancel(sessions, run_id)
-                app.logger.info("evaluation run %s cancelled", run_id)
-            except Exception:  # noqa: BLE001 - stored on the run and shown on its page
-                app.logger.exception("evaluation run %s failed", run_id)
-
-    jobs.pool.submit(work)
-    return redirect(url_for("evaluation.run_page", run_id=run_id), 303)
+    return _submit(app, run_id, n_queries, lambda progress: face_eval.execute(
+        sessions, app.extensions["layout"], progress, run_id), mark_cancelled=True)
 
 
 def _start_ucf(app, gt):
@@ -169,25 +159,8 @@ def _start_ucf(app, gt):
     with sessions() as session:
         ucf_eval.check_indexed(session, gt)  # clips not indexed: a 400 here, not a failed run
     run_id = ucf_eval.start(sessions, gt)
-    jobs = _jobs()
-    jobs.update(run_id, 0, len(gt.queries))
-
-    def work() -> None:
-        with app.app_context():
-            with jobs.lock:
-                if run_id in jobs.cancelled:
-                    return
-                jobs.started.add(run_id)
-            try:
-                ucf_eval.execute(sessions, app.extensions["layout"], gt, lambda: services.searcher().encoder,
-                                 lambda d, t: jobs.update(run_id, d, t), run_id)
-            except eval_runs.Cancelled:
-                app.logger.info("evaluation run %s cancelled", run_id)
-            except Exception:  # noqa: BLE001 - stored on the run and shown on its page
-                app.logger.exception("evaluation run %s failed", run_id)
-
-    jobs.pool.submit(work)
-    return redirect(url_for("evaluation.run_page", run_id=run_id), 303)
+    return _submit(app, run_id, len(gt.queries), lambda progress: ucf_eval.execute(
+        sessions, app.extensions["layout"], gt, lambda: services.searcher().encoder, progress, run_id))
 
 
 def _columns(run: dict) -> list[str]:

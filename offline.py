@@ -6,6 +6,7 @@
     python offline.py search "TEXT" [--image F]  search from the terminal (same ranking as the server)
     python offline.py users add NAME --role R   accounts: add | list | remove | passwd | token
     python offline.py demo                      make a sample collection, index it and serve it
+    python offline.py job JOB_ID                run a job queued by the server (it starts these itself)
 """
 from __future__ import annotations
 
@@ -158,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--host", default=None, help=help_text("host"))
     p_demo.add_argument("--port", default=None, help=help_text("port"))
     p_demo.add_argument("--no-serve", action="store_true", help="index only, do not start the server")
+    p_job = sub.add_parser("job", help="run one queued job of the server (an upload, a deletion, a re-index)",
+                           description="Runs a job the server's worker has claimed (server.py starts these itself); "
+                                       "its progress and per-file results go to the job's page.")
+    p_job.add_argument("job_id", type=int, metavar="JOB_ID")
+    _add_settings_args(p_job, "device", "model_config")
     return parser
 
 
@@ -197,6 +203,19 @@ def cmd_index(args: argparse.Namespace, paths: list[Path]) -> int:
     layout.ensure()
     return _report(run_index(layout, paths, _options(args, settings),
                              open_database(settings.database_url, layout.data_dir)))
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    from app.db import open_database
+    from app.encoders import register_model_configs
+    from app.indexer import IndexOptions
+    from app.job_run import run_job
+
+    settings = _settings(args)
+    register_model_configs(settings.model_config)
+    layout = settings.layout
+    sessions = open_database(settings.database_url, layout.data_dir)
+    return run_job(sessions, layout, args.job_id, IndexOptions(device=settings.device, progress=False))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -401,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_users(args)
         if args.command == "search":
             return cmd_search(args)
+        if args.command == "job":
+            return cmd_job(args)
         return cmd_demo(args)
     except (WeightsUnavailable, ModelMismatch, CollectionBusy, FaceModelUnavailable, FaceModelMismatch,
             DetectorUnavailable, ValueError) as exc:

@@ -68,13 +68,29 @@ def create_app(config: dict | None = None, settings: Settings | None = None) -> 
     app.url_map.converters["item"] = ItemConverter
     app.add_template_filter(item_label)
     app.add_template_filter(weights_name)
+    from app.views.auth import can_upload
+
+    app.jinja_env.globals["can_upload"] = can_upload
     csrf.init_app(app)
 
     from app.services import init_services
 
     init_services(app, layout)
 
-    from app.views import annotate, annotations_api, api, auth, detections, evaluation, faces, media, people, search
+    from app.views import (
+        annotate,
+        annotations_api,
+        api,
+        auth,
+        collection,
+        detections,
+        evaluation,
+        faces,
+        media,
+        people,
+        search,
+        uploads,
+    )
 
     auth.init_auth(app)
     app.register_blueprint(auth.bp)
@@ -85,6 +101,10 @@ def create_app(config: dict | None = None, settings: Settings | None = None) -> 
     app.register_blueprint(detections.bp)  # machine boxes' API (CSRF checked per call) and /categories
     app.register_blueprint(annotations_api.bp)
     csrf.exempt(annotations_api.bp)  # checked per call: session calls need the token, bearer-token calls do not
+    app.register_blueprint(uploads.bp)
+    csrf.exempt(uploads.bp)  # the same: its API checks per call (require_role); its pages are GETs
+    app.register_blueprint(collection.bp)
+    csrf.exempt(collection.bp)  # its API checks per call; its two forms call csrf.protect() themselves
     _search_login_gate(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(faces.bp)

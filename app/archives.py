@@ -32,8 +32,35 @@ def _entry_problem(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
+def archive_dest(archive: Path, dest_root: Path) -> Path:
+    """Where an archive's entries are extracted: one folder per archive path."""
+    digest = hashlib.blake2b(str(archive).encode(), digest_size=4).hexdigest()
+    return (dest_root / f"{archive.stem}-{digest}").resolve()
+
+
 def is_media(path: Path) -> bool:
     return classify(path) not in (None, "archive")
+
+
+def check_archive(archive: Path, max_total: int = MAX_TOTAL_BYTES, max_entries: int | None = None) -> list[str]:
+    """Every reason not to open this archive at all, found from its directory before anything is extracted (uploads
+    are refused whole on any of them: an archive with one escaping entry is not trusted for the rest)."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            infos = [i for i in zf.infolist() if not i.is_dir()]
+    except (zipfile.BadZipFile, OSError) as exc:
+        return [f"not a readable zip archive ({exc})"]
+    declared = sum(i.file_size for i in infos)
+    reasons = []
+    if declared > max_total:
+        reasons.append(f"declared uncompressed size {declared:,} bytes is over the limit of {max_total:,} (zip bomb?)")
+    if max_entries is not None and len(infos) > max_entries:
+        reasons.append(f"{len(infos):,} files inside; the limit is {max_entries:,}")
+    for info in infos:
+        reason = _entry_problem(info)
+        if reason:
+            reasons.append(f"{info.filename[:120]}: {reason}")
+    return reasons
 
 
 def extract_archive(archive: Path, dest_root: Path, max_total: int = MAX_TOTAL_BYTES,
@@ -57,8 +84,7 @@ def extract_archive(archive: Path, dest_root: Path, max_total: int = MAX_TOTAL_B
                                               f"limit of {max_total} bytes (zip bomb?)")], []
         if max_entries is not None and len(infos) > max_entries:
             return [], [Problem(str(archive), f"{len(infos)} files inside; the limit is {max_entries}")], []
-        digest = hashlib.blake2b(str(archive).encode(), digest_size=4).hexdigest()
-        dest = (dest_root / f"{archive.stem}-{digest}").resolve()
+        dest = archive_dest(archive, dest_root)
         files: list[Path] = []
         for info in infos:
             label = f"{archive}:{info.filename}"

@@ -276,6 +276,12 @@ class Collection:
             raise self.load_error
         return self._snapshot
 
+    def catch_up(self) -> None:
+        """Serve the newest published generation before returning (a job that says 'done' is searchable at once);
+        a cheap look at CURRENT when nothing changed."""
+        if vectors.pointer(self.layout.index_dir) != self._loaded_for:
+            self.load_now()
+
     def snapshot(self) -> Snapshot | None:
         """The served generation. The first call of a process loads it (start-up); later ones only look."""
         if self._snapshot is None and self._loaded_for is None and self._worker is None:

@@ -31,7 +31,7 @@ from app.index_build import refresh_index
 from app.media import BadMediaFile, Discovery, Problem, discover
 from app.models import Image, IndexRun, Keyframe, Setting, Video
 from app.paths import DataLayout
-from app.progress import StageProgress
+from app.progress import ProgressListener, StageProgress
 from app.proxies import make_proxy
 from app.store import (
     FileState,
@@ -87,6 +87,7 @@ class IndexOptions:
     detector_weights: str | None = None  # None: torchvision's (cache or download); a file; 'none': random weights
     object_threshold: float = 0.5  # detections below this score are not kept
     hierarchy: Path | None = None  # a YAML or JSON file of label parents; None: COCO's supercategories
+    listener: ProgressListener | None = None  # hears stage counts and per-file outcomes (a job's page)
 
 
 @dataclass
@@ -224,7 +225,7 @@ class Indexer:
         self.encoder = encoder
         self.options = options
         self.summary = RunSummary()
-        self.progress = StageProgress(options.progress)
+        self.progress = StageProgress(options.progress, options.listener)
         self._transnet = None
 
     @property
@@ -242,6 +243,9 @@ class Indexer:
         self._names = found.names
         self.summary.failed.extend(found.failed)
         self.summary.skipped.extend(found.skipped)
+        for problems, status in ((found.failed, "failed"), (found.skipped, "skipped")):
+            for problem in problems:
+                self.progress.file(problem.name, status, problem.reason)
         _set_identity(self.session, self.encoder)
         try:
             self._ingest_videos(found.videos)
@@ -270,10 +274,12 @@ class Indexer:
         except BadMediaFile as exc:
             self.session.rollback()
             self.summary.failed.append(Problem(str(path), str(exc) or type(exc).__name__))
+            self.progress.file(str(path), "failed", str(exc) or type(exc).__name__)
             log.warning("failed: %s: %s", path, exc)
             return
         if outcome is not Outcome.QUEUED:
             setattr(self.summary, outcome.value, getattr(self.summary, outcome.value) + 1)
+            self.progress.file(str(path), outcome.value)
 
     def _expand_archives(self, found: Discovery) -> None:
         for archive in found.archives:
@@ -520,6 +526,7 @@ class Indexer:
         self.summary.index_size, self.summary.index_rebuilt = refresh_index(
             self.session, self.layout, self.encoder.identity, self.encoder.dim, self.options.index_type,
             fingerprint=self.encoder.fingerprint, retrain=self.options.retrain)
+        self.progress.update("index", self.summary.index_size)
 
 
 def _face_model(session: Session, options: IndexOptions):

@@ -377,3 +377,26 @@ class ConceptLabel(Base):
     score: Mapped[float] = mapped_column(Float)
     rank: Mapped[int] = mapped_column(Integer)
     vocabulary: Mapped[str] = mapped_column(String(64))
+
+
+class Job(Base):
+    """Work the server's worker runs in an `offline.py job` process: an upload to ingest, items to delete, an item to
+    index again. Kept in the catalogue so the queue survives a restart (app.jobs)."""
+
+    __tablename__ = "jobs"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # upload | delete | reindex
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)  # app.jobs.STATUSES
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+    folder: Mapped[str | None] = mapped_column(Text, nullable=True)  # an upload's folder below uploads/
+    targets_json: Mapped[str] = mapped_column(Text, default="[]")  # item refs (delete, reindex) or files (retry)
+    stages_json: Mapped[str] = mapped_column(Text, default="{}")
+    files_json: Mapped[str] = mapped_column(Text, default="[]")
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the offline.py process running it
+    attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -66,6 +66,11 @@ class DataLayout:
         return self.data_dir / "archives"
 
     @property
+    def uploads_dir(self) -> Path:
+        """Files uploaded from the browser: one folder per upload job, plus .partial/ for unfinished uploads."""
+        return self.data_dir / "uploads"
+
+    @property
     def proxies_dir(self) -> Path:
         """Browser-playable copies of videos that browsers cannot play as they are."""
         return self.data_dir / "proxies"

@@ -45,6 +45,14 @@ FIELDS: tuple[Field, ...] = (
           (1, 10_240)),
     Field("index_check_seconds", "FRAMEFINDER_INDEX_CHECK_SECONDS", 1.0, float,
           "how often the server looks for a newly published index generation", (0, 3600)),
+    Field("upload_roles", "FRAMEFINDER_UPLOAD_ROLES", "admin,annotator", str,
+          "roles that may upload, delete and re-index items from the browser (comma-separated)"),
+    Field("upload_max_file_mb", "FRAMEFINDER_UPLOAD_MAX_FILE_MB", 4096, int,
+          "largest file one collection upload may hold, in MB", (1, 1_048_576)),
+    Field("upload_max_files", "FRAMEFINDER_UPLOAD_MAX_FILES", 1000, int,
+          "most files one collection upload may hold (a zip's entries count)", (1, 1_000_000)),
+    Field("upload_quota_mb", "FRAMEFINDER_UPLOAD_QUOTA_MB", 0, int,
+          "most space uploaded files may take in the data dir, in MB (0: the disk is the limit)", (0, 1_000_000_000)),
 )
 _BY_NAME = {f.name: f for f in FIELDS}
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -127,6 +135,10 @@ class Settings:
     search_requires_login: bool = False
     max_upload_mb: int = 20
     index_check_seconds: float = 1.0
+    upload_roles: str = "admin,annotator"
+    upload_max_file_mb: int = 4096
+    upload_max_files: int = 1000
+    upload_quota_mb: int = 0
     source: dict[str, str] = field(default_factory=dict, compare=False)  # where each value came from
     extra: dict[str, object] = field(default_factory=dict, compare=False)  # other Flask keys of the instance file
 
@@ -177,6 +189,11 @@ class Settings:
         known = {f.name.upper() for f in FIELDS}
         extra = {k: v for k, v in instance.items() if k.isupper() and k not in known}
         return cls(**values, source=source, extra=extra)
+
+    @property
+    def uploaders(self) -> tuple[str, ...]:
+        """The roles upload_roles names (unknown words are ignored: they match no account)."""
+        return tuple(r.strip() for r in self.upload_roles.split(",") if r.strip())
 
     @property
     def layout(self) -> DataLayout:

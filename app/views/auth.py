@@ -84,6 +84,20 @@ def require_role(*roles: str):
     return decorate
 
 
+def require_uploader(view):
+    """require_role with the roles the upload_roles setting names (read per request: the setting may change)."""
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        roles = current_app.extensions["settings"].uploaders
+        return require_role(*roles)(view)(*args, **kwargs)
+    return wrapped
+
+
+def can_upload() -> bool:
+    """For templates: whether the current user may upload, delete and re-index."""
+    return current_user.is_authenticated and current_user.role in current_app.extensions["settings"].uploaders
+
+
 def _safe_next(target: str | None) -> str:
     """Only a path on this site: no scheme, no host, no '//' or '\\' start, and no whitespace or control
     characters (browsers drop tabs and newlines, so '/\t/evil.example' would become '//evil.example')."""

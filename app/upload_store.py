@@ -1,0 +1,250 @@
+"""Resumable uploads into the data dir, following the tus 1.0 protocol (core, creation, checksum, termination).
+
+A client announces a file (POST: its length and name), sends it in chunks (PATCH at the offset the server has, with
+an optional checksum per chunk), and after an interruption asks where to go on (HEAD). Unfinished files wait in
+uploads/.partial/ beside a small JSON note (owner, length, name); only their owner sees them. Limits (size per file,
+quota of the uploads folder) are checked when the file is announced, so nothing is sent that cannot be kept, and a
+full disk costs the chunk being written, never the bytes already there.
+"""
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from app.media import ARCHIVE_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from app.paths import DataLayout
+
+TUS_VERSION = "1.0.0"
+TUS_EXTENSIONS = "creation,checksum,termination"
+CHECKSUM_ALGORITHMS = ("sha1", "sha256", "md5")
+MAX_CHUNK = 64 * 1024 * 1024  # one PATCH; the browser sends 8 MB
+PARTIAL_MAX_AGE_S = 7 * 24 * 3600  # an unfinished upload nobody resumed for a week is removed
+ALLOWED_EXTENSIONS = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS | ARCHIVE_EXTENSIONS
+MAX_DEPTH = 8
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+class UploadError(ValueError):
+    """A request the upload cannot take; `status` is the HTTP answer (400, 404, 409, 413, 415, 460, 507)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_file: int  # bytes
+    max_files: int
+    quota: int  # bytes; 0: the disk is the limit
+
+    @classmethod
+    def from_settings(cls, settings) -> Limits:
+        mb = 1024 * 1024
+        return cls(settings.upload_max_file_mb * mb, settings.upload_max_files, settings.upload_quota_mb * mb)
+
+    def describe(self) -> str:
+        quota = f"; all uploads together at most {_mb(self.quota)}" if self.quota else ""
+        return (f"at most {self.max_files:,} files per upload, each at most {_mb(self.max_file)}{quota}; "
+                f"videos ({', '.join(sorted(VIDEO_EXTENSIONS))}), images ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
+                f"and zip archives of them")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1024**3:.1f} GB" if n >= 1024**3 else f"{n / 1024**2:.0f} MB"
+
+
+def safe_relpath(name: str) -> str:
+    """A file name (or a path inside a dropped folder) as we will store it: forward slashes, no '..', no absolute
+    path, no control characters, at most MAX_DEPTH folders, a known media or zip extension."""
+    text = unicodedata.normalize("NFC", str(name or "")).replace("\\", "/").strip()
+    if not text:
+        raise UploadError("the file has no name")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise UploadError("the file name holds control characters")
+    if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
+        raise UploadError(f"'{text[:80]}' is an absolute path; send a name relative to the dropped folder")
+    parts = [p for p in PurePosixPath(text).parts if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise UploadError(f"'{text[:80]}' climbs out of its folder ('..')")
+    if not parts or len(parts) > MAX_DEPTH + 1 or any(len(p.encode()) > 255 or p.startswith(".") for p in parts):
+        raise UploadError(f"'{text[:80]}' is not a usable file name (hidden, too long or too deep)")
+    path = "/".join(parts)
+    if PurePosixPath(path).suffix.lower() not in ALLOWED_EXTENSIONS:
+        raise UploadError(f"'{parts[-1][:80]}' is not a video, an image or a zip archive "
+                          f"({', '.join(sorted(ALLOWED_EXTENSIONS))})", 415)
+    return path
+
+
+def parse_metadata(header: str) -> dict[str, str]:
+    """tus Upload-Metadata: 'key base64value,key2 base64value2'."""
+    meta: dict[str, str] = {}
+    for pair in (header or "").split(","):
+        key, _, value = pair.strip().partition(" ")
+        if not key:
+            continue
+        try:
+            meta[key] = base64.b64decode(value, validate=True).decode("utf-8") if value else ""
+        except (ValueError, UnicodeDecodeError):
+            raise UploadError(f"Upload-Metadata value of '{key[:40]}' is not base64 of UTF-8 text") from None
+    return meta
+
+
+def used_bytes(layout: DataLayout) -> int:
+    """What uploads take now: kept files, plus the full announced length of unfinished ones (reserved)."""
+    total = 0
+    root = layout.uploads_dir
+    if not root.is_dir():
+        return 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            if path.suffix == ".json" and path.parent.name == ".partial":
+                try:
+                    total += int(json.loads(path.read_text()).get("length", 0))
+                except (OSError, ValueError):
+                    pass
+            elif not (path.parent.name == ".partial" and path.suffix == ".part"):
+                try:
+                    total += path.lstat().st_size
+                except OSError:
+                    pass
+    return total
+
+
+def disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class PartialUploads:
+    """The unfinished uploads of one collection (uploads/.partial/<id>.part and <id>.json)."""
+
+    def __init__(self, layout: DataLayout, limits: Limits) -> None:
+        self.layout, self.limits = layout, limits
+        self.root = layout.uploads_dir / ".partial"
+
+    def _paths(self, upload_id: str) -> tuple[Path, Path]:
+        if not (16 <= len(upload_id) <= 64 and set(upload_id) <= _ID_CHARS):
+            raise UploadError("no such upload", 404)
+        return self.root / f"{upload_id}.part", self.root / f"{upload_id}.json"
+
+    def create(self, user_id: int, length: int, name: str) -> str:
+        relpath = safe_relpath(name)
+        if length <= 0:
+            raise UploadError(f"'{relpath}' is empty (0 bytes)")
+        if length > self.limits.max_file:
+            raise UploadError(f"'{relpath}' is {_mb(length)}; the limit is {_mb(self.limits.max_file)} per file", 413)
+        if self.limits.quota:
+            used = used_bytes(self.layout)
+            if used + length > self.limits.quota:
+                raise UploadError(f"the upload space is full: {_mb(used)} of {_mb(self.limits.quota)} used, and "
+                                  f"'{relpath}' needs {_mb(length)}; delete items or raise upload_quota_mb", 507)
+        free = shutil.disk_usage(self.layout.data_dir).free if self.layout.data_dir.exists() else length
+        if length > free:
+            raise UploadError(f"the server's disk has {_mb(free)} free; '{relpath}' needs {_mb(length)}", 507)
+        self.root.mkdir(parents=True, exist_ok=True)
+        upload_id = secrets.token_urlsafe(18)
+        part, note = self._paths(upload_id)
+        part.touch()
+        note.write_text(json.dumps({"user": user_id, "length": length, "name": relpath, "created": time.time()}))
+        return upload_id
+
+    def info(self, upload_id: str, user_id: int) -> dict:
+        part, note = self._paths(upload_id)
+        try:
+            data = json.loads(note.read_text())
+        except (OSError, ValueError):
+            raise UploadError("no such upload (finished, deleted, or expired)", 404) from None
+        if data.get("user") != user_id:
+            raise UploadError("no such upload (finished, deleted, or expired)", 404)
+        data["offset"] = part.stat().st_size if part.exists() else 0
+        return data
+
+    def append(self, upload_id: str, user_id: int, offset: int, body: BinaryIO, declared: int | None,
+               checksum: str | None) -> int:
+        """Write one chunk at `offset` (it must be where the file ends); returns the new offset."""
+        data = self.info(upload_id, user_id)
+        if offset != data["offset"]:
+            raise UploadError(f"Upload-Offset {offset} is not where the upload stands ({data['offset']}); ask with "
+                              f"HEAD and go on from there", 409)
+        room = data["length"] - offset
+        if declared is not None and declared > min(room, MAX_CHUNK):
+            raise UploadError(f"the chunk of {declared} bytes goes past the announced length or the chunk limit", 413)
+        chunk = body.read(min(room, MAX_CHUNK) + 1)
+        if len(chunk) > min(room, MAX_CHUNK):
+            raise UploadError("the chunk goes past the announced length or the chunk limit", 413)
+        if checksum:
+            _verify(chunk, checksum)
+        part, _ = self._paths(upload_id)
+        try:
+            with open(part, "ab") as fh:
+                fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            with open(part, "ab") as fh:
+                fh.truncate(offset)  # the bytes before this chunk stay; the upload resumes from them
+            if disk_full(exc):
+                raise UploadError("the server's disk is full; the upload stopped at "
+                                  f"{offset:,} bytes and can resume once space is freed", 507) from None
+            raise
+        return offset + len(chunk)
+
+    def delete(self, upload_id: str, user_id: int) -> None:
+        self.info(upload_id, user_id)
+        for path in self._paths(upload_id):
+            path.unlink(missing_ok=True)
+
+    def take(self, upload_id: str, user_id: int, dest_folder: Path) -> tuple[str, Path]:
+        """A finished upload moved into its job's folder: (its name, its path)."""
+        data = self.info(upload_id, user_id)
+        if data["offset"] != data["length"]:
+            raise UploadError(f"'{data['name']}' is not finished ({data['offset']:,} of {data['length']:,} bytes); "
+                              f"resume it first", 409)
+        part, note = self._paths(upload_id)
+        target = dest_folder / data["name"]
+        if target.exists():
+            raise UploadError(f"'{data['name']}' is named twice in this upload", 409)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, target)
+        note.unlink(missing_ok=True)
+        return data["name"], target
+
+    def expire(self, now: float | None = None) -> int:
+        """Remove unfinished uploads older than PARTIAL_MAX_AGE_S; returns how many."""
+        now = time.time() if now is None else now
+        gone = 0
+        for note in self.root.glob("*.json") if self.root.is_dir() else []:
+            try:
+                created = float(json.loads(note.read_text()).get("created", 0))
+            except (OSError, ValueError):
+                created = 0
+            if now - created > PARTIAL_MAX_AGE_S:
+                note.unlink(missing_ok=True)
+                note.with_suffix(".part").unlink(missing_ok=True)
+                gone += 1
+        return gone
+
+
+def _verify(chunk: bytes, header: str) -> None:
+    """tus Upload-Checksum: '<algorithm> <base64 digest>' of this chunk; 460 when it does not match."""
+    algorithm, _, digest = header.strip().partition(" ")
+    if algorithm.lower() not in CHECKSUM_ALGORITHMS:
+        raise UploadError(f"checksum algorithm '{algorithm[:20]}' is not supported "
+                          f"({', '.join(CHECKSUM_ALGORITHMS)})")
+    try:
+        expected = base64.b64decode(digest, validate=True)
+    except ValueError:
+        raise UploadError("Upload-Checksum's digest is not base64") from None
+    if hashlib.new(algorithm.lower(), chunk).digest() != expected:
+        raise UploadError("the chunk's checksum does not match (damaged in transit); send it again", 460)

@@ -1,0 +1,147 @@
+"""What the collection holds, and taking items out of it or indexing them again.
+
+    GET    /collection                    videos and images with their counts, the model and the index
+    GET    /collection/videos/<video_id>  one video's shots and keyframes
+    POST   /collection/delete, /collection/reindex    (forms; a job, then its page)
+    DELETE /api/items/<target>            target: video:<video_id> or image:<content_hash> -> 202 {"job": id}
+    POST   /api/items/<target>/reindex
+
+Anyone who may search sees the listing; deleting and re-indexing need a role upload_roles names. Both run as jobs
+(app.job_run) so they wait their turn behind an ingest and take the collection lock like one.
+"""
+from __future__ import annotations
+
+from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, url_for
+from flask_login import current_user
+from sqlalchemy import func, select
+
+from app import jobs, services
+from app.job_worker import job_worker
+from app.jobs import FileResult, JobError
+from app.models import Annotation, Image, Keyframe, Shot, Video
+from app.numbers import is_id
+from app.removal import RemovalError, Target, find
+from app.views.auth import can_upload, require_uploader
+from app.views.uploads import job_json
+
+bp = Blueprint("collection", __name__)
+PER_PAGE = 100
+
+
+def _page(name: str) -> int:
+    raw = request.args.get(name, "1")
+    return int(raw) if is_id(raw, 6) and int(raw) > 0 else 1
+
+
+def _index_facts() -> dict:
+    snap = services.collection().snapshot()
+    if snap is None:
+        return {}
+    meta = snap.bundle.meta
+    files = [p for p in (current_app.extensions["layout"].index_dir / str(snap.bundle.generation)).glob("*")
+             if p.is_file()] if snap.bundle.generation else []
+    return {"model": meta.get("model"), "pretrained": meta.get("pretrained"),
+            "type": meta.get("params", {}).get("type", "flat"), "vectors": snap.size,
+            "generation": snap.bundle.generation, "bytes": sum(p.stat().st_size for p in files)}
+
+
+@bp.get("/collection")
+def index():
+    vpage, ipage = _page("vpage"), _page("ipage")
+    with services.sessions()() as session:
+        kf_count = (select(Keyframe.video_pk, func.count(Keyframe.id).label("n")).group_by(Keyframe.video_pk)
+                    .subquery())
+        shot_count = select(Shot.video_pk, func.count(Shot.id).label("n")).group_by(Shot.video_pk).subquery()
+        totals = {"videos": session.scalar(select(func.count(Video.id))) or 0,
+                  "images": session.scalar(select(func.count(Image.id))) or 0,
+                  "keyframes": session.scalar(select(func.count(Keyframe.id))) or 0,
+                  "hours": (session.scalar(select(func.sum(Video.duration))) or 0.0) / 3600}
+        videos = session.execute(
+            select(Video.video_id, Video.source, Video.duration, Video.size, Video.indexed_at, Video.width,
+                   Video.height, func.coalesce(kf_count.c.n, 0), func.coalesce(shot_count.c.n, 0))
+            .outerjoin(kf_count, kf_count.c.video_pk == Video.id)
+            .outerjoin(shot_count, shot_count.c.video_pk == Video.id)
+            .order_by(Video.indexed_at.desc(), Video.id.desc()).limit(PER_PAGE).offset((vpage - 1) * PER_PAGE)).all()
+        images = session.scalars(select(Image).order_by(Image.indexed_at.desc(), Image.id.desc())
+                                 .limit(PER_PAGE).offset((ipage - 1) * PER_PAGE)).all()
+        image_rows = [{"ref": str(i.ref), "name": i.display_name, "size": i.size, "width": i.width,
+                       "height": i.height, "indexed_at": i.indexed_at, "hash": i.content_hash} for i in images]
+    return render_template("collection.html", totals=totals, videos=videos, images=image_rows, index=_index_facts(),
+                           vpage=vpage, ipage=ipage, vpages=max(1, -(-totals["videos"] // PER_PAGE)),
+                           ipages=max(1, -(-totals["images"] // PER_PAGE)), can_edit=can_upload())
+
+
+@bp.get("/collection/videos/<video_id>")
+def video(video_id: str):
+    with services.sessions()() as session:
+        row = session.scalar(select(Video).where(Video.video_id == video_id))
+        if row is None:
+            abort(404, description=f"there is no video {video_id[:100]} in the collection (deleted?)")
+        shots = [(s.shot, s.start_frame, s.end_frame) for s in row.shots]
+        keyframes = [{"n": k.n, "frame": k.frame_idx, "time": k.pts_time, "shot": k.shot.shot if k.shot else None,
+                      "ref": str(k.ref)} for k in row.keyframes]
+        boxes = session.scalar(select(func.count(Annotation.id)).where(Annotation.video_id == video_id)) or 0
+        facts = {"video_id": row.video_id, "duration": row.duration, "fps": row.fps, "frames": row.frames,
+                 "size": row.size, "width": row.width, "height": row.height, "indexed_at": row.indexed_at,
+                 "source": row.source, "boxes": boxes}
+    return render_template("collection_video.html", video=facts, shots=shots, keyframes=keyframes,
+                           can_edit=can_upload())
+
+
+def _queue(kind: str, text: str) -> int:
+    target = Target.parse(text)
+    with services.sessions()() as session:
+        if find(session, target) is None:
+            raise RemovalError(f"there is no {target.kind} {target.key[:100]} in the collection (deleted already?)")
+    job_id = jobs.create(services.sessions(), kind, current_user.id, targets=[str(target)],
+                         files=[FileResult(str(target), "waiting")])
+    worker = job_worker(current_app)
+    if worker is not None:
+        worker.wake()
+    return job_id
+
+
+def _api(kind: str, target: str):
+    try:
+        job_id = _queue(kind, target)
+    except RemovalError as exc:
+        status = 404 if "there is no" in str(exc) else 400
+        return jsonify({"error": str(exc), "status": status}), status
+    body = job_json(jobs.get(services.sessions(), job_id), True)
+    body["url"] = url_for("uploads.job_page", job_id=job_id)
+    return jsonify(body), 202
+
+
+@bp.delete("/api/items/<target>")
+@require_uploader
+def delete_api(target: str):
+    return _api("delete", target)
+
+
+@bp.post("/api/items/<target>/reindex")
+@require_uploader
+def reindex_api(target: str):
+    return _api("reindex", target)
+
+
+def _form(kind: str):
+    from app import csrf
+
+    csrf.protect()  # the blueprint is exempt from the global check for its bearer-token API; its forms are not
+    try:
+        job_id = _queue(kind, request.form.get("target", ""))
+    except (RemovalError, JobError) as exc:
+        return render_template("error.html", status=400, message=str(exc)), 400
+    return redirect(url_for("uploads.job_page", job_id=job_id))
+
+
+@bp.post("/collection/delete")
+@require_uploader
+def delete_form():
+    return _form("delete")
+
+
+@bp.post("/collection/reindex")
+@require_uploader
+def reindex_form():
+    return _form("reindex")

@@ -1,0 +1,89 @@
+// A job's page: polls /api/jobs/<id> every second while it is queued or running and updates the stages, the
+// per-file results and the buttons in place; cancel and retry call the API.
+(() => {
+  "use strict";
+  const root = document.getElementById("job");
+  if (!root) return;
+  const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  const api = root.dataset.api;
+  const el = (id) => document.getElementById(id);
+  const live = (s) => s === "queued" || s === "running";
+
+  function badge(text) {
+    const span = document.createElement("span");
+    span.className = `status status-${text}`;
+    span.textContent = text;
+    return span;
+  }
+
+  function render(job) {
+    root.dataset.status = job.status;
+    const status = el("job-status");
+    status.className = `status status-${job.status}`;
+    status.textContent = job.status;
+    el("job-message").textContent = job.message;
+    el("job-ahead").textContent = job.status === "queued" && job.ahead ? `${job.ahead} job(s) before it` : "";
+    root.querySelectorAll("#job-stages tr[data-stage]").forEach((tr) => {
+      tr.querySelector(".stage-count").textContent = job.stages[tr.dataset.stage] || 0;
+    });
+    el("job-counts").textContent = Object.entries(job.counts).sort().map(([k, n]) => `${n} ${k}`).join(", ");
+    const body = root.querySelector("#job-files tbody");
+    body.replaceChildren(...job.files.map((f) => {
+      const tr = document.createElement("tr");
+      tr.className = `file-${f.status}`;
+      const name = document.createElement("td");
+      name.className = "name";
+      name.textContent = f.name;
+      const result = document.createElement("td");
+      result.append(badge(f.status));
+      const why = document.createElement("td");
+      why.textContent = f.reason || "";
+      if (f.boxes && f.boxes.length) {
+        const ul = document.createElement("ul");
+        ul.className = "orphans";
+        f.boxes.forEach((b) => {
+          const li = document.createElement("li");
+          const a = document.createElement("a");
+          a.href = "/annotations?orphaned=1";
+          a.textContent = `box ${b.id}`;
+          li.append(a, ` · ${b.label} · ${b.target}`);
+          ul.append(li);
+        });
+        why.append(ul);
+      }
+      tr.append(name, result, why);
+      return tr;
+    }));
+    el("job-cancel").hidden = !live(job.status);
+    el("job-retry").hidden = live(job.status);
+    el("job-search").hidden = job.status !== "done";
+  }
+
+  async function poll() {
+    try {
+      const r = await fetch(api, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+      if (r.ok) render(await r.json());
+    } catch { /* the server restarting: try again */ }
+    if (live(root.dataset.status)) setTimeout(poll, 1000);
+  }
+
+  async function act(button) {
+    button.disabled = true;
+    const r = await fetch(button.dataset.url, { method: "POST", credentials: "same-origin",
+      headers: { "X-CSRFToken": csrf, Accept: "application/json" } });
+    button.disabled = false;
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) { el("job-action-status").textContent = body.error || r.statusText; return null; }
+    return body;
+  }
+
+  el("job-cancel").addEventListener("click", async (e) => {
+    const job = await act(e.target);
+    if (job) { render(job); el("job-action-status").textContent = "cancelled"; }
+  });
+  el("job-retry").addEventListener("click", async (e) => {
+    const job = await act(e.target);
+    if (job) window.location.assign(job.url);
+  });
+  if (live(root.dataset.status)) setTimeout(poll, 500);
+})();

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ from app.paths import DataLayout
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,checksum,termination"
 CHECKSUM_ALGORITHMS = ("sha1", "sha256", "md5")
-MAX_CHUNK = 64 * 1024 * 1024  # one PATCH; the browser sends 8 MB
+MAX_CHUNK = 64 * 1024 * 1024  # one PATCH (streamed to disk, never held in memory); the browser sends 8 MB
 PARTIAL_MAX_AGE_S = 7 * 24 * 3600  # an unfinished upload nobody resumed for a week is removed
 ALLOWED_EXTENSIONS = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS | ARCHIVE_EXTENSIONS
 MAX_DEPTH = 8
@@ -172,33 +173,46 @@ class PartialUploads:
 
     def append(self, upload_id: str, user_id: int, offset: int, body: BinaryIO, declared: int | None,
                checksum: str | None) -> int:
-        """Write one chunk at `offset` (it must be where the file ends); returns the new offset."""
+        """Write one chunk at `offset` (it must be where the file ends); returns the new offset. The chunk is streamed
+        to the file under an exclusive lock (a second PATCH of the same upload meanwhile is a 409) and taken back
+        whole when it is too long, its checksum does not match or the disk fills."""
         data = self.info(upload_id, user_id)
-        if offset != data["offset"]:
-            raise UploadError(f"Upload-Offset {offset} is not where the upload stands ({data['offset']}); ask with "
-                              f"HEAD and go on from there", 409)
-        room = data["length"] - offset
-        if declared is not None and declared > min(room, MAX_CHUNK):
+        room = min(data["length"] - offset, MAX_CHUNK)
+        if declared is not None and declared > room:
             raise UploadError(f"the chunk of {declared} bytes goes past the announced length or the chunk limit", 413)
-        chunk = body.read(min(room, MAX_CHUNK) + 1)
-        if len(chunk) > min(room, MAX_CHUNK):
-            raise UploadError("the chunk goes past the announced length or the chunk limit", 413)
-        if checksum:
-            _verify(chunk, checksum)
+        expected = _expected_digest(checksum) if checksum else None
         part, _ = self._paths(upload_id)
-        try:
-            with open(part, "ab") as fh:
-                fh.write(chunk)
+        with open(part, "ab") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UploadError("another chunk of this upload is being written; wait for it, then ask with HEAD",
+                                  409) from None
+            at = fh.seek(0, os.SEEK_END)
+            if offset != at:
+                raise UploadError(f"Upload-Offset {offset} is not where the upload stands ({at}); ask with HEAD and "
+                                  f"go on from there", 409)
+            digest = hashlib.new(expected[0]) if expected else None
+            written = 0
+            try:
+                while block := body.read(min(1 << 20, room + 1 - written)):
+                    written += len(block)
+                    if written > room:
+                        raise UploadError("the chunk goes past the announced length or the chunk limit", 413)
+                    if digest is not None:
+                        digest.update(block)
+                    fh.write(block)
+                if digest is not None and digest.digest() != expected[1]:
+                    raise UploadError("the chunk's checksum does not match (damaged in transit); send it again", 460)
                 fh.flush()
                 os.fsync(fh.fileno())
-        except OSError as exc:
-            with open(part, "ab") as fh:
+            except BaseException as exc:
                 fh.truncate(offset)  # the bytes before this chunk stay; the upload resumes from them
-            if disk_full(exc):
-                raise UploadError("the server's disk is full; the upload stopped at "
-                                  f"{offset:,} bytes and can resume once space is freed", 507) from None
-            raise
-        return offset + len(chunk)
+                if isinstance(exc, OSError) and disk_full(exc):
+                    raise UploadError("the server's disk is full; the upload stopped at "
+                                      f"{offset:,} bytes and can resume once space is freed", 507) from None
+                raise
+        return offset + written
 
     def delete(self, upload_id: str, user_id: int) -> None:
         self.info(upload_id, user_id)
@@ -236,15 +250,13 @@ class PartialUploads:
         return gone
 
 
-def _verify(chunk: bytes, header: str) -> None:
-    """tus Upload-Checksum: '<algorithm> <base64 digest>' of this chunk; 460 when it does not match."""
+def _expected_digest(header: str) -> tuple[str, bytes]:
+    """tus Upload-Checksum: '<algorithm> <base64 digest>' of the chunk it comes with."""
     algorithm, _, digest = header.strip().partition(" ")
     if algorithm.lower() not in CHECKSUM_ALGORITHMS:
         raise UploadError(f"checksum algorithm '{algorithm[:20]}' is not supported "
                           f"({', '.join(CHECKSUM_ALGORITHMS)})")
     try:
-        expected = base64.b64decode(digest, validate=True)
+        return algorithm.lower(), base64.b64decode(digest, validate=True)
     except ValueError:
         raise UploadError("Upload-Checksum's digest is not base64") from None
-    if hashlib.new(algorithm.lower(), chunk).digest() != expected:
-        raise UploadError("the chunk's checksum does not match (damaged in transit); send it again", 460)

@@ -380,3 +380,20 @@ def test_jobs_survive_a_restart_in_the_queue(env):
     row = job_row(env, job_id)
     assert row["status"] == "failed" and "given up" in row["message"], row
     assert json.loads(json.dumps(row))["attempts"] == MAX_ATTEMPTS
+
+
+def test_a_second_writer_of_one_upload_waits_its_turn(env):
+    """Two PATCHes of one upload at once must not both append: the one that finds the upload being written gets a
+    409 and the file holds the first writer's bytes only."""
+    import fcntl
+
+    client = env["app"].test_client()
+    location = create(client, env, "race.jpg", 2 * CHUNK).headers["Location"]
+    part = env["data"] / "uploads" / ".partial" / (location.rsplit("/", 1)[1] + ".part")
+    with open(part, "ab") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a PATCH in flight holds this lock while it writes
+        r = patch(client, env, location, 0, b"x" * CHUNK)
+        assert r.status_code == 409 and "being written" in r.get_json()["error"]
+    assert part.stat().st_size == 0
+    assert patch(client, env, location, 0, b"x" * CHUNK).status_code == 204
+    client.delete(location, headers=auth(env))

@@ -35,7 +35,7 @@ def _entry_problem(info: zipfile.ZipInfo) -> str | None:
 def archive_dest(archive: Path, dest_root: Path) -> Path:
     """Where an archive's entries are extracted: one folder per archive path."""
     digest = hashlib.blake2b(str(archive).encode(), digest_size=4).hexdigest()
-    return (dest_root / f"{archive.stem}-{digest}").resolve()
+    return (dest_root / f"{archive.stem[:100]}-{digest}").resolve()  # a long archive name still makes a usable folder
 
 
 def is_media(path: Path) -> bool:
@@ -60,6 +60,14 @@ def check_archive(archive: Path, max_total: int = MAX_TOTAL_BYTES, max_entries: 
         reason = _entry_problem(info)
         if reason:
             reasons.append(f"{info.filename[:120]}: {reason}")
+    names = [PurePosixPath(i.filename.replace("\\", "/")).as_posix() for i in infos]
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            reasons.append(f"{name[:120]}: named twice in the archive")
+        seen.add(name)
+    folders = {str(parent) for name in names for parent in PurePosixPath(name).parents if str(parent) != "."}
+    reasons += [f"{name[:120]}: both a file and a folder in the archive" for name in sorted(seen & folders)]
     return reasons
 
 
@@ -86,6 +94,7 @@ def extract_archive(archive: Path, dest_root: Path, max_total: int = MAX_TOTAL_B
             return [], [Problem(str(archive), f"{len(infos)} files inside; the limit is {max_entries}")], []
         dest = archive_dest(archive, dest_root)
         files: list[Path] = []
+        taken: set[Path] = set()
         for info in infos:
             label = f"{archive}:{info.filename}"
             reason = _entry_problem(info)
@@ -95,15 +104,21 @@ def extract_archive(archive: Path, dest_root: Path, max_total: int = MAX_TOTAL_B
             target = (dest / info.filename).resolve()
             if reason is None and not target.is_relative_to(dest):
                 reason = "path escapes the archive folder"
+            if reason is None and target in taken:
+                reason = "named twice in the archive (the first copy is used)"
             if reason:
                 problems.append(Problem(label, reason))
                 continue
             try:
                 _copy_limited(zf, info, target)
             except (OSError, zipfile.BadZipFile, ValueError) as exc:
-                problems.append(Problem(label, f"could not extract ({exc})"))
-                target.unlink(missing_ok=True)
+                problems.append(Problem(label, f"could not extract ({getattr(exc, 'strerror', None) or exc})"))
+                try:
+                    target.unlink(missing_ok=True)
+                except OSError:
+                    pass  # nothing was written there (a folder in the way, a name too long)
                 continue
+            taken.add(target)
             files.append(target)
     return files, problems, skipped
 

@@ -240,6 +240,7 @@ class Indexer:
         start = time.monotonic()
         found = discover(paths)
         self._expand_archives(found)
+        found.videos, found.images = list(dict.fromkeys(found.videos)), list(dict.fromkeys(found.images))  # named twice
         self._names = found.names
         self.summary.failed.extend(found.failed)
         self.summary.skipped.extend(found.skipped)

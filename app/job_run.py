@@ -62,6 +62,7 @@ class JobReporter:
 
     def file(self, path: str, status: str, reason: str = "", **extra) -> None:
         name = self.name_of(path)
+        reason = jobs.public_text(reason, self.layout)
         with self.lock:
             self.files[name] = {"name": name, "status": status, "reason": reason, **extra}
         self.flush(force=False)
@@ -127,7 +128,7 @@ def run_job(sessions: sessionmaker, layout: DataLayout, job_id: int, options: In
         message = _run(sessions, layout, job, options, reporter)
     except Exception as exc:  # noqa: BLE001 - whatever stopped it, the job says so (the log has the traceback)
         reporter.save()
-        jobs.finish(sessions, job_id, "failed", str(exc) or type(exc).__name__)
+        jobs.finish(sessions, job_id, "failed", jobs.public_text(f"{type(exc).__name__}: {exc}", layout))
         log.exception("job %s failed", job_id)
         return 1
     reporter.settle()

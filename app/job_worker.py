@@ -97,7 +97,7 @@ class JobWorker:
         if live and jobs.get(self.sessions, job_id).status == "running":  # what the process reported before it died
             jobs.report(self.sessions, job_id, stages=live.get("stages"), files=live.get("files"))
         if jobs.finish(self.sessions, job_id, "failed", f"the indexing process stopped (exit status {proc.returncode})"
-                                                       f": {_tail(log_path)}"):
+                                                       f": {jobs.public_text(_tail(log_path), self.layout)}"):
             log.warning("job %s: process ended without finishing the job (exit %s)", job_id, proc.returncode)
 
     def _cancelled(self, job_id: int) -> bool:

@@ -119,6 +119,18 @@ def cancel(sessions: sessionmaker, job_id: int) -> Job:
         return was
 
 
+def refuse_repeat(sessions: sessionmaker, kind: str, targets: list[str], folder: str | None = None) -> None:
+    """A job that would do what a queued or running one does already is refused (409), so retries and re-index
+    requests cannot pile up work."""
+    wanted = json.dumps(targets)
+    with sessions() as session:
+        same = session.scalar(select(Job.id).where(Job.kind == kind, Job.status.in_(("queued", "running")),
+                                                   Job.targets_json == wanted, Job.folder == folder
+                                                   if folder is not None else Job.folder.is_(None)).limit(1))
+    if same is not None:
+        raise JobError(f"job {same} does this already (it is queued or running)", 409)
+
+
 def get(sessions: sessionmaker, job_id: int) -> Job | None:
     with sessions() as session:
         job = session.get(Job, job_id)
@@ -173,6 +185,16 @@ def recover(session: Session) -> tuple[int, int, list[int]]:
             job.status, job.message, job.pid = "queued", RESUMED, None
             requeued += 1
     return requeued, failed, live
+
+
+def public_text(text: str, layout: DataLayout) -> str:
+    """A message as every uploader may read it: no server paths (the data dir's become relative), no SQL, one line.
+    The job's log (instance/jobs/<id>.log) keeps the whole story for the operator."""
+    text = str(text).split("\n[SQL:", 1)[0].split("\n(Background on this error", 1)[0]
+    for root in sorted({str(layout.data_dir), str(layout.data_dir.resolve()), str(layout.instance_dir)}, key=len,
+                       reverse=True):
+        text = text.replace(root + "/", "").replace(root, "the data folder")
+    return " ".join(text.split())[:1000]
 
 
 def progress_path(layout: DataLayout, job_id: int) -> Path:

@@ -21,7 +21,7 @@ from app.jobs import FileResult
 from app.media import classify, file_hash
 from app.models import Image, Video
 from app.paths import DataLayout
-from app.upload_store import Limits, UploadError
+from app.upload_store import Limits, UploadError, used_bytes
 
 
 def new_folder(layout: DataLayout) -> tuple[str, Path]:
@@ -40,6 +40,9 @@ def _known(session: Session, digest: str) -> str | None:
     return f"image {image.display_name}" if image is not None else None
 
 
+IMAGE_DEMUXERS = ("image2", "_pipe", "gif", "apng", "webp")  # FFmpeg reads a still as a one-frame "video"
+
+
 def _probe_video(path: Path) -> str | None:
     from app.video_decode import VideoError, open_video
 
@@ -47,11 +50,30 @@ def _probe_video(path: Path) -> str | None:
         container, _stream = open_video(path)
     except VideoError as exc:
         return f"not a video this server can read: {exc}"
+    kind = container.format.name
     container.close()
+    if any(part in kind for part in IMAGE_DEMUXERS):
+        return f"not a video: FFmpeg reads it as a still image ({kind}); give it an image's extension"
     return None
 
 
-def check_file(session: Session, name: str, path: Path, limits: Limits, seen: dict[str, str]) -> FileResult:
+def _probe_image(path: Path) -> str | None:
+    """The header only (cheap): what the indexer will decode must be an image of a kind it reads."""
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    try:
+        with PILImage.open(path) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return f"not an image this server can read ({type(exc).__name__})"
+    except PILImage.DecompressionBombError:
+        return "the image declares too many pixels"
+    return None
+
+
+def check_file(session: Session, name: str, path: Path, limits: Limits, seen: dict[str, str],
+               over_quota=lambda: False) -> FileResult:
     """One uploaded file: 'waiting' (to be indexed), or 'failed'/'skipped' with the reason."""
     size = path.stat().st_size
     if size == 0:
@@ -61,14 +83,15 @@ def check_file(session: Session, name: str, path: Path, limits: Limits, seen: di
     kind = classify(path)
     if kind == "archive":
         reasons = check_archive(path, max_entries=limits.max_files)
+        if not reasons and over_quota():
+            reasons = [f"extracted, it would pass the upload quota of {limits.quota // 1024**2} MB"]
         if reasons:
             more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
             return FileResult(name, "failed", "archive refused, nothing extracted: " + "; ".join(reasons[:3]) + more)
         return FileResult(name, "waiting")
-    if kind == "video":
-        problem = _probe_video(path)
-        if problem:
-            return FileResult(name, "failed", problem)
+    problem = _probe_video(path) if kind == "video" else _probe_image(path)
+    if problem:
+        return FileResult(name, "failed", problem)
     digest = file_hash(path)
     known = _known(session, digest) or seen.get(digest)
     if known:
@@ -87,7 +110,8 @@ def intake(sessions: sessionmaker, layout: DataLayout, user_id: int | None, fold
     results, seen = [], {}
     with sessions() as session:
         for name, path in files:
-            result = check_file(session, name, path, limits, seen)
+            result = check_file(session, name, path, limits, seen,
+                                lambda: bool(limits.quota) and used_bytes(layout) > limits.quota)
             if result.status != "waiting":
                 path.unlink(missing_ok=True)
             results.append(result)
@@ -98,3 +122,27 @@ def intake(sessions: sessionmaker, layout: DataLayout, user_id: int | None, fold
                            message="nothing to index: every file was refused or is in the collection already")
     return jobs.create(sessions, "upload", user_id, folder=folder[0], files=results,
                        message=f"{waiting} file(s) waiting to be indexed")
+
+
+def discard_unindexed(sessions: sessionmaker, layout: DataLayout, folder: str) -> list[str]:
+    """Delete the files of an upload folder that no video or image row names (a zip stays while any of its entries
+    is catalogued); returns their names."""
+    from app.archives import archive_dest
+
+    root = (layout.uploads_dir / folder).resolve()
+    if not folder or not root.is_relative_to(layout.uploads_dir.resolve()) or not root.is_dir():
+        return []
+    removed = []
+    with sessions() as session:
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+            if path.suffix.lower() == ".zip":
+                prefix = str(archive_dest(path, layout.archives_dir)) + "/"
+                used = session.scalar(select(Image.id).where(Image.path.startswith(prefix)).limit(1)) or \
+                    session.scalar(select(Video.id).where(Video.path.startswith(prefix)).limit(1))
+            else:
+                used = session.scalar(select(Image.id).where(Image.path == str(path)).limit(1)) or \
+                    session.scalar(select(Video.id).where(Video.path == str(path)).limit(1))
+            if not used:
+                path.unlink()
+                removed.append(path.relative_to(root).as_posix())
+    return removed

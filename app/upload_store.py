@@ -29,7 +29,8 @@ TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,checksum,termination"
 CHECKSUM_ALGORITHMS = ("sha1", "sha256", "md5")
 MAX_CHUNK = 64 * 1024 * 1024  # one PATCH (streamed to disk, never held in memory); the browser sends 8 MB
-PARTIAL_MAX_AGE_S = 7 * 24 * 3600  # an unfinished upload nobody resumed for a week is removed
+PARTIAL_MAX_AGE_S = 24 * 3600  # an unfinished upload nobody wrote to for a day is removed (its space comes back)
+MAX_OPEN_PER_USER = 200  # unfinished uploads one account may have at once
 ALLOWED_EXTENSIONS = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS | ARCHIVE_EXTENSIONS
 MAX_DEPTH = 8
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
@@ -87,6 +88,19 @@ def safe_relpath(name: str) -> str:
     return path
 
 
+def check_names(names: list[str]) -> None:
+    """The files of one upload: no name twice, and no name that is also another's folder ('a.jpg', 'a.jpg/b.jpg')."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise UploadError(f"'{name}' is named twice in this upload", 409)
+        seen.add(name)
+    folders = {"/".join(name.split("/")[:i]) for name in names for i in range(1, name.count("/") + 1)}
+    clash = sorted(seen & folders)
+    if clash:
+        raise UploadError(f"'{clash[0]}' is both a file and a folder in this upload", 409)
+
+
 def parse_metadata(header: str) -> dict[str, str]:
     """tus Upload-Metadata: 'key base64value,key2 base64value2'."""
     meta: dict[str, str] = {}
@@ -117,10 +131,33 @@ def used_bytes(layout: DataLayout) -> int:
                     pass
             elif not (path.parent.name == ".partial" and path.suffix == ".part"):
                 try:
-                    total += path.lstat().st_size
+                    total += path.lstat().st_size + (_declared(path) if path.suffix.lower() == ".zip" else 0)
                 except OSError:
                     pass
     return total
+
+
+def _declared(archive: Path) -> int:
+    """What a zip will take once extracted (its entries' declared sizes), so extraction cannot pass the quota."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            return sum(i.file_size for i in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return 0
+
+
+def check_room(layout: DataLayout, limits: Limits, needed: int, what: str) -> None:
+    """507 when `needed` more bytes would pass the quota or the free disk."""
+    if limits.quota:
+        used = used_bytes(layout)
+        if used + needed > limits.quota:
+            raise UploadError(f"the upload space is full: {_mb(used)} of {_mb(limits.quota)} used, and {what} "
+                              f"needs {_mb(needed)}; delete items or raise upload_quota_mb", 507)
+    free = shutil.disk_usage(layout.data_dir).free if layout.data_dir.exists() else needed
+    if needed > free:
+        raise UploadError(f"the server's disk has {_mb(free)} free; {what} needs {_mb(needed)}", 507)
 
 
 def disk_full(exc: OSError) -> bool:
@@ -145,14 +182,10 @@ class PartialUploads:
             raise UploadError(f"'{relpath}' is empty (0 bytes)")
         if length > self.limits.max_file:
             raise UploadError(f"'{relpath}' is {_mb(length)}; the limit is {_mb(self.limits.max_file)} per file", 413)
-        if self.limits.quota:
-            used = used_bytes(self.layout)
-            if used + length > self.limits.quota:
-                raise UploadError(f"the upload space is full: {_mb(used)} of {_mb(self.limits.quota)} used, and "
-                                  f"'{relpath}' needs {_mb(length)}; delete items or raise upload_quota_mb", 507)
-        free = shutil.disk_usage(self.layout.data_dir).free if self.layout.data_dir.exists() else length
-        if length > free:
-            raise UploadError(f"the server's disk has {_mb(free)} free; '{relpath}' needs {_mb(length)}", 507)
+        self.expire()
+        if self._open_count(user_id) >= MAX_OPEN_PER_USER:
+            raise UploadError(f"you have {MAX_OPEN_PER_USER} unfinished uploads; finish or delete some first", 429)
+        check_room(self.layout, self.limits, length, f"'{relpath}'")
         self.root.mkdir(parents=True, exist_ok=True)
         upload_id = secrets.token_urlsafe(18)
         part, note = self._paths(upload_id)
@@ -160,13 +193,23 @@ class PartialUploads:
         note.write_text(json.dumps({"user": user_id, "length": length, "name": relpath, "created": time.time()}))
         return upload_id
 
-    def info(self, upload_id: str, user_id: int) -> dict:
+    def _open_count(self, user_id: int) -> int:
+        count = 0
+        for note in self.root.glob("*.json") if self.root.is_dir() else []:
+            try:
+                count += json.loads(note.read_text()).get("user") == user_id
+            except (OSError, ValueError):
+                pass
+        return count
+
+    def info(self, upload_id: str, user_id: int | None) -> dict:
+        """An unfinished upload of this user (None: of anyone, for an admin)."""
         part, note = self._paths(upload_id)
         try:
             data = json.loads(note.read_text())
         except (OSError, ValueError):
             raise UploadError("no such upload (finished, deleted, or expired)", 404) from None
-        if data.get("user") != user_id:
+        if user_id is not None and data.get("user") != user_id:
             raise UploadError("no such upload (finished, deleted, or expired)", 404)
         data["offset"] = part.stat().st_size if part.exists() else 0
         return data
@@ -214,36 +257,49 @@ class PartialUploads:
                 raise
         return offset + written
 
-    def delete(self, upload_id: str, user_id: int) -> None:
+    def delete(self, upload_id: str, user_id: int | None) -> None:
         self.info(upload_id, user_id)
         for path in self._paths(upload_id):
             path.unlink(missing_ok=True)
 
-    def take(self, upload_id: str, user_id: int, dest_folder: Path) -> tuple[str, Path]:
-        """A finished upload moved into its job's folder: (its name, its path)."""
-        data = self.info(upload_id, user_id)
-        if data["offset"] != data["length"]:
-            raise UploadError(f"'{data['name']}' is not finished ({data['offset']:,} of {data['length']:,} bytes); "
-                              f"resume it first", 409)
-        part, note = self._paths(upload_id)
-        target = dest_folder / data["name"]
-        if target.exists():
-            raise UploadError(f"'{data['name']}' is named twice in this upload", 409)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(part, target)
-        note.unlink(missing_ok=True)
-        return data["name"], target
+    def take_all(self, upload_ids: list[str], user_id: int, dest_folder: Path) -> list[tuple[str, Path]]:
+        """Finished uploads moved into their job's folder: [(name, path)]. Every id is checked before any file moves
+        (a bad one refuses the batch and loses nothing), and a move that fails puts the moved ones back."""
+        if len(set(upload_ids)) != len(upload_ids):
+            raise UploadError("an upload id is named twice")
+        notes = [self.info(i, user_id) for i in upload_ids]
+        for data in notes:
+            if data["offset"] != data["length"]:
+                raise UploadError(f"'{data['name']}' is not finished ({data['offset']:,} of {data['length']:,} "
+                                  f"bytes); resume it first", 409)
+        check_names([data["name"] for data in notes])
+        moved: list[tuple[str, Path, Path]] = []
+        try:
+            for upload_id, data in zip(upload_ids, notes, strict=True):
+                part, note = self._paths(upload_id)
+                target = dest_folder / data["name"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(part, target)
+                moved.append((data["name"], target, part))
+        except OSError:
+            for _name, target, part in moved:
+                os.replace(target, part)
+            raise
+        for upload_id in upload_ids:
+            self._paths(upload_id)[1].unlink(missing_ok=True)
+        return [(name, target) for name, target, _part in moved]
 
     def expire(self, now: float | None = None) -> int:
-        """Remove unfinished uploads older than PARTIAL_MAX_AGE_S; returns how many."""
+        """Remove unfinished uploads nobody wrote to for PARTIAL_MAX_AGE_S; returns how many."""
         now = time.time() if now is None else now
         gone = 0
         for note in self.root.glob("*.json") if self.root.is_dir() else []:
+            part = note.with_suffix(".part")
             try:
-                created = float(json.loads(note.read_text()).get("created", 0))
-            except (OSError, ValueError):
-                created = 0
-            if now - created > PARTIAL_MAX_AGE_S:
+                touched = max(note.stat().st_mtime, part.stat().st_mtime if part.exists() else 0)
+            except OSError:
+                continue
+            if now - touched > PARTIAL_MAX_AGE_S:
                 note.unlink(missing_ok=True)
                 note.with_suffix(".part").unlink(missing_ok=True)
                 gone += 1

@@ -93,6 +93,7 @@ def _queue(kind: str, text: str) -> int:
     with services.sessions()() as session:
         if find(session, target) is None:
             raise RemovalError(f"there is no {target.kind} {target.key[:100]} in the collection (deleted already?)")
+    jobs.refuse_repeat(services.sessions(), kind, [str(target)])
     job_id = jobs.create(services.sessions(), kind, current_user.id, targets=[str(target)],
                          files=[FileResult(str(target), "waiting")])
     worker = job_worker(current_app)
@@ -107,6 +108,8 @@ def _api(kind: str, target: str):
     except RemovalError as exc:
         status = 404 if "there is no" in str(exc) else 400
         return jsonify({"error": str(exc), "status": status}), status
+    except JobError as exc:
+        return jsonify({"error": str(exc), "status": exc.status}), exc.status
     body = job_json(jobs.get(services.sessions(), job_id), True)
     body["url"] = url_for("uploads.job_page", job_id=job_id)
     return jsonify(body), 202
@@ -131,7 +134,8 @@ def _form(kind: str):
     try:
         job_id = _queue(kind, request.form.get("target", ""))
     except (RemovalError, JobError) as exc:
-        return render_template("error.html", status=400, message=str(exc)), 400
+        status = getattr(exc, "status", 400)
+        return render_template("error.html", status=status, message=str(exc)), status
     return redirect(url_for("uploads.job_page", job_id=job_id))
 
 

@@ -30,6 +30,8 @@ from app.upload_store import (
     Limits,
     PartialUploads,
     UploadError,
+    check_names,
+    check_room,
     disk_full,
     parse_metadata,
     safe_relpath,
@@ -49,6 +51,20 @@ def _limits() -> Limits:
 
 def _partials() -> PartialUploads:
     return PartialUploads(_layout(), _limits())
+
+
+@bp.before_request
+def _body_limits():
+    """The body limits of this blueprint's two big requests, set before anything (the CSRF check included) reads
+    the body: a chunk of a resumable upload, and a multipart upload of whole files."""
+    if request.endpoint == "uploads.create_job":
+        request.max_content_length = _limits().max_file
+    elif request.endpoint == "uploads.tus_patch":
+        request.max_content_length = MAX_CHUNK
+
+
+def _is_admin() -> bool:
+    return current_user.is_authenticated and current_user.role == "admin"
 
 
 @bp.errorhandler(UploadError)
@@ -131,7 +147,6 @@ def tus_patch(upload_id: str):
     offset = _number("Upload-Offset")
     if offset is None:
         raise UploadError("Upload-Offset is missing")
-    request.max_content_length = MAX_CHUNK
     new_offset = _partials().append(upload_id, current_user.id, offset, request.stream, request.content_length,
                                     request.headers.get("Upload-Checksum"))
     response = Response(status=204)
@@ -142,7 +157,7 @@ def tus_patch(upload_id: str):
 @bp.route("/api/uploads/tus/<upload_id>", methods=["DELETE"])
 @require_uploader
 def tus_delete(upload_id: str):
-    _partials().delete(upload_id, current_user.id)
+    _partials().delete(upload_id, None if _is_admin() else current_user.id)  # an admin may free anyone's space
     return _tus_headers(Response(status=204))
 
 
@@ -161,20 +176,20 @@ def _upload_ids() -> list[str]:
 def create_job():
     """Finished resumable uploads, or files sent in this request (multipart field `files`), become one job."""
     limits = _limits()
-    request.max_content_length = limits.max_file
     layout = _layout()
+    ids = _upload_ids()
+    storages = [] if ids else request.files.getlist("files")
+    if len(ids) + len(storages) > limits.max_files:
+        raise UploadError(f"{len(ids) + len(storages):,} files in one upload; the limit is {limits.max_files:,}", 413)
+    names = [safe_relpath(storage.filename or "") for storage in storages]
+    check_names(names)
+    if storages:
+        check_room(layout, limits, request.content_length or 0, "this upload")
     folder = new_folder(layout)
-    files: list[tuple[str, object]] = []
     try:
-        ids = _upload_ids()
-        partials = PartialUploads(layout, limits)
-        for upload_id in ids[: limits.max_files + 1]:
-            files.append(partials.take(upload_id, current_user.id, folder[1]))
-        for storage in request.files.getlist("files") if not ids else []:
-            name = safe_relpath(storage.filename or "")
+        files = PartialUploads(layout, limits).take_all(ids, current_user.id, folder[1]) if ids else []
+        for name, storage in zip(names, storages, strict=True):
             target = folder[1] / name
-            if target.exists():
-                raise UploadError(f"'{name}' is named twice in this upload", 409)
             target.parent.mkdir(parents=True, exist_ok=True)
             storage.save(target)
             files.append((name, target))
@@ -185,7 +200,7 @@ def create_job():
             raise UploadError("the server's disk is full; nothing of this upload was kept", 507) from None
         raise
     except UploadError:
-        shutil.rmtree(folder[1], ignore_errors=True)
+        shutil.rmtree(folder[1], ignore_errors=True)  # only files this request sent: finished uploads were put back
         raise
     worker = job_worker(current_app)
     if worker is not None:
@@ -200,6 +215,13 @@ def create_job():
 @require_uploader
 def jobs_page():
     return render_template("jobs.html", jobs=[job_json(j) for j in jobs.listing(services.sessions())])
+
+
+def _own(job):
+    """Annotators cancel and retry their own jobs; admins any."""
+    if not _is_admin() and job.user_id != current_user.id:
+        raise JobError(f"job {job.id} is someone else's; its owner or an admin may change it", 403)
+    return job
 
 
 def _job_or_404(job_id: int):
@@ -233,8 +255,23 @@ def job_api(job_id: int):
 @bp.post("/api/jobs/<int:job_id>/cancel")
 @require_uploader
 def cancel_job(job_id: int):
+    _own(_job_or_404(job_id))
     jobs.cancel(services.sessions(), job_id)
     return jsonify(job_json(_job_or_404(job_id)))
+
+
+@bp.post("/api/jobs/<int:job_id>/discard")
+@require_uploader
+def discard_job_files(job_id: int):
+    """Remove an ended upload job's files that are not in the collection (they failed, or were never reached), so
+    they stop taking space; indexed files and zips whose entries were indexed stay."""
+    job = _own(_job_or_404(job_id))
+    if job.kind != "upload" or job.status not in jobs.FINISHED:
+        raise JobError(f"job {job_id} is not an ended upload", 409)
+    from app.upload_intake import discard_unindexed
+
+    removed = discard_unindexed(services.sessions(), _layout(), job.folder or "")
+    return jsonify({"job": job_id, "removed": removed})
 
 
 def _source_name(name: str) -> str:
@@ -247,7 +284,7 @@ def _source_name(name: str) -> str:
 @require_uploader
 def retry_job(job_id: int):
     """A new job for what failed: an upload's failed files (a zip's entry retries its zip), or the same targets."""
-    job = _job_or_404(job_id)
+    job = _own(_job_or_404(job_id))
     if job.status not in jobs.FINISHED:
         raise JobError(f"job {job_id} is {job.status}; retry it once it has ended", 409)
     files = json.loads(job.files_json or "[]")
@@ -259,10 +296,12 @@ def retry_job(job_id: int):
         if not names:
             raise JobError("nothing to retry: no failed file of this job is still on the server (refused files are "
                            "not kept; upload them again)", 409)
+        jobs.refuse_repeat(services.sessions(), "upload", names, job.folder)
         new_id = jobs.create(services.sessions(), "upload", current_user.id, folder=job.folder, targets=names,
                              files=[FileResult(n, "waiting") for n in names], message=f"retry of job {job_id}")
     else:
         targets = json.loads(job.targets_json or "[]")
+        jobs.refuse_repeat(services.sessions(), job.kind, targets)
         new_id = jobs.create(services.sessions(), job.kind, current_user.id, targets=targets,
                              files=[FileResult(t, "waiting") for t in targets], message=f"retry of job {job_id}")
     worker = job_worker(current_app)

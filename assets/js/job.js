@@ -57,6 +57,7 @@
     el("job-cancel").hidden = !live(job.status);
     el("job-retry").hidden = live(job.status);
     el("job-search").hidden = job.status !== "done";
+    if (el("job-discard")) el("job-discard").hidden = live(job.status);
   }
 
   async function poll() {
@@ -85,5 +86,11 @@
     const job = await act(e.target);
     if (job) window.location.assign(job.url);
   });
+  if (el("job-discard")) {
+    el("job-discard").addEventListener("click", async (e) => {
+      const body = await act(e.target);
+      if (body) el("job-action-status").textContent = body.removed.length ? `removed ${body.removed.join(", ")}` : "nothing to remove";
+    });
+  }
   if (live(root.dataset.status)) setTimeout(poll, 500);
 })();

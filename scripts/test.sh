@@ -12,4 +12,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 bash scripts/setup-venv.sh requirements-dev.txt
 .venv/bin/ruff check .
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Test files run in parallel worker processes (pytest-xdist; a file's tests stay together, so its fixtures are built
+# once); most tests wait on real processes (offline.py, server.py, Chromium), so two workers help even on 2 cores.
+.venv/bin/python -m pytest -q -p no:cacheprovider -n auto --maxprocesses 4 --dist loadfile "$@"

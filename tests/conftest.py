@@ -19,6 +19,27 @@ TINY_CONFIG = ROOT / "tests" / "data" / "framefinder-tiny.json"
 TINY_MODEL = "framefinder-tiny"
 os.environ.setdefault("FRAMEFINDER_MODEL_CONFIG", str(TINY_CONFIG))
 
+
+def _worker_database() -> None:
+    """Under pytest-xdist each worker gets its own PostgreSQL database (test modules drop and recreate the schema,
+    which two workers must not do to each other): framefinder_test_gw0, _gw1, ... created when missing."""
+    worker, url = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("TEST_DATABASE_URL")
+    if not worker or not url:
+        return
+    from sqlalchemy import create_engine, make_url, text
+
+    base = make_url(url)
+    name = f"{base.database}_{worker}"
+    engine = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        if conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar() is None:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    os.environ["TEST_DATABASE_URL"] = base.set(database=name).render_as_string(hide_password=False)
+
+
+_worker_database()
+
 from app.sample import ShotPlan, make_image, make_video  # noqa: E402
 
 # Two videos with hard cuts and dissolves whose frames are known exactly.

@@ -68,6 +68,7 @@ def create_app(config: dict | None = None, settings: Settings | None = None) -> 
     app.url_map.converters["item"] = ItemConverter
     app.add_template_filter(item_label)
     app.add_template_filter(weights_name)
+    app.add_template_filter(filesize)
     from app.views.auth import can_upload
 
     app.jinja_env.globals["can_upload"] = can_upload
@@ -181,6 +182,15 @@ def weights_name(pretrained: str | None) -> str:
     """A weights tag as it is, a checkpoint file by its name only: pages never show the server's paths."""
     text = str(pretrained or "")
     return text.replace("\\", "/").rsplit("/", 1)[-1] if "/" in text or "\\" in text else text
+
+
+def filesize(n: int | float | None) -> str:
+    """Bytes as people read them: 812 KB, 1.2 MB, 3.4 GB (never '0.0 MB' for a small file)."""
+    n = float(n or 0)
+    for unit, size in (("GB", 1024**3), ("MB", 1024**2)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{max(1, round(n / 1024)) if n else 0} KB"
 
 
 def item_label(item: ItemRef | str) -> str:

@@ -41,6 +41,7 @@ class JobReporter:
         self.lock = threading.Lock()
         self.last = 0.0
         self.prefixes: list[tuple[str, str]] = []  # (path prefix, the name it stands for)
+        self.aliases: dict[str, str] = {}  # a re-indexed item's source file -> its target ('video:<id>')
         if job.folder:
             folder = (layout.uploads_dir / job.folder).resolve()
             for archive in sorted(folder.rglob("*.zip")):
@@ -50,6 +51,8 @@ class JobReporter:
             self.prefixes.append((str(folder) + "/", ""))
 
     def name_of(self, path: str) -> str:
+        if path in self.aliases:
+            return self.aliases[path]
         for prefix, name in self.prefixes:
             if path.startswith(prefix):
                 return name + path[len(prefix):]
@@ -65,7 +68,7 @@ class JobReporter:
         reason = jobs.public_text(reason, self.layout)
         with self.lock:
             self.files[name] = {"name": name, "status": status, "reason": reason, **extra}
-        self.flush(force=False)
+        self.flush()  # a file's outcome is written at once (a cancel right after must not lose it)
 
     def settle(self) -> None:
         """At the end of a run: an uploaded zip is 'unpacked' (its entries have their own rows); a file the run never
@@ -112,8 +115,16 @@ def _wait_for_lock(run, reporter: JobReporter):
             time.sleep(BUSY_WAIT_S)
 
 
-def _summary_message(summary: RunSummary) -> str:
-    return summary.line().replace("\n", "; ")
+def _summary_message(summary: RunSummary, reporter: JobReporter) -> str:
+    """What the job's page says when it is done: its files' outcomes and the index, in words (the index run's full
+    line, with its command-line advice, is in the job's log)."""
+    log.info("%s", summary.line())
+    counts: dict[str, int] = {}
+    for f in reporter.files.values():
+        counts[f["status"]] = counts.get(f["status"], 0) + 1
+    order = ("added", "updated", "unchanged", "skipped", "failed", "deleted")
+    said = ", ".join(f"{counts[k]} {k}" for k in order if counts.get(k))
+    return f"{said or 'nothing indexed'}; the index holds {summary.index_size:,} vectors ({summary.seconds:.0f} s)"
 
 
 def run_job(sessions: sessionmaker, layout: DataLayout, job_id: int, options: IndexOptions) -> int:
@@ -123,6 +134,9 @@ def run_job(sessions: sessionmaker, layout: DataLayout, job_id: int, options: In
         print(f"job {job_id} is {'missing' if job is None else job.status}; only a running job is run")
         return 2
     reporter = JobReporter(sessions, job, layout)
+    reporter.message = {"upload": "indexing the uploaded files", "reindex": "indexing again",
+                        "delete": "deleting"}.get(job.kind, "running")
+    reporter.flush()
     options.listener = reporter
     try:
         message = _run(sessions, layout, job, options, reporter)
@@ -148,13 +162,14 @@ def _run(sessions: sessionmaker, layout: DataLayout, job: Job, options: IndexOpt
         if not waiting and not targets:
             return "nothing to index: every file was refused (see each file's reason)"
         summary = _wait_for_lock(lambda: run_index(layout, paths, options, sessions), reporter)
-        return _summary_message(summary)
+        return _summary_message(summary, reporter)
     if job.kind == "reindex":
         with sessions() as session:
             paths = [source_path(session, Target.parse(t)) for t in targets]
+        reporter.aliases = {str(p.resolve()): t for p, t in zip(paths, targets, strict=True)}
         options.force = True
         summary = _wait_for_lock(lambda: run_index(layout, paths, options, sessions), reporter)
-        return _summary_message(summary)
+        return _summary_message(summary, reporter)
     return _delete(sessions, layout, targets, options, reporter)
 
 

@@ -87,15 +87,21 @@ class JobWorker:
                                     start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         jobs.set_pid(self.sessions, job_id, proc.pid)
         log.info("job %s: started offline.py job (pid %s)", job_id, proc.pid)
+        cancelled = False
         while proc.poll() is None:
             if self._cancelled(job_id):
                 _stop(proc.pid)
                 proc.wait()
+                cancelled = True
                 break
             time.sleep(POLL_S)
         live = jobs.read_progress(self.layout, job_id)
-        if live and jobs.get(self.sessions, job_id).status == "running":  # what the process reported before it died
-            jobs.report(self.sessions, job_id, stages=live.get("stages"), files=live.get("files"))
+        if live and (cancelled or jobs.get(self.sessions, job_id).status == "running"):
+            files = live.get("files", [])  # what the process reported before it stopped or died
+            for f in files:
+                if cancelled and f["status"] == "waiting":
+                    f["status"], f["reason"] = "cancelled", "the job was cancelled before this file was done"
+            jobs.report(self.sessions, job_id, stages=live.get("stages"), files=files)
         if jobs.finish(self.sessions, job_id, "failed", f"the indexing process stopped (exit status {proc.returncode})"
                                                        f": {jobs.public_text(_tail(log_path), self.layout)}"):
             log.warning("job %s: process ended without finishing the job (exit %s)", job_id, proc.returncode)

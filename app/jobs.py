@@ -234,7 +234,10 @@ def as_json(job: Job, ahead: int | None = None, layout: DataLayout | None = None
             "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
             "finished_at": _iso(job.finished_at), "attempts": job.attempts,
             "stages": json.loads(job.stages_json or "{}"), "files": files, "counts": counts,
-            "targets": json.loads(job.targets_json or "[]")}
+            "targets": json.loads(job.targets_json or "[]"),
+            "retryable": job.status in ("failed", "cancelled") or bool(counts.get("failed")),
+            "progress": {"done": sum(f["status"] not in ("waiting", "unpacked") for f in files),
+                         "files": sum(f["status"] != "unpacked" for f in files)}}
     if ahead is not None:
         data["ahead"] = ahead
     return data

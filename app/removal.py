@@ -77,14 +77,15 @@ def _boxes(session: Session, target: Target) -> list[dict]:
     return [{"id": a.id, "label": a.label.name, "target": a.target} for a in rows]
 
 
-def _owned_upload(layout: DataLayout, path: str) -> Path | None:
-    """The source file when it is our copy of an upload (under uploads/), else None."""
-    p = Path(path)
+def owned_copy(layout: DataLayout, path: str) -> Path | None:
+    """The source file when it is our own copy (an upload under uploads/, or an entry we extracted from a zip under
+    archives/), else None: a file of the user's own folders is never ours to delete."""
     try:
-        resolved = p.resolve()
+        resolved = Path(path).resolve()
     except OSError:
         return None
-    return resolved if resolved.is_relative_to(layout.uploads_dir.resolve()) else None
+    ours = (layout.uploads_dir.resolve(), layout.archives_dir.resolve())
+    return resolved if any(resolved.is_relative_to(root) for root in ours) else None
 
 
 def remove(session: Session, layout: DataLayout, target: Target) -> Removed:
@@ -94,7 +95,7 @@ def remove(session: Session, layout: DataLayout, target: Target) -> Removed:
         raise RemovalError(f"no {target.kind} {target.key} in the collection (deleted already?)")
     orphaned = _boxes(session, target)
     name = row.video_id if isinstance(row, Video) else row.display_name
-    owned = _owned_upload(layout, row.path)
+    owned = owned_copy(layout, row.path)
     session.delete(row)
     session.commit()
     if isinstance(row, Video):

@@ -49,7 +49,7 @@ def _probe_video(path: Path) -> str | None:
     try:
         container, _stream = open_video(path)
     except VideoError as exc:
-        return f"not a video this server can read: {exc}"
+        return f"not a video this server can read: {str(exc).replace(str(path), path.name)}"
     kind = container.format.name
     container.close()
     if any(part in kind for part in IMAGE_DEMUXERS):
@@ -112,6 +112,7 @@ def intake(sessions: sessionmaker, layout: DataLayout, user_id: int | None, fold
         for name, path in files:
             result = check_file(session, name, path, limits, seen,
                                 lambda: bool(limits.quota) and used_bytes(layout) > limits.quota)
+            result.reason = jobs.public_text(result.reason.replace(str(path), name), layout)
             if result.status != "waiting":
                 path.unlink(missing_ok=True)
             results.append(result)

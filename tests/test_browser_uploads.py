@@ -35,6 +35,13 @@ def site(tmp_path_factory, media_dir, tiny_encoder):
     worker.stop()
 
 
+def _meta_names(header: str) -> str:
+    """The file names a tus Upload-Metadata header carries (base64 values)."""
+    import base64
+
+    return " ".join(base64.b64decode(pair.split(" ", 1)[1]).decode() for pair in header.split(",") if " " in pair)
+
+
 def _fits(page, width: int, what: str) -> None:
     assert page.evaluate("document.documentElement.scrollWidth") <= width, f"{what} is wider than {width} px"
 
@@ -135,16 +142,35 @@ def test_drop_watch_search_delete(browser, site, tmp_path):
 
 
 def test_the_upload_page_says_why_a_file_is_refused(browser, site, tmp_path):
-    """A fake video is sent, then refused by the server's check with its reason on the job's page."""
+    """A file that does not arrive keeps the page (no job is made behind the user's back) and says so; a fake video
+    is sent, then refused by the server's check with its reason on the job's page."""
     fake = tmp_path / "fake.mp4"
     fake.write_bytes(io.BytesIO(b"not a video" * 500).getvalue())
+    lost = tmp_path / "lost.jpg"
+    lost.write_bytes((OPENCV_DATA / "baboon.jpg").read_bytes())
     context = browser.new_context(viewport={"width": 390, "height": 900})
     page = context.new_page()
     browser_log_in(page, site["url"], "ann")
     page.goto(f"{site['url']}/upload")
-    page.set_input_files("#upload-files", [str(fake)])
+
+    def refuse_lost(route):
+        if route.request.method == "POST" and "lost.jpg" in route.request.headers.get("upload-metadata", "") + \
+                _meta_names(route.request.headers.get("upload-metadata", "")):
+            route.fulfill(status=415, content_type="application/json",
+                          body=json.dumps({"error": "refused for the test", "status": 415}))
+        else:
+            route.continue_()
+
+    page.route("**/api/uploads/tus", refuse_lost)
+    page.set_input_files("#upload-files", [str(fake), str(lost)])
+    page.click("#upload-start")
+    page.wait_for_selector("#upload-partial:not([hidden])")
+    assert "1 file(s) did not arrive: lost.jpg" in page.locator("#upload-error").inner_text()
+    assert "refused for the test" in page.locator("#upload-list li").nth(1).inner_text()
+    assert "/upload" in page.url
+    page.unroute("**/api/uploads/tus")
     with page.expect_navigation(timeout=60_000):
-        page.click("#upload-start")
+        page.click("#upload-partial")  # go on with what arrived
     assert _wait_done(page) == "done"
     row = page.locator("#job-files tbody tr").first.inner_text()
     assert "failed" in row and "not a video" in row, row

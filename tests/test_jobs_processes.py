@@ -218,7 +218,7 @@ def test_a_killed_server_resumes_its_job_and_a_cancel_stops_one(collection):
         assert status == 200 and b"done" in page
 
         job_id = upload(base, token, {"tree.avi": (OPENCV_DATA / "tree.avi").read_bytes()})
-        wait_job(base, token, job_id, until=lambda j: j["status"] == "running")
+        wait_job(base, token, job_id, until=lambda j: j["status"] == "running" and j["stages"].get("decode", 0) > 0)
         pid = _job_pid(data, job_id)
         status, _, body = call("POST", f"{base}/api/jobs/{job_id}/cancel", token)
         assert status == 200 and body["status"] == "cancelled"
@@ -231,7 +231,10 @@ def test_a_killed_server_resumes_its_job_and_a_cancel_stops_one(collection):
             time.sleep(0.2)
         else:
             pytest.fail("the cancelled job's process still runs")
-        assert wait_job(base, token, job_id)["status"] == "cancelled"
+        cancelled = wait_job(base, token, job_id)
+        assert cancelled["status"] == "cancelled" and cancelled["stages"]["decode"] > 0  # its progress is kept
+        assert cancelled["files"][0]["status"] in ("cancelled", "added"), cancelled  # never left 'waiting'
+        assert cancelled["retryable"]
         status, _, body = call("POST", f"{base}/api/jobs/{job_id}/retry", token)
         assert status == 202, body
         retried = wait_job(base, token, body["job"])

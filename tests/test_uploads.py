@@ -397,3 +397,67 @@ def test_a_second_writer_of_one_upload_waits_its_turn(env):
     assert part.stat().st_size == 0
     assert patch(client, env, location, 0, b"x" * CHUNK).status_code == 204
     client.delete(location, headers=auth(env))
+
+
+def test_the_same_name_twice_in_one_multipart_upload_keeps_both(env):
+    client = env["app"].test_client()
+    one, two = fresh_jpeg(51), fresh_jpeg(52)
+    r = client.post("/api/uploads", data={"files": [(io.BytesIO(one), "same.jpg"), (io.BytesIO(one), "same.jpg"),
+                                                    (io.BytesIO(two), "fake.mp4")]},
+                    headers=auth(env), content_type="multipart/form-data")
+    assert r.status_code == 202
+    got = files_of(r.get_json())
+    assert got["same.jpg"] == ("waiting", "")
+    assert got["same (2).jpg"][0] == "skipped" and "same.jpg (earlier in this upload)" in got["same (2).jpg"][1]
+    assert got["fake.mp4"][0] == "failed" and str(env["data"]) not in got["fake.mp4"][1]  # no server path
+    client.post(f"/api/jobs/{r.get_json()['job']}/cancel", headers=auth(env))
+
+
+def _run_next(env, job_id: int) -> dict:
+    """Run a queued job as `offline.py job` does (the same function, in this process: the worker and its process are
+    tested in tests/test_jobs_processes.py)."""
+    from app import jobs
+    from app.indexer import IndexOptions
+    from app.job_run import run_job
+    from app.paths import DataLayout
+
+    sessions = env["app"].extensions["sessions"]
+    while (claimed := jobs.claim_next(sessions)) is not None and claimed.id != job_id:
+        jobs.finish(sessions, claimed.id, "failed", "not this test's")
+    assert claimed is not None
+    options = IndexOptions(device="cpu", progress=False, faces=False, objects=False, concepts=False)
+    run_job(sessions, DataLayout.from_data_dir(env["data"]), job_id, options)
+    return job_row(env, job_id)
+
+
+def test_reindex_names_its_target_and_delete_takes_only_our_copies(env, tmp_path):
+    """A re-index job lists its target once (updated), not a second 'skipped' row; deleting an image that came from
+    an uploaded zip removes our extracted copy, while an image indexed from the user's folder keeps its file."""
+    client = env["app"].test_client()
+    job = client.post("/api/items/video:long_shot/reindex", headers=auth(env)).get_json()
+    done = _run_next(env, job["job"])
+    assert done["status"] == "done" and files_of(done) == {"video:long_shot": ("updated", "")}, done
+    assert "1 updated" in done["message"] and "vectors" in done["message"]
+
+    photos = io.BytesIO()
+    with zipfile.ZipFile(photos, "w") as zf:
+        zf.writestr("trip/one.jpg", fresh_jpeg(61))
+        zf.writestr("trip/two.jpg", fresh_jpeg(62))
+    r = client.post("/api/uploads", data={"files": [(io.BytesIO(photos.getvalue()), "trip.zip")]}, headers=auth(env),
+                    content_type="multipart/form-data")
+    done = _run_next(env, r.get_json()["job"])
+    assert files_of(done)["trip.zip/trip/one.jpg"] == ("added", ""), done
+    listing = client.get("/api/collection").get_json()
+    one = next(i for i in listing["images"] if i["name"].endswith("one.jpg"))
+    assert one["origin"] == "upload"
+    extracted = list((env["data"] / "archives").rglob("one.jpg"))
+    assert len(extracted) == 1
+    own = next(i for i in listing["images"] if i["name"].endswith("still_0.jpg"))
+    assert own["origin"] == "folder"
+    for ref in (one["ref"], own["ref"]):
+        job = client.delete(f"/api/items/{ref}", headers=auth(env)).get_json()
+        assert _run_next(env, job["job"])["status"] == "done"
+    assert not extracted[0].exists()  # our copy went
+    assert (env["media"] / "images" / "still_0.jpg").exists()  # the user's file stays
+    names = [i["name"] for i in client.get("/api/collection").get_json()["images"]]
+    assert not any(n.endswith(("one.jpg", "still_0.jpg")) for n in names) and any(n.endswith("two.jpg") for n in names)

@@ -20,7 +20,7 @@ from app.job_worker import job_worker
 from app.jobs import FileResult, JobError
 from app.models import Annotation, Image, Keyframe, Shot, Video
 from app.numbers import is_id
-from app.removal import RemovalError, Target, find
+from app.removal import RemovalError, Target, find, owned_copy
 from app.views.auth import can_upload, require_uploader
 from app.views.uploads import job_json
 
@@ -46,7 +46,9 @@ def _index_facts() -> dict:
 
 
 @bp.get("/collection")
+@bp.get("/api/collection")
 def index():
+    """The page, or the same listing as JSON (`/api/collection?vpage=&ipage=`, 100 videos and 100 images a page)."""
     vpage, ipage = _page("vpage"), _page("ipage")
     with services.sessions()() as session:
         kf_count = (select(Keyframe.video_pk, func.count(Keyframe.id).label("n")).group_by(Keyframe.video_pk)
@@ -56,19 +58,32 @@ def index():
                   "images": session.scalar(select(func.count(Image.id))) or 0,
                   "keyframes": session.scalar(select(func.count(Keyframe.id))) or 0,
                   "hours": (session.scalar(select(func.sum(Video.duration))) or 0.0) / 3600}
-        videos = session.execute(
-            select(Video.video_id, Video.source, Video.duration, Video.size, Video.indexed_at, Video.width,
-                   Video.height, func.coalesce(kf_count.c.n, 0), func.coalesce(shot_count.c.n, 0))
+        rows = session.execute(
+            select(Video.video_id, Video.path, Video.duration, Video.size, Video.indexed_at,
+                   func.coalesce(kf_count.c.n, 0), func.coalesce(shot_count.c.n, 0))
             .outerjoin(kf_count, kf_count.c.video_pk == Video.id)
             .outerjoin(shot_count, shot_count.c.video_pk == Video.id)
             .order_by(Video.indexed_at.desc(), Video.id.desc()).limit(PER_PAGE).offset((vpage - 1) * PER_PAGE)).all()
+        videos = [{"video_id": v[0], "origin": _origin(v[1]), "duration": v[2] or 0.0, "size": v[3],
+                   "indexed_at": v[4], "keyframes": v[5], "shots": v[6]} for v in rows]
         images = session.scalars(select(Image).order_by(Image.indexed_at.desc(), Image.id.desc())
                                  .limit(PER_PAGE).offset((ipage - 1) * PER_PAGE)).all()
         image_rows = [{"ref": str(i.ref), "name": i.display_name, "size": i.size, "width": i.width,
-                       "height": i.height, "indexed_at": i.indexed_at, "hash": i.content_hash} for i in images]
-    return render_template("collection.html", totals=totals, videos=videos, images=image_rows, index=_index_facts(),
-                           vpage=vpage, ipage=ipage, vpages=max(1, -(-totals["videos"] // PER_PAGE)),
-                           ipages=max(1, -(-totals["images"] // PER_PAGE)), can_edit=can_upload())
+                       "height": i.height, "indexed_at": i.indexed_at, "hash": i.content_hash,
+                       "origin": _origin(i.path)} for i in images]
+    listing = {"totals": totals, "index": _index_facts(), "videos": videos, "images": image_rows,
+               "vpage": vpage, "ipage": ipage, "vpages": max(1, -(-totals["videos"] // PER_PAGE)),
+               "ipages": max(1, -(-totals["images"] // PER_PAGE))}
+    if request.path.startswith("/api/"):
+        for row in videos + image_rows:
+            row["indexed_at"] = row["indexed_at"].isoformat(timespec="seconds") if row["indexed_at"] else None
+        return jsonify(listing)
+    return render_template("collection.html", **listing, can_edit=can_upload())
+
+
+def _origin(path: str) -> str:
+    """'upload' when the file is our copy (deleting the item deletes it), 'folder' when it is the user's own."""
+    return "upload" if owned_copy(current_app.extensions["layout"], path) is not None else "folder"
 
 
 @bp.get("/collection/videos/<video_id>")
@@ -83,7 +98,7 @@ def video(video_id: str):
         boxes = session.scalar(select(func.count(Annotation.id)).where(Annotation.video_id == video_id)) or 0
         facts = {"video_id": row.video_id, "duration": row.duration, "fps": row.fps, "frames": row.frames,
                  "size": row.size, "width": row.width, "height": row.height, "indexed_at": row.indexed_at,
-                 "source": row.source, "boxes": boxes}
+                 "source": row.source, "boxes": boxes, "origin": _origin(row.path)}
     return render_template("collection_video.html", video=facts, shots=shots, keyframes=keyframes,
                            can_edit=can_upload())
 

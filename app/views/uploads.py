@@ -171,6 +171,20 @@ def _upload_ids() -> list[str]:
     return request.form.getlist("uploads")
 
 
+def _distinct(names: list[str]) -> list[str]:
+    """Multipart files sent under one name twice keep both: the second becomes 'name (2).ext' (its content is then
+    checked like any other: the same bytes are skipped as a duplicate)."""
+    out: list[str] = []
+    for name in names:
+        stem, dot, ext = name.rpartition(".")
+        candidate, n = name, 1
+        while candidate in out:
+            n += 1
+            candidate = f"{stem} ({n}){dot}{ext}"
+        out.append(candidate)
+    return out
+
+
 @bp.post("/api/uploads")
 @require_uploader
 def create_job():
@@ -181,7 +195,7 @@ def create_job():
     storages = [] if ids else request.files.getlist("files")
     if len(ids) + len(storages) > limits.max_files:
         raise UploadError(f"{len(ids) + len(storages):,} files in one upload; the limit is {limits.max_files:,}", 413)
-    names = [safe_relpath(storage.filename or "") for storage in storages]
+    names = _distinct([safe_relpath(storage.filename or "") for storage in storages])
     check_names(names)
     if storages:
         check_room(layout, limits, request.content_length or 0, "this upload")

@@ -24,8 +24,13 @@
     el("job-message").textContent = job.message;
     el("job-ahead").textContent = job.status === "queued" && job.ahead ? `${job.ahead} job(s) before it` : "";
     root.querySelectorAll("#job-stages tr[data-stage]").forEach((tr) => {
-      tr.querySelector(".stage-count").textContent = job.stages[tr.dataset.stage] || 0;
+      const n = job.stages[tr.dataset.stage] || 0;
+      tr.querySelector(".stage-count").textContent = n;
+      tr.hidden = !live(job.status) && !n;
     });
+    const starting = job.status === "running" && !Object.keys(job.stages).length;
+    el("job-progress").textContent = `${job.progress.done} of ${job.progress.files} file(s) done` +
+      (starting ? " · starting (loading the models takes a few seconds)" : "");
     el("job-counts").textContent = Object.entries(job.counts).sort().map(([k, n]) => `${n} ${k}`).join(", ");
     const body = root.querySelector("#job-files tbody");
     body.replaceChildren(...job.files.map((f) => {
@@ -55,7 +60,7 @@
       return tr;
     }));
     el("job-cancel").hidden = !live(job.status);
-    el("job-retry").hidden = live(job.status);
+    el("job-retry").hidden = !job.retryable;
     el("job-search").hidden = job.status !== "done";
     if (el("job-discard")) el("job-discard").hidden = live(job.status);
   }

@@ -17,10 +17,12 @@
   const start = document.getElementById("upload-start");
   const clear = document.getElementById("upload-clear");
   const zone = document.getElementById("dropzone");
+  const partial = document.getElementById("upload-partial");
   let items = [];
   let busy = false;
 
-  const mb = (n) => (n >= 1 << 30 ? (n / (1 << 30)).toFixed(1) + " GB" : (n / (1 << 20)).toFixed(1) + " MB");
+  const mb = (n) => (n >= 1 << 30 ? (n / (1 << 30)).toFixed(1) + " GB" : n >= 1 << 20 ? (n / (1 << 20)).toFixed(1) + " MB"
+    : Math.max(n ? 1 : 0, Math.round(n / 1024)) + " KB");
   const ext = (name) => { const i = name.lastIndexOf("."); return i < 0 ? "" : name.slice(i).toLowerCase(); };
   const b64 = (bytes) => { let s = ""; new Uint8Array(bytes).forEach((b) => { s += String.fromCharCode(b); }); return btoa(s); };
   const tus = (extra) => Object.assign({ "Tus-Resumable": "1.0.0", "X-CSRFToken": csrf, Accept: "application/json" }, extra);
@@ -177,19 +179,32 @@
     return url.split("/").pop();
   }
 
+  // The job is made from the files that arrived; it is asked for only when every file arrived, or when the user
+  // says to go on without the ones that did not.
+  async function startJob() {
+    const ids = items.filter((i) => i.done && i.id).map((i) => i.id);
+    if (!ids.length) { showError("Nothing arrived yet; see each file's reason."); return; }
+    status.textContent = "starting the job…";
+    const r = await fetch("/api/uploads", { method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrf, Accept: "application/json" },
+      body: JSON.stringify({ uploads: ids }) });
+    if (r.status !== 202) { showError(await message(r)); status.textContent = ""; return; }
+    const job = await r.json();
+    window.location.assign(job.url);
+  }
+
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     showError("");
+    partial.hidden = true;
     busy = true;
     refresh();
     const todo = items.filter((i) => !i.refused && !i.done);
-    const ids = [];
     for (const [n, item] of todo.entries()) {
       status.textContent = `sending ${n + 1} of ${todo.length}: ${item.path}`;
       item.li.className = "sending";
       try {
         item.id = await send(item);
-        ids.push(item.id);
         item.done = true;
         item.li.className = "done";
         item.note.textContent = "sent";
@@ -200,14 +215,16 @@
     }
     busy = false;
     refresh();
-    if (!ids.length) { showError("Nothing was sent; see each file's reason."); return; }
-    status.textContent = "starting the job…";
-    const r = await fetch("/api/uploads", { method: "POST", credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-CSRFToken": csrf, Accept: "application/json" },
-      body: JSON.stringify({ uploads: ids }) });
-    if (r.status !== 202) { showError(await message(r)); return; }
-    const job = await r.json();
-    window.location.assign(job.url);
+    const missing = items.filter((i) => !i.refused && !i.done);
+    if (missing.length) {
+      showError(`${missing.length} file(s) did not arrive: ${missing.map((i) => i.path).join(", ")}. ` +
+        "Press “Upload and index” to try them again (they go on where they stopped), or “Index what arrived” to go on without them.");
+      partial.hidden = !items.some((i) => i.done);
+      status.textContent = "";
+      return;
+    }
+    await startJob();
   });
+  partial.addEventListener("click", () => { partial.hidden = true; startJob(); });
   refresh();
 })();

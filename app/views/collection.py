@@ -130,9 +130,24 @@ def _api(kind: str, target: str):
     return jsonify(body), 202
 
 
-@bp.delete("/api/items/<target>")
-@require_uploader
+@bp.route("/api/items/<target>", methods=["GET", "DELETE"])
 def delete_api(target: str):
+    """DELETE here; a GET is the item API's (GET /api/items/<item>), which this rule shadows: it answers as that view
+    does, and a name that is no item is a 404 (as without this rule), not a 405."""
+    if request.method == "GET":
+        from app.items import BadItemRef, ItemRef
+        from app.views.api import item as item_view
+
+        try:
+            ref = ItemRef.parse(target)
+        except BadItemRef:
+            abort(404, description=f"no item '{target[:100]}'")
+        return item_view(ref)
+    return _delete(target)
+
+
+@require_uploader
+def _delete(target: str):
     return _api("delete", target)
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from app import aic, atomic
 from app.archives import extract_archive
 from app.boxes import annotated_frames
-from app.encoders import DEFAULT_MODEL, ClipEncoder, WeightsUnavailable, default_pretrained
+from app.encoders import DEFAULT_MODEL, ClipEncoder, WeightsUnavailable, default_pretrained, resolve_device
 from app.index_build import refresh_index
 from app.media import BadMediaFile, Discovery, Problem, discover
 from app.models import Image, IndexRun, Keyframe, Setting, Video
@@ -577,9 +577,7 @@ def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, sess
         model, pretrained = resolve_identity(session, options.model or (named[0] if named else None),
                                              options.pretrained or (named[1] if named and not options.model else None))
         check_identity(session, model, pretrained)
-        if encoder is None:
-            encoder = ClipEncoder(model, pretrained, options.device, options.batch_size)
-        check_fingerprint(session, encoder)
+        # the cheap checks first (files the user named, then the small models), so a mistake is told in a moment
         if options.concepts:  # a bad vocabulary file is refused before any work
             from app.concepts import load_vocabulary
 
@@ -589,7 +587,11 @@ def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, sess
 
             store_hierarchy(session, load_hierarchy(options.hierarchy))
         face_model = _face_model(session, options)
-        detector, no_objects = _detector(session, options, encoder.device)
+        device = encoder.device if encoder is not None else resolve_device(options.device)
+        detector, no_objects = _detector(session, options, device)
+        if encoder is None:
+            encoder = ClipEncoder(model, pretrained, options.device, options.batch_size)
+        check_fingerprint(session, encoder)
         recover_staged(session, layout)  # finish (or drop) what a killed run had staged
         run = IndexRun(model=encoder.model_name, pretrained=encoder.pretrained, index_type=options.index_type)
         session.add(run)

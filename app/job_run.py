@@ -42,6 +42,7 @@ class JobReporter:
         self.last = 0.0
         self.prefixes: list[tuple[str, str]] = []  # (path prefix, the name it stands for)
         self.aliases: dict[str, str] = {}  # a re-indexed item's source file -> its target ('video:<id>')
+        self.paths: dict[str, str] = {}  # a reported name -> the file the index run read
         if job.folder:
             folder = (layout.uploads_dir / job.folder).resolve()
             for archive in sorted(folder.rglob("*.zip")):
@@ -66,6 +67,7 @@ class JobReporter:
     def file(self, path: str, status: str, reason: str = "", **extra) -> None:
         name = self.name_of(path)
         reason = jobs.public_text(reason, self.layout)
+        self.paths[name] = path
         with self.lock:
             self.files[name] = {"name": name, "status": status, "reason": reason, **extra}
         self.flush()  # a file's outcome is written at once (a cancel right after must not lose it)
@@ -79,6 +81,22 @@ class JobReporter:
                     unpacked = f["name"].lower().endswith(".zip")
                     f["status"] = "unpacked" if unpacked else "skipped"
                     f["reason"] = "its entries are listed below" if unpacked else "not reached by the index run"
+
+    def link_items(self, sessions: sessionmaker) -> None:
+        """Each added or updated file names the item it became ('video:<id>' or 'image:<hash>'), for the job's page."""
+        from sqlalchemy import select
+
+        from app.models import Image, Video
+
+        with sessions() as session, self.lock:
+            for name, f in self.files.items():
+                path = self.paths.get(name)
+                if f["status"] not in ("added", "updated", "unchanged") or path is None:
+                    continue
+                video = session.scalar(select(Video.video_id).where(Video.path == path))
+                image = None if video else session.scalar(select(Image.content_hash).where(Image.path == path))
+                if video or image:
+                    f["item"] = f"video:{video}" if video else f"image:{image}"
 
     def note(self, message: str) -> None:
         self.message = message
@@ -146,6 +164,7 @@ def run_job(sessions: sessionmaker, layout: DataLayout, job_id: int, options: In
         log.exception("job %s failed", job_id)
         return 1
     reporter.settle()
+    reporter.link_items(sessions)
     reporter.save()
     failed = sum(f["status"] == "failed" for f in reporter.files.values())
     jobs.finish(sessions, job_id, "done", message + (f" ({failed} file(s) failed; retry them from the job's page)"

@@ -118,7 +118,7 @@ def main() -> int:
         subprocess.run([sys.executable, str(ROOT / "offline.py"), "index", str(seed), *common, "--model", args.model,
                         "--pretrained", "none", "--no-progress"], check=True, capture_output=True)
         subprocess.run([sys.executable, str(ROOT / "offline.py"), "users", "add", "bench", "--role", "admin",
-                        "--password-stdin", "--data-dir", str(data)], input="bench-Passw0rd!\n", text=True,
+                        "--password-stdin", "--data-dir", str(data)], input="Kx9-upl0ad-check\n", text=True,
                        check=True, capture_output=True)
         token = subprocess.run([sys.executable, str(ROOT / "offline.py"), "users", "token", "bench", "--data-dir",
                                 str(data)], check=True, capture_output=True, text=True).stdout

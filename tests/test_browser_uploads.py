@@ -96,6 +96,8 @@ def test_drop_watch_search_delete(browser, site, tmp_path):
     assert any("Megamind.avi" in f and "added" in f for f in files), files
     assert sum("holiday.zip/" in f and "added" in f for f in files) == 4, files
     assert int(page.locator("tr[data-stage=keyframes] .stage-count").inner_text()) >= 2
+    link = page.locator("#job-files td.name a", has_text="Megamind.avi").get_attribute("href")
+    assert link == "/collection/videos/Megamind", link  # each file links to the item it became
     assert page.locator("#job-search").is_visible() and not page.locator("#job-cancel").is_visible()
     _shoot(page, "job")
 

@@ -447,6 +447,8 @@ def test_reindex_names_its_target_and_delete_takes_only_our_copies(env, tmp_path
                     content_type="multipart/form-data")
     done = _run_next(env, r.get_json()["job"])
     assert files_of(done)["trip.zip/trip/one.jpg"] == ("added", ""), done
+    row = next(f for f in done["files"] if f["name"] == "trip.zip/trip/one.jpg")
+    assert row["item"].startswith("image:")  # the item it became, for the job's page to link
     listing = client.get("/api/collection").get_json()
     one = next(i for i in listing["images"] if i["name"].endswith("one.jpg"))
     assert one["origin"] == "upload"

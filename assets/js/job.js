@@ -38,7 +38,12 @@
       tr.className = `file-${f.status}`;
       const name = document.createElement("td");
       name.className = "name";
-      name.textContent = f.name;
+      if (f.item) {
+        const a = document.createElement("a");
+        a.href = f.item.startsWith("video:") ? `/collection/videos/${encodeURIComponent(f.item.slice(6))}` : `/item/${f.item}`;
+        a.textContent = f.name;
+        name.append(a);
+      } else name.textContent = f.name;
       const result = document.createElement("td");
       result.append(badge(f.status));
       const why = document.createElement("td");

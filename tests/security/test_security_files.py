@@ -124,14 +124,24 @@ def test_paths_never_traverse(hostile, path):
 
 
 # -- 13: a broken data dir explains itself; a damaged generation falls back ---------------------------------
-@pytest.fixture()
-def collection(tmp_path, media_dir) -> Path:
-    images = tmp_path / "images"
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, media_dir) -> Path:
+    """A collection with two index generations, made once by two `offline.py index` runs; tests damage copies."""
+    root = tmp_path_factory.mktemp("two-generations")
+    images = root / "images"
     shutil.copytree(media_dir / "images", images)
-    data = tmp_path / "data"
+    data = root / "data"
     assert cli("index", str(images), "--data-dir", str(data), "--pretrained", "none", *TINY_ARGS).returncode == 0
     shutil.copy(media_dir / "videos" / "long_shot.webm", images / "later.webm")
     assert cli("index", str(images), "--data-dir", str(data), "--pretrained", "none", *TINY_ARGS).returncode == 0
+    return data
+
+
+@pytest.fixture()
+def collection(tmp_path, pristine) -> Path:
+    """This test's own copy of the collection (a data dir is self-contained: its files, index and SQLite catalogue)."""
+    data = tmp_path / "data"
+    shutil.copytree(pristine, data)
     return data
 
 

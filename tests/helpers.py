@@ -20,6 +20,16 @@ def run_offline(capsys, data_dir: Path, *paths: Path, extra: tuple[str, ...] = (
     return code, out, err
 
 
+def offline_main(capsys, *args: str):
+    """`offline.py ARGS` through its own entry point in this process: the same exit status and messages as the
+    command, without an interpreter start-up (for refusals and other quick answers; real runs use processes)."""
+    import subprocess
+
+    code = offline.main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
 def catalogue_counts(data_dir: Path) -> dict[str, int]:
     engine = create_engine(db_url(data_dir))
     with Session(engine) as s:

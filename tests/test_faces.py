@@ -270,7 +270,9 @@ def test_person_filter_by_name(faces_collection):
     assert page.count("face-box matched") == len(obama_items)
 
 
-def test_faces_added_to_an_indexed_collection_redo_neither_shots_nor_clip(tmp_path):
+def test_faces_added_to_an_indexed_collection_redo_neither_shots_nor_clip(tmp_path, capsys):
+    from tests.helpers import offline_main
+
     media = tmp_path / "media"
     media.mkdir()
     for name in ("obama_1", "biden_1"):
@@ -285,7 +287,8 @@ def test_faces_added_to_an_indexed_collection_redo_neither_shots_nor_clip(tmp_pa
     assert "faces: 3 in" in second.stdout or "faces: " in second.stdout
     scanned = int(second.stdout.split("faces: ", 1)[1].split(" in ", 1)[1].split(" pictures", 1)[0])
     assert scanned >= 3  # both images and the video's keyframes
-    third = cli("index", str(media), "--data-dir", str(data), *TINY_ARGS)
+    third = offline_main(capsys, "index", str(media), "--data-dir", str(data), *TINY_ARGS)  # in this process
     assert " in 0 pictures scanned" in third.stdout, third.stdout
-    other = cli("index", str(media), "--data-dir", str(data), *TINY_ARGS, "--face-model", "insightface:/nonexistent")
+    other = offline_main(capsys, "index", str(media), "--data-dir", str(data), *TINY_ARGS, "--face-model",
+                         "insightface:/nonexistent")
     assert other.returncode == 2 and "--face-model insightface:/nonexistent: no such folder" in other.stderr

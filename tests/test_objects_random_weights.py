@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-import subprocess
 import urllib.parse
 from pathlib import Path
 
@@ -187,12 +186,10 @@ def test_human_boxes_survive_detecting_again(objects_site, tmp_path):
 def test_a_detector_that_cannot_load_stops_before_any_work(tmp_path, capsys):
     """Each refusal is told before any work. In this process (offline.main, as the command line calls it): the
     answers are the same, without five interpreter start-ups."""
-    import offline
+    from tests.helpers import offline_main
 
     def cli(*args):  # noqa: F811 - offline.py's own entry point, in-process
-        code = offline.main(list(args))
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
+        return offline_main(capsys, *args)
 
     media = tmp_path / "media"
     media.mkdir()

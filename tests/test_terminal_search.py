@@ -26,7 +26,9 @@ def test_an_image_finds_its_keyframe_and_text_ranks_as_the_server_does(indexed, 
     assert mine == served
 
 
-def test_lines_for_people_and_clear_errors(indexed):
+def test_lines_for_people_and_clear_errors(indexed, capsys):
+    from tests.helpers import offline_main
+
     done = cli("search", "anything", "--k", "2", "--video", "long_shot", "--data-dir", str(indexed), *ARGS)
     assert done.returncode == 0, done.stderr
     assert "note: This collection was indexed with random weights" in done.stdout  # as the pages say
@@ -35,5 +37,5 @@ def test_lines_for_people_and_clear_errors(indexed):
     for bad, message in ((["--k", "0"], "k must be between 1 and 1000"), ([], "give a text query, --image FILE"),
                          (["--image", "/no/such.jpg"], "/no/such.jpg"),
                          (["red", "--box", "1,1,2,2"], "--box is a region of --image")):
-        done = cli("search", *bad, "--data-dir", str(indexed), *ARGS)
+        done = offline_main(capsys, "search", *bad, "--data-dir", str(indexed), *ARGS)  # refusals: in this process
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -1,27 +1,27 @@
 """Adding faces to the catalogue: every keyframe and image not yet scanned by the collection's face model.
 
-A pass of its own after the CLIP ingest, reading the stored keyframe JPEGs (and the original images), so turning
-faces on for an indexed collection re-runs neither shot detection nor CLIP. Each video (or batch of images)
-commits with its scan mark: a killed run resumes where it stopped.
+A pass of its own after the CLIP ingest (app.picture_pass), reading the stored keyframe JPEGs (and the original
+images), so turning faces on for an indexed collection re-runs neither shot detection nor CLIP. Each video (or batch
+of images) commits with its scan mark: a killed run resumes where it stopped.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.face_model import MAX_FACES, MIN_FACE_PX, FaceModel, analysed, thumbnail
 from app.media import Problem
 from app.models import Face, FaceData, Image, Keyframe, Setting, Video
 from app.paths import DataLayout
+from app.picture_pass import PicturePass
 
 log = logging.getLogger(__name__)
 IMAGE_BATCH = 32
@@ -93,36 +93,33 @@ def analyse(model: FaceModel, path: Path, source_width: int | None) -> Found:
     return found
 
 
-class FaceScanner:
+class FaceScanner(PicturePass):
     """Pictures are analysed by a pool of threads (dlib's detector lets go of the GIL), in order; each video's (or
-    image batch's) rows are written by this thread in one transaction."""
+    image batch's) rows are written by this thread in one transaction (app.picture_pass)."""
+
+    mark, row_model, data_key, failure, image_batch = "faces_model", Face, "face_id", "faces not scanned", IMAGE_BATCH
 
     def __init__(self, session: Session, layout: DataLayout, model: FaceModel, progress=None,
                  workers: int | None = None) -> None:
-        self.session = session
-        self.layout = layout
+        super().__init__(session, layout, model.name, workers or max(1, os.cpu_count() or 1))
         self.model = model
         self.progress = progress
         self.summary = FaceSummary()
-        self.workers = workers or max(1, os.cpu_count() or 1)
+        self.summary.failed = self.failed
 
     def run(self) -> FaceSummary:
         start = time.monotonic()
-        todo = self.session.scalars(select(Video).where(or_(Video.faces_model.is_(None),
-                                                            Video.faces_model != self.model.name))
-                                    .order_by(Video.id)).all()
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="faces") as pool:
-            for video in todo:
-                self._scan_video(pool, video)
-            images = self.session.scalars(select(Image).where(or_(Image.faces_model.is_(None),
-                                                                  Image.faces_model != self.model.name))
-                                          .order_by(Image.id)).all()
-            for start_at in range(0, len(images), IMAGE_BATCH):
-                self._scan_images(pool, images[start_at:start_at + IMAGE_BATCH])
+        self.scan()
         self.summary.seconds = time.monotonic() - start
         return self.summary
 
-    def _rows(self, found: Found) -> list[tuple[Face, FaceData]]:
+    def analyse_keyframe(self, keyframe: Keyframe, video: Video) -> Found:
+        return analyse(self.model, self.layout.data_dir / keyframe.image_path, video.width or None)
+
+    def analyse_image(self, image: Image) -> Found:
+        return analyse(self.model, Path(image.path), None)
+
+    def rows_of(self, found: Found) -> list[tuple[Face, FaceData]]:
         self.summary.pictures += 1
         self.summary.faces += len(found.faces)
         self.summary.too_small += found.too_small
@@ -131,45 +128,3 @@ class FaceScanner:
             self.progress.update("faces", 1)
         return [(Face(x=box[0], y=box[1], w=box[2], h=box[3], score=score, model=self.model.name),
                  FaceData(vector=vector, thumb=thumb)) for box, score, vector, thumb in found.faces]
-
-    def _store(self, rows: list[tuple[Face, FaceData]], **owner) -> None:
-        for face, _ in rows:
-            for key, value in owner.items():
-                setattr(face, key, value)
-            self.session.add(face)
-        self.session.flush()
-        for face, data in rows:
-            data.face_id = face.id
-            self.session.add(data)
-
-    def _scan_video(self, pool: ThreadPoolExecutor, video: Video) -> None:
-        keyframes = self.session.scalars(select(Keyframe).where(Keyframe.video_pk == video.id)
-                                         .order_by(Keyframe.n)).all()
-        paths = [self.layout.data_dir / kf.image_path for kf in keyframes]
-        try:
-            found = list(pool.map(lambda path: analyse(self.model, path, video.width or None), paths))
-        except OSError as exc:
-            self.summary.failed.append(Problem(video.video_id, f"faces not scanned: {exc}"))
-            return
-        self.session.execute(delete(Face).where(Face.keyframe_id.in_([kf.id for kf in keyframes])))
-        for kf, picture in zip(keyframes, found, strict=True):
-            self._store(self._rows(picture), keyframe_id=kf.id)
-        video.faces_model = self.model.name
-        self.session.commit()
-        log.info("faces: %s scanned", video.video_id)
-
-    def _scan_images(self, pool: ThreadPoolExecutor, images: list[Image]) -> None:
-        def one(image: Image) -> Found | Problem:
-            try:
-                return analyse(self.model, Path(image.path), None)
-            except (OSError, PILImage.DecompressionBombError) as exc:
-                return Problem(image.display_name, f"faces not scanned: {exc}")
-
-        for image, found in zip(images, pool.map(one, images), strict=True):
-            if isinstance(found, Problem):
-                self.summary.failed.append(found)
-                continue
-            self.session.execute(delete(Face).where(Face.image_id == image.id))
-            self._store(self._rows(found), image_id=image.id)
-            image.faces_model = self.model.name
-        self.session.commit()

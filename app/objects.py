@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image as PILImage
-from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from app.media import Problem
 from app.models import Detection, DetectionData, Image, Keyframe, Setting, Video
 from app.paths import DataLayout
+from app.picture_pass import PicturePass
 from app.row_index import refresh_row_index
 
 DEFAULT_DETECTOR = "fasterrcnn_mobilenet_v3_large_fpn"
@@ -175,31 +175,25 @@ def check_detector(session: Session, detector: Detector) -> None:
     session.commit()
 
 
-class ObjectPass:
+class ObjectPass(PicturePass):
     """Detection on every keyframe and image not yet scanned by this detector; each object's crop into CLIP; the
-    regions index refreshed. Commits per video (a killed run resumes)."""
+    regions index refreshed. Commits per video (a killed run resumes; app.picture_pass)."""
+
+    mark, row_model, data_key, failure = "objects_model", Detection, "detection_id", "objects not detected"
 
     def __init__(self, session: Session, layout: DataLayout, detector: Detector, encoder, options,
                  progress=None) -> None:
-        self.session = session
-        self.layout = layout
+        super().__init__(session, layout, detector.name)
         self.detector = detector
         self.encoder = encoder
         self.options = options
         self.progress = progress
         self.summary = ObjectSummary()
+        self.summary.failed = self.failed
 
     def run(self) -> ObjectSummary:
         start = time.monotonic()
-        name = self.detector.name
-        for video in self.session.scalars(select(Video).where(or_(Video.objects_model.is_(None),
-                                                                  Video.objects_model != name))
-                                          .order_by(Video.id)).all():
-            self._scan_video(video)
-        for image in self.session.scalars(select(Image).where(or_(Image.objects_model.is_(None),
-                                                                  Image.objects_model != name))
-                                          .order_by(Image.id)).all():
-            self._scan_image(image)
+        self.scan()
         identity = {"model": self.encoder.identity[0], "pretrained": self.encoder.identity[1],
                     "weights_fingerprint": self.encoder.fingerprint, "dim": self.encoder.dim}
         self.summary.index_size = refresh_row_index(self.session, self.layout.regions_index_dir, KIND_REGION,
@@ -208,7 +202,26 @@ class ObjectPass:
         self.summary.seconds = time.monotonic() - start
         return self.summary
 
-    def _objects(self, picture: PILImage.Image, to_source: float) -> list[tuple[Detection, DetectionData | None]]:
+    def analyse_keyframe(self, keyframe: Keyframe, video: Video) -> list[list]:
+        with PILImage.open(self.layout.data_dir / keyframe.image_path) as pic:
+            pic.load()
+            return self._objects(pic.convert("RGB"), video.width / pic.width if video.width else 1.0)
+
+    def analyse_image(self, image: Image) -> list[list]:
+        with PILImage.open(image.path) as pic:
+            pic.load()
+            return self._objects(pic.convert("RGB"), 1.0)
+
+    def rows_of(self, found: list[list]) -> list[tuple[Detection, DetectionData | None]]:
+        self.summary.pictures += 1
+        self.summary.objects += len(found)
+        self.summary.regions += sum(data is not None for _, data in found)
+        if self.progress is not None:
+            self.progress.update("objects", 1)
+        return [tuple(r) for r in found]
+
+    def _objects(self, picture: PILImage.Image, to_source: float) -> list[list]:
+        """Detections in source pixels, each with the CLIP vector of its crop (None for a box too thin to see)."""
         found = self.detector.detect([picture])[0]
         crops, rows = [], []
         for f in found:
@@ -222,52 +235,4 @@ class ObjectPass:
             vecs = self.encoder.encode_images([c for _, c in crops])
             for (i, _), vec in zip(crops, vecs, strict=True):
                 rows[i][1] = DetectionData(vector=np.asarray(vec, np.float32).tobytes())
-        self.summary.pictures += 1
-        self.summary.objects += len(rows)
-        self.summary.regions += len(crops)
-        if self.progress is not None:
-            self.progress.update("objects", 1)
-        return [tuple(r) for r in rows]
-
-    def _store(self, rows, **owner) -> None:
-        for det, _ in rows:
-            for key, value in owner.items():
-                setattr(det, key, value)
-            self.session.add(det)
-        self.session.flush()
-        for det, data in rows:
-            if data is not None:
-                data.detection_id = det.id
-                self.session.add(data)
-
-    def _scan_video(self, video: Video) -> None:
-        keyframes = self.session.scalars(select(Keyframe).where(Keyframe.video_pk == video.id)
-                                         .order_by(Keyframe.n)).all()
-        found = []
-        try:
-            for kf in keyframes:
-                with PILImage.open(self.layout.data_dir / kf.image_path) as pic:
-                    pic.load()
-                    found.append((kf.id, self._objects(pic.convert("RGB"),
-                                                       video.width / pic.width if video.width else 1.0)))
-        except OSError as exc:
-            self.summary.failed.append(Problem(video.video_id, f"objects not detected: {exc}"))
-            return
-        self.session.execute(delete(Detection).where(Detection.keyframe_id.in_([kf.id for kf in keyframes])))
-        for keyframe_id, rows in found:
-            self._store(rows, keyframe_id=keyframe_id)
-        video.objects_model = self.detector.name
-        self.session.commit()
-
-    def _scan_image(self, image: Image) -> None:
-        try:
-            with PILImage.open(image.path) as pic:
-                pic.load()
-                rows = self._objects(pic.convert("RGB"), 1.0)
-        except (OSError, PILImage.DecompressionBombError) as exc:
-            self.summary.failed.append(Problem(image.display_name, f"objects not detected: {exc}"))
-            return
-        self.session.execute(delete(Detection).where(Detection.image_id == image.id))
-        self._store(rows, image_id=image.id)
-        image.objects_model = self.detector.name
-        self.session.commit()
+        return rows

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -85,6 +86,20 @@ def cancel(sessions: sessionmaker, run_id: int) -> None:
         run.status, run.message = "cancelled", "cancelled by a user"
 
 
+@contextmanager
+def recorded(sessions: sessionmaker, run_id: int):
+    """The frame of every stored run (CLIP, identity, UCF101): a cancel inside marks the run cancelled, any other
+    error failed with its message; both propagate."""
+    try:
+        yield
+    except Cancelled:
+        cancel(sessions, run_id)
+        raise
+    except Exception as exc:
+        fail(sessions, run_id, str(exc))
+        raise
+
+
 def execute(layout: DataLayout, sessions: sessionmaker, snap: Snapshot, gt: GroundTruth, config: Config,
             clip_encoder_factory: Callable[[], object], protocol: str | None = None,
             queries_dir: Path | None = None, baseline_weights: str | None = None, device: str = "auto",
@@ -92,7 +107,7 @@ def execute(layout: DataLayout, sessions: sessionmaker, snap: Snapshot, gt: Grou
     """Evaluate and store. Errors mark the stored run failed (with the message) and propagate."""
     protocol = protocol or gt.protocols[0]
     run_id = run_id or start(sessions, gt, config, protocol)
-    try:
+    with recorded(sessions, run_id):
         features = None
         if is_baseline(config.model):
             encoder = TorchvisionEncoder(config.model, baseline_weights, device)
@@ -101,12 +116,6 @@ def execute(layout: DataLayout, sessions: sessionmaker, snap: Snapshot, gt: Grou
         else:
             encoder = clip_encoder_factory()
         result = evaluate(gt, snap, layout, encoder, config, protocol, queries_dir, features, progress)
-    except Cancelled:
-        cancel(sessions, run_id)
-        raise
-    except Exception as exc:
-        fail(sessions, run_id, str(exc))
-        raise
     finish(sessions, run_id, result)
     return run_id, result
 

@@ -134,16 +134,13 @@ def _records(result: dict) -> list[dict]:
 
 def execute(sessions: sessionmaker, layout=None, progress: Progress | None = None,
             run_id: int | None = None) -> tuple[int, dict]:
-    """Evaluate and store (a failure marks the stored run failed, with its message, and propagates)."""
+    """Evaluate and store (a cancel marks the stored run cancelled, a failure failed with its message; both
+    propagate)."""
+    from app.eval_runs import recorded
+
     run_id = run_id or start(sessions)
-    try:
-        with sessions() as session:
-            result = identity_map(session, layout, progress)
-    except Exception as exc:
-        with sessions.begin() as session:
-            run = session.get(EvaluationRun, run_id)
-            run.status, run.message = "failed", str(exc)
-        raise
+    with recorded(sessions, run_id), sessions() as session:
+        result = identity_map(session, layout, progress)
     with sessions.begin() as session:
         run = session.get(EvaluationRun, run_id)
         run.status, run.seconds, run.n_queries = "done", result["seconds"], result["n_queries"]

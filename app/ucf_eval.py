@@ -203,22 +203,16 @@ def execute(sessions: sessionmaker, layout: DataLayout, gt: GroundTruth, encoder
             progress: Progress | None = None, run_id: int | None = None) -> tuple[int, dict]:
     """Evaluate and store; a failure marks the stored run failed (with its message), a cancel cancelled, and
     propagates."""
-    from app.eval_runs import Cancelled, cancel, fail
+    from app.eval_runs import recorded
 
     if run_id is None:
         with sessions() as session:
             check_indexed(session, gt)  # clips not indexed: an error before any run is stored
         run_id = start(sessions, gt)
-    try:
+    with recorded(sessions, run_id):
         encoder = encoder_factory()
         with sessions() as session:
             result = evaluate(session, layout, gt, encoder, progress)
-    except Cancelled:
-        cancel(sessions, run_id)
-        raise
-    except Exception as exc:
-        fail(sessions, run_id, str(exc))
-        raise
     with sessions.begin() as session:
         run = session.get(EvaluationRun, run_id)
         run.status, run.seconds, run.n_queries = "done", result["seconds"], result["n_clips"]

@@ -463,3 +463,16 @@ def test_reindex_names_its_target_and_delete_takes_only_our_copies(env, tmp_path
     assert (env["media"] / "images" / "still_0.jpg").exists()  # the user's file stays
     names = [i["name"] for i in client.get("/api/collection").get_json()["images"]]
     assert not any(n.endswith(("one.jpg", "still_0.jpg")) for n in names) and any(n.endswith("two.jpg") for n in names)
+
+
+def test_an_upload_while_another_job_waits_is_queued_behind_it(env):
+    client = env["app"].test_client()
+    first = client.post("/api/uploads", data={"files": [(io.BytesIO(fresh_jpeg(71)), "first.jpg")]},
+                        headers=auth(env), content_type="multipart/form-data").get_json()
+    second = client.post("/api/uploads", data={"files": [(io.BytesIO(fresh_jpeg(72)), "second.jpg")]},
+                         headers=auth(env), content_type="multipart/form-data").get_json()
+    assert first["status"] == second["status"] == "queued" and second["ahead"] == first["ahead"] + 1
+    page = client.get(second["url"], headers=auth(env)).get_data(as_text=True)
+    assert f"{second['ahead']} job(s) before it" in page
+    for job in (first, second):
+        client.post(f"/api/jobs/{job['job']}/cancel", headers=auth(env))

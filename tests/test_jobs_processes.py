@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from tests.conftest import ROOT, TINY_CONFIG, add_users, index_media
+from tests.conftest import ROOT, TINY_CONFIG, add_users, browser_log_in, index_media
 from tests.processes import free_port, post_image
 
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -198,9 +198,10 @@ def _job_pid(data: Path, job_id: int) -> int | None:
     return pid
 
 
-def test_a_killed_server_resumes_its_job_and_a_cancel_stops_one(collection):
-    """kill -9 of the server and of its job mid-way: the next server queues the job again and finishes it. Then a
-    cancel stops a running job's process, and its retry finishes the work."""
+def test_a_killed_server_resumes_its_job_and_a_cancel_stops_one(collection, browser):
+    """kill -9 of the server and of its job mid-way: the next server queues the job again and finishes it, and its
+    page (in Chromium) says it was resumed. Then a cancel stops a running job's process, and its retry finishes the
+    work."""
     data, tokens = collection
     token = tokens["ann"]
     with server(data) as (base, proc):
@@ -214,8 +215,13 @@ def test_a_killed_server_resumes_its_job_and_a_cancel_stops_one(collection):
         job = wait_job(base, token, job_id)
         assert job["status"] == "done" and job["attempts"] == 2, job
         assert {f["name"]: f["status"] for f in job["files"]}["vtest.avi"] == "added"
-        status, _, page = call("GET", f"{base}/jobs/{job_id}", token)
-        assert status == 200 and b"done" in page
+        page = browser.new_page(viewport={"width": 390, "height": 900})
+        browser_log_in(page, base, "ann")
+        page.goto(f"{base}/jobs/{job_id}")
+        page.wait_for_selector("#job[data-status=done]")
+        assert "attempt 2: resumed after the server stopped" in page.locator("#job-attempts").inner_text()
+        assert "vtest.avi" in page.locator("#job-files").inner_text()
+        page.close()
 
         job_id = upload(base, token, {"tree.avi": (OPENCV_DATA / "tree.avi").read_bytes()})
         wait_job(base, token, job_id, until=lambda j: j["status"] == "running" and j["stages"].get("decode", 0) > 0)

@@ -23,6 +23,8 @@
     status.textContent = job.status;
     el("job-message").textContent = job.message;
     el("job-ahead").textContent = job.status === "queued" && job.ahead ? `${job.ahead} job(s) before it` : "";
+    el("job-attempts").textContent = job.attempts > 1 ?
+      `attempt ${job.attempts}: resumed after the server stopped during an earlier one` : "";
     root.querySelectorAll("#job-stages tr[data-stage]").forEach((tr) => {
       const n = job.stages[tr.dataset.stage] || 0;
       tr.querySelector(".stage-count").textContent = n;

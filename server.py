@@ -37,11 +37,6 @@ def serve(settings: Settings) -> int:
         if marked:
             print(f"note: {marked} evaluation run(s) of an earlier server were interrupted; marked as failed",
                   file=sys.stderr)
-        from app.job_worker import start_job_worker
-        from app.upload_store import Limits, PartialUploads
-
-        start_job_worker(app)  # jobs an earlier server left running resume here
-        PartialUploads(app.extensions["layout"], Limits.from_settings(settings)).expire()
         with app.app_context():
             check_catalogue(app.extensions["collection"], settings)
             try:
@@ -57,6 +52,11 @@ def serve(settings: Settings) -> int:
             raise
         print(f"error: {sentence}", file=sys.stderr)
         return 2
+    from app.job_worker import start_job_worker
+    from app.upload_store import Limits, PartialUploads
+
+    start_job_worker(app)  # once the collection is known good; jobs an earlier server left running resume here
+    PartialUploads(app.extensions["layout"], Limits.from_settings(settings)).expire()
     print(f"Framefinder serving http://{settings.host}:{settings.port}/", flush=True)
     app.run(host=settings.host, port=settings.port, threaded=True, use_reloader=False)
     return 0

@@ -118,8 +118,9 @@ def test_cli_evaluation_equals_the_ranking_the_server_gives(demo_dir):
             assert result["per_query"][query] == pytest.approx(oxford_ap(ranked, good), abs=1e-6)
 
 
-def test_other_weights_under_the_same_name_are_refused(tmp_path, media_dir):
-    """A checkpoint file replaced after indexing: the server and the indexer say so instead of serving noise."""
+def test_other_weights_under_the_same_name_are_refused(tmp_path, media_dir, capsys):
+    """A checkpoint file replaced after indexing: the server and the indexer say so instead of serving noise. (The
+    index is made by a process; the two refusals are asked of offline.py's and server.py's own entry points here.)"""
     import torch
 
     from app.encoders import ClipEncoder, register_model_configs
@@ -134,14 +135,12 @@ def test_other_weights_under_the_same_name_are_refused(tmp_path, media_dir):
     assert cli("index", str(images), "--data-dir", str(data), "--pretrained", str(weights), *TINY_ARGS).returncode == 0
     state = torch.load(weights)
     torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, weights)
-    proc = cli("index", str(images), "--data-dir", str(data), "--pretrained", str(weights), *TINY_ARGS)
+    from tests.helpers import offline_main
+
+    proc = offline_main(capsys, "index", str(images), "--data-dir", str(data), "--pretrained", str(weights),
+                        *TINY_ARGS)
     assert proc.returncode == 2 and "fingerprint" in proc.stderr
-    import subprocess
-    import sys
+    import server
 
-    from tests.conftest import ROOT
-
-    served = subprocess.run([sys.executable, str(ROOT / "server.py"), "--data-dir", str(data), "--model-config",
-                             str(TINY_CONFIG), "--device", "cpu", "--port", "1"], capture_output=True, text=True,
-                            timeout=120)
-    assert served.returncode == 2 and "fingerprint" in served.stderr
+    code = server.main(["--data-dir", str(data), "--model-config", str(TINY_CONFIG), "--device", "cpu", "--port", "1"])
+    assert code == 2 and "fingerprint" in capsys.readouterr().err

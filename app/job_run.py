@@ -99,7 +99,7 @@ class JobReporter:
                     f["item"] = f"video:{video}" if video else f"image:{image}"
 
     def note(self, message: str) -> None:
-        self.message = message
+        self.message = jobs.public_text(message, self.layout)
         self.flush()
 
     def flush(self, force: bool = True) -> None:
@@ -207,6 +207,12 @@ def _delete(sessions: sessionmaker, layout: DataLayout, targets: list[str], opti
                 done.append(removed)
         return done
 
+    from app.indexer import collection_identity
+
+    with sessions() as session:
+        known = collection_identity(session)
+    if known is not None and options.model is None:  # the collection's model, even when this empties it
+        options.model, options.pretrained = known
     removed = _wait_for_lock(remove_all, reporter)
     reporter.flush()
     orphaned = [box for r in removed for box in r.orphaned]

@@ -34,11 +34,13 @@ class JobWorker:
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
         self.log_dir = layout.instance_dir / "jobs"
+        self.adopted: set[int] = set()  # jobs of an earlier server still running: the next waits for them
 
     def start(self) -> tuple[int, int]:
         """Recover what an earlier server left, then start the thread; returns (requeued, failed)."""
         with self.sessions.begin() as session:
             requeued, failed, live = jobs.recover(session)
+        self.adopted = set(live)
         for job_id in live:
             threading.Thread(target=self._adopt, args=(job_id,), daemon=True, name=f"job-{job_id}").start()
         self.thread = threading.Thread(target=self._loop, daemon=True, name="job-worker")
@@ -56,6 +58,10 @@ class JobWorker:
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
+            if self.adopted:  # one job at a time: an earlier server's job still runs
+                self.wakeup.wait(2.0)
+                self.wakeup.clear()
+                continue
             try:
                 job = jobs.claim_next(self.sessions)
             except Exception:  # noqa: BLE001 - a database hiccup must not end the worker
@@ -113,18 +119,21 @@ class JobWorker:
     def _adopt(self, job_id: int) -> None:
         """A job whose process outlived the server that started it: watched until it ends; requeued if it ended
         without finishing the job."""
-        while True:
-            job = jobs.get(self.sessions, job_id)
-            if job is None or job.status != "running":
-                if job is not None and job.status == "cancelled" and job.pid:
-                    _stop(job.pid)
-                return
-            if not jobs._alive(job.pid):
-                with self.sessions.begin() as session:
-                    jobs.recover(session)
-                self.wake()
-                return
-            time.sleep(POLL_S)
+        try:
+            while True:
+                job = jobs.get(self.sessions, job_id)
+                if job is None or job.status != "running":
+                    if job is not None and job.status == "cancelled" and job.pid:
+                        _stop(job.pid)
+                    return
+                if not jobs._alive(job.pid):
+                    with self.sessions.begin() as session:
+                        jobs.recover(session)
+                    return
+                time.sleep(POLL_S)
+        finally:
+            self.adopted.discard(job_id)
+            self.wake()
 
 
 def _stop(pid: int) -> None:

@@ -131,6 +131,15 @@ def refuse_repeat(sessions: sessionmaker, kind: str, targets: list[str], folder:
         raise JobError(f"job {same} does this already (it is queued or running)", 409)
 
 
+def busy_with_folder(sessions: sessionmaker, folder: str | None) -> int | None:
+    """A queued or running job over this upload folder (its files must stay until it ends)."""
+    if not folder:
+        return None
+    with sessions() as session:
+        return session.scalar(select(Job.id).where(Job.folder == folder, Job.status.in_(("queued", "running")))
+                              .limit(1))
+
+
 def get(sessions: sessionmaker, job_id: int) -> Job | None:
     with sessions() as session:
         job = session.get(Job, job_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.items import BadItemRef, ItemRef
@@ -89,21 +89,25 @@ def owned_copy(layout: DataLayout, path: str) -> Path | None:
 
 
 def remove(session: Session, layout: DataLayout, target: Target) -> Removed:
-    """Delete the rows (faces, objects and labels go with them), then the derived files; commits."""
+    """Delete the rows (faces, objects and labels go with them), then the derived files and our own copies; commits.
+    An image is named by its content, so every catalogued copy of that content goes."""
     row = find(session, target)
     if row is None:
         raise RemovalError(f"no {target.kind} {target.key} in the collection (deleted already?)")
     orphaned = _boxes(session, target)
-    name = row.video_id if isinstance(row, Video) else row.display_name
-    owned = owned_copy(layout, row.path)
-    session.delete(row)
-    session.commit()
     if isinstance(row, Video):
+        rows, name = [row], row.video_id
+    else:
+        rows = list(session.scalars(select(Image).where(Image.content_hash == target.key)))
+        name = ", ".join(r.display_name for r in rows)
+    owned = [p for p in (owned_copy(layout, r.path) for r in rows) if p is not None]
+    for r in rows:
+        session.delete(r)
+    session.commit()
+    if target.kind == "video":
         remove_video_files(layout, target.key)
     else:
-        shared = session.scalar(select(func.count(Image.id)).where(Image.content_hash == target.key))
-        if not shared:
-            (layout.image_feature_dir / f"{target.key}.npy").unlink(missing_ok=True)
-    if owned is not None:
-        owned.unlink(missing_ok=True)
+        (layout.image_feature_dir / f"{target.key}.npy").unlink(missing_ok=True)
+    for path in owned:
+        path.unlink(missing_ok=True)
     return Removed(name, orphaned)

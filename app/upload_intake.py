@@ -21,7 +21,7 @@ from app.jobs import FileResult
 from app.media import classify, file_hash
 from app.models import Image, Video
 from app.paths import DataLayout
-from app.upload_store import Limits, UploadError, used_bytes
+from app.upload_store import Limits, UploadError, declared_size, used_bytes
 
 
 def new_folder(layout: DataLayout) -> tuple[str, Path]:
@@ -108,10 +108,17 @@ def intake(sessions: sessionmaker, layout: DataLayout, user_id: int | None, fold
     if len(files) > limits.max_files:
         raise UploadError(f"{len(files):,} files in one upload; the limit is {limits.max_files:,}", 413)
     results, seen = [], {}
+    used = [used_bytes(layout) if limits.quota else 0]  # once: a refused zip gives its share back
+
+    def over_quota(path: Path) -> bool:
+        if limits.quota and used[0] > limits.quota:
+            used[0] -= path.stat().st_size + declared_size(path)
+            return True
+        return False
+
     with sessions() as session:
         for name, path in files:
-            result = check_file(session, name, path, limits, seen,
-                                lambda: bool(limits.quota) and used_bytes(layout) > limits.quota)
+            result = check_file(session, name, path, limits, seen, lambda p=path: over_quota(p))
             result.reason = jobs.public_text(result.reason.replace(str(path), name), layout)
             if result.status != "waiting":
                 path.unlink(missing_ok=True)
@@ -131,7 +138,9 @@ def discard_unindexed(sessions: sessionmaker, layout: DataLayout, folder: str) -
     from app.archives import archive_dest
 
     root = (layout.uploads_dir / folder).resolve()
-    if not folder or not root.is_relative_to(layout.uploads_dir.resolve()) or not root.is_dir():
+    uploads = layout.uploads_dir.resolve()
+    if not folder or root == uploads or not root.is_relative_to(uploads) or not root.is_dir() or \
+            root.name.startswith("."):
         return []
     removed = []
     with sessions() as session:
@@ -144,6 +153,8 @@ def discard_unindexed(sessions: sessionmaker, layout: DataLayout, folder: str) -
                 used = session.scalar(select(Image.id).where(Image.path == str(path)).limit(1)) or \
                     session.scalar(select(Video.id).where(Video.path == str(path)).limit(1))
             if not used:
+                if path.suffix.lower() == ".zip":  # what the job extracted from it is not kept either
+                    shutil.rmtree(archive_dest(path, layout.archives_dir), ignore_errors=True)
                 path.unlink()
                 removed.append(path.relative_to(root).as_posix())
     return removed

@@ -131,13 +131,13 @@ def used_bytes(layout: DataLayout) -> int:
                     pass
             elif not (path.parent.name == ".partial" and path.suffix == ".part"):
                 try:
-                    total += path.lstat().st_size + (_declared(path) if path.suffix.lower() == ".zip" else 0)
+                    total += path.lstat().st_size + (declared_size(path) if path.suffix.lower() == ".zip" else 0)
                 except OSError:
                     pass
     return total
 
 
-def _declared(archive: Path) -> int:
+def declared_size(archive: Path) -> int:
     """What a zip will take once extracted (its entries' declared sizes), so extraction cannot pass the quota."""
     import zipfile
 
@@ -182,15 +182,18 @@ class PartialUploads:
             raise UploadError(f"'{relpath}' is empty (0 bytes)")
         if length > self.limits.max_file:
             raise UploadError(f"'{relpath}' is {_mb(length)}; the limit is {_mb(self.limits.max_file)} per file", 413)
-        self.expire()
-        if self._open_count(user_id) >= MAX_OPEN_PER_USER:
-            raise UploadError(f"you have {MAX_OPEN_PER_USER} unfinished uploads; finish or delete some first", 429)
-        check_room(self.layout, self.limits, length, f"'{relpath}'")
         self.root.mkdir(parents=True, exist_ok=True)
-        upload_id = secrets.token_urlsafe(18)
-        part, note = self._paths(upload_id)
-        part.touch()
-        note.write_text(json.dumps({"user": user_id, "length": length, "name": relpath, "created": time.time()}))
+        with open(self.root / ".lock", "a") as lock:  # the checks and the reservation, one creation at a time
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.expire()
+            if self._open_count(user_id) >= MAX_OPEN_PER_USER:
+                raise UploadError(f"you have {MAX_OPEN_PER_USER} unfinished uploads; finish or delete some first",
+                                  429)
+            check_room(self.layout, self.limits, length, f"'{relpath}'")
+            upload_id = secrets.token_urlsafe(18)
+            part, note = self._paths(upload_id)
+            part.touch()
+            note.write_text(json.dumps({"user": user_id, "length": length, "name": relpath, "created": time.time()}))
         return upload_id
 
     def _open_count(self, user_id: int) -> int:

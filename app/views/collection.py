@@ -134,7 +134,7 @@ def _api(kind: str, target: str):
 def delete_api(target: str):
     """DELETE here; a GET is the item API's (GET /api/items/<item>), which this rule shadows: it answers as that view
     does, and a name that is no item is a 404 (as without this rule), not a 405."""
-    if request.method == "GET":
+    if request.method != "DELETE":  # GET, and the HEAD Flask adds to every GET rule: never a delete
         from app.items import BadItemRef, ItemRef
         from app.views.api import item as item_view
 

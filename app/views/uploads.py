@@ -282,6 +282,9 @@ def discard_job_files(job_id: int):
     job = _own(_job_or_404(job_id))
     if job.kind != "upload" or job.status not in jobs.FINISHED:
         raise JobError(f"job {job_id} is not an ended upload", 409)
+    busy = jobs.busy_with_folder(services.sessions(), job.folder)
+    if busy is not None or jobs.progress_path(_layout(), job_id).exists() and jobs._alive(job.pid):
+        raise JobError(f"job {busy or job_id} still works on these files; discard them once it has ended", 409)
     from app.upload_intake import discard_unindexed
 
     removed = discard_unindexed(services.sessions(), _layout(), job.folder or "")
@@ -291,7 +294,7 @@ def discard_job_files(job_id: int):
 def _source_name(name: str) -> str:
     """The uploaded file a result row stands for: an entry 'photos.zip/img.jpg' comes from 'photos.zip'."""
     head, sep, _ = name.partition(".zip/")
-    return head + ".zip" if sep else name
+    return head + ".zip" if sep else name  # (a folder named like a zip keeps its file's own name: see retry_job)
 
 
 @bp.post("/api/jobs/<int:job_id>/retry")
@@ -305,7 +308,8 @@ def retry_job(job_id: int):
     if job.kind == "upload":
         folder = _layout().uploads_dir / (job.folder or "")
         whole = job.status != "done"  # a failed or cancelled job runs again over all its files (indexed: unchanged)
-        names = sorted({_source_name(f["name"]) for f in files if whole or f["status"] == "failed"})
+        names = sorted({_source_name(f["name"]) if (folder / _source_name(f["name"])).is_file() else f["name"]
+                        for f in files if whole or f["status"] == "failed"})
         names = [n for n in names if (folder / n).is_file()]
         if not names:
             raise JobError("nothing to retry: no failed file of this job is still on the server (refused files are "

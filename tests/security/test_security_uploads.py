@@ -210,3 +210,56 @@ def test_lying_extensions_of_images_are_caught_at_intake(hostile):
     assert r.status_code == 202
     assert "not an image" in result(r.get_json(), "movie.jpg")[1]
     assert "still image" in result(r.get_json(), "pic.mp4")[1]
+
+
+def test_second_attack_head_never_deletes_and_an_image_goes_with_every_copy(hostile):
+    """Second attack, findings 1 and 2: HEAD on /api/items/<target> (Flask adds HEAD to GET rules) queued a delete
+    without a CSRF check; deleting an image named by its content left the other copies of that content."""
+    from app import jobs
+
+    client = hostile["app"].test_client()
+    listing = client.get("/api/collection").get_json()
+    ref = listing["images"][0]["ref"]
+    before = len(jobs.listing(hostile["app"].extensions["sessions"]))
+    r = client.head(f"/api/items/{ref}", headers=tus(hostile))
+    assert r.status_code == 200 and len(jobs.listing(hostile["app"].extensions["sessions"])) == before
+    from app.models import Image
+    from app.paths import DataLayout
+    from app.removal import Target, remove
+
+    sessions = hostile["app"].extensions["sessions"]
+    with sessions() as session:
+        original = session.query(Image).filter(Image.content_hash == ref[6:]).one()
+        session.add(Image(path=original.path + ".copy", content_hash=original.content_hash, size=original.size,
+                          mtime_ns=original.mtime_ns, width=original.width, height=original.height, name="copy"))
+        session.commit()
+        removed = remove(session, DataLayout.from_data_dir(hostile["data"]), Target.parse(ref))
+        assert "copy" in removed.name
+        assert session.query(Image).filter(Image.content_hash == ref[6:]).count() == 0
+    assert Path(original.path).exists()  # the user's own file is never touched
+
+
+def test_second_attack_concurrent_creations_keep_the_quota(hostile):
+    """Second attack, finding 3: parallel creations each passed the quota check before any reserved its space."""
+    import threading
+
+    from app import create_app
+
+    small = create_app({"DATA_DIR": str(hostile["data"]), "DATABASE_URL": hostile["url"], "TESTING": True,
+                        "UPLOAD_QUOTA_MB": str(_used_mb(hostile) + 10)})
+    codes: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def one(i: int) -> None:
+        client = small.test_client()
+        barrier.wait()
+        r = client.post("/api/uploads/tus", headers={**tus(hostile, "bob"), "Upload-Length": str(6 * 1024 * 1024),
+                                                      "Upload-Metadata": f"relativePath {b64(f'r{i}.mp4')}"})
+        codes.append(r.status_code)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(codes) == [201] + [507] * 7, codes

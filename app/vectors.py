@@ -307,7 +307,11 @@ def relink_generation(index_dir: Path, source: Path, meta: dict) -> str:
 
 def _new_folder(index_dir: Path) -> tuple[str, Path]:
     index_dir.mkdir(parents=True, exist_ok=True)
-    generation = f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 1_000_000_000:09d}"
+    # seconds and nanoseconds from one reading of the clock: read apart, a generation made just after a second's
+    # boundary could take the earlier second and sort before the one made just before it (newest-first order is
+    # how a damaged generation falls back and which old ones are removed)
+    now = time.time_ns()
+    generation = f"{time.strftime('%Y%m%dT%H%M%S', time.localtime(now // 1_000_000_000))}-{now % 1_000_000_000:09d}"
     tmp = index_dir / f".{generation}.tmp"
     tmp.mkdir()
     return generation, tmp

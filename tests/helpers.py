@@ -30,6 +30,17 @@ def offline_main(capsys, *args: str):
     return subprocess.CompletedProcess(list(args), code, out, err)
 
 
+def run_together(work, n: int) -> None:
+    """work(0) ... work(n-1), each in its own thread, all started before any is waited for (races on purpose)."""
+    import threading
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def catalogue_counts(data_dir: Path) -> dict[str, int]:
     engine = create_engine(db_url(data_dir))
     with Session(engine) as s:

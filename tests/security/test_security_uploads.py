@@ -244,6 +244,7 @@ def test_second_attack_concurrent_creations_keep_the_quota(hostile):
     import threading
 
     from app import create_app
+    from tests.helpers import run_together
 
     small = create_app({"DATA_DIR": str(hostile["data"]), "DATABASE_URL": hostile["url"], "TESTING": True,
                         "UPLOAD_QUOTA_MB": str(_used_mb(hostile) + 10)})
@@ -257,9 +258,5 @@ def test_second_attack_concurrent_creations_keep_the_quota(hostile):
                                                       "Upload-Metadata": f"relativePath {b64(f'r{i}.mp4')}"})
         codes.append(r.status_code)
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together(one, 8)
     assert sorted(codes) == [201] + [507] * 7, codes

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_jobs_processes import call, upload, wait_job  # noqa: E402
+from tests.test_jobs_processes import call, send, upload, wait_job  # noqa: E402
 
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 TINY_CONFIG = ROOT / "tests" / "data" / "framefinder-tiny.json"
@@ -66,25 +66,9 @@ def minute_video(folder: Path) -> Path:
 
 def throughput(base: str, token: str, megabytes: int) -> float:
     """MB/s of a tus upload of `megabytes` random bytes in 8 MB chunks with SHA-256 (terminated after, no job)."""
-    import base64
-    import hashlib
-
     data = os.urandom(megabytes * 1024 * 1024)
-    meta = "relativePath " + base64.b64encode(b"throughput.mp4").decode()
     start = time.perf_counter()
-    status, headers, _ = call("POST", f"{base}/api/uploads/tus", token,
-                              headers={"Upload-Length": str(len(data)), "Upload-Metadata": meta})
-    assert status == 201
-    location = base + headers["Location"]
-    offset = 0
-    while offset < len(data):
-        chunk = data[offset:offset + CHUNK]
-        digest = base64.b64encode(hashlib.sha256(chunk).digest()).decode()
-        status, headers, body = call("PATCH", location, token, chunk,
-                                     {"Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream",
-                                      "Upload-Checksum": f"sha256 {digest}"})
-        assert status == 204, body
-        offset = int(headers["Upload-Offset"])
+    location = send(base, token, "throughput.mp4", data, chunk=CHUNK, checksum=True)
     seconds = time.perf_counter() - start
     call("DELETE", location, token)
     return megabytes / seconds

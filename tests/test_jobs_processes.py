@@ -81,23 +81,32 @@ def call(method: str, url: str, token: str, data: bytes | None = None, headers: 
         return exc.code, dict(exc.headers), json.loads(body) if body[:1] == b"{" else body
 
 
+def send(base: str, token: str, name: str, data: bytes, chunk: int = 256 * 1024, checksum: bool = False) -> str:
+    """One file through tus in chunks (with each chunk's SHA-256 when `checksum`, as the upload page sends them);
+    returns the upload's address."""
+    import hashlib
+
+    meta = "relativePath " + base64.b64encode(name.encode()).decode()
+    status, headers, _ = call("POST", f"{base}/api/uploads/tus", token,
+                              headers={"Upload-Length": str(len(data)), "Upload-Metadata": meta})
+    assert status == 201
+    location = base + headers["Location"]
+    offset = 0
+    while offset < len(data):
+        piece = data[offset:offset + chunk]
+        extra = {"Upload-Checksum": "sha256 " + base64.b64encode(hashlib.sha256(piece).digest()).decode()} \
+            if checksum else {}
+        status, headers, body = call("PATCH", location, token, piece,
+                                     {"Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream",
+                                      **extra})
+        assert status == 204, body
+        offset = int(headers["Upload-Offset"])
+    return location
+
+
 def upload(base: str, token: str, files: dict[str, bytes], chunk: int = 256 * 1024) -> int:
     """Each file through tus in chunks, then one job; returns its id."""
-    ids = []
-    for name, data in files.items():
-        meta = "relativePath " + base64.b64encode(name.encode()).decode()
-        status, headers, _ = call("POST", f"{base}/api/uploads/tus", token,
-                                  headers={"Upload-Length": str(len(data)), "Upload-Metadata": meta})
-        assert status == 201
-        location = base + headers["Location"]
-        offset = 0
-        while offset < len(data):
-            status, headers, body = call("PATCH", location, token, data[offset:offset + chunk],
-                                         {"Upload-Offset": str(offset),
-                                          "Content-Type": "application/offset+octet-stream"})
-            assert status == 204, body
-            offset = int(headers["Upload-Offset"])
-        ids.append(location.rsplit("/", 1)[1])
+    ids = [send(base, token, name, data, chunk).rsplit("/", 1)[1] for name, data in files.items()]
     status, _, body = call("POST", f"{base}/api/uploads", token, json.dumps({"uploads": ids}).encode(),
                            {"Content-Type": "application/json"})
     assert status == 202, body

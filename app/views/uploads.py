@@ -76,12 +76,21 @@ def refused(exc: UploadError | JobError):
     return response
 
 
-def job_json(job, with_ahead: bool = False) -> dict:
-    """A job as the API and the pages show it (live progress included; how many jobs are before it)."""
+def job_json(job, with_ahead: bool = False, caught_up: bool = False) -> dict:
+    """A job as the API and the pages show it (live progress included; how many jobs are before it). A done job's
+    items are searchable when it says so: the served index catches up first (once per listing: `caught_up`)."""
     ahead = jobs.ahead_of(services.sessions(), job.id) if with_ahead else None
-    if job.status == "done":
-        services.collection().catch_up()  # its items are searchable when the job says done
+    if job.status == "done" and not caught_up:
+        services.collection().catch_up()
     return jobs.as_json(job, ahead, _layout())
+
+
+def jobs_json(limit: int = 100) -> list[dict]:
+    """The newest jobs as the API and pages show them; the served index catches up once for the whole listing."""
+    listing = jobs.listing(services.sessions(), limit)
+    if any(j.status == "done" for j in listing):
+        services.collection().catch_up()
+    return [job_json(j, caught_up=True) for j in listing]
 
 
 def _tus_headers(response: Response) -> Response:
@@ -103,7 +112,7 @@ def _number(name: str) -> int | None:
 @require_uploader
 def page():
     return render_template("upload.html", limits=_limits(), max_chunk=8 * 1024 * 1024,
-                           recent=[job_json(j) for j in jobs.listing(services.sessions(), 10)])
+                           recent=jobs_json(10))
 
 
 @bp.route("/api/uploads/tus", methods=["OPTIONS"])
@@ -228,7 +237,7 @@ def create_job():
 @bp.get("/jobs")
 @require_uploader
 def jobs_page():
-    return render_template("jobs.html", jobs=[job_json(j) for j in jobs.listing(services.sessions())])
+    return render_template("jobs.html", jobs=jobs_json())
 
 
 def _own(job):
@@ -257,7 +266,7 @@ def job_page(job_id: int):
 @bp.get("/api/jobs")
 @require_uploader
 def jobs_api():
-    return jsonify({"jobs": [job_json(j) for j in jobs.listing(services.sessions())]})
+    return jsonify({"jobs": jobs_json()})
 
 
 @bp.get("/api/jobs/<int:job_id>")

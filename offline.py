@@ -45,7 +45,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_index_args(p: argparse.ArgumentParser, data_dir_help: str | None = None) -> None:
-    _add_settings_args(p, "device", "model_config", data_dir_help=data_dir_help)
+    _add_settings_args(p, "device", "model_config", "asr_language", data_dir_help=data_dir_help)
     _add_model_args(p)
     p.add_argument("--index", dest="index_type", default="auto", choices=["auto", "flat", "ivf", "hnsw", "ivfpq"],
                    help=f"FAISS index type (default: auto: exact below {EXACT_BELOW:,} vectors, IVF-Flat while "
@@ -96,6 +96,20 @@ def _add_index_args(p: argparse.ArgumentParser, data_dir_help: str | None = None
     p.add_argument("--hierarchy", type=Path, default=None, metavar="FILE",
                    help="a YAML or JSON file of label parents (e.g. shirt: top, top: clothing); default: COCO's "
                         "supercategories")
+    ocr = p.add_mutually_exclusive_group()
+    ocr.add_argument("--ocr", dest="ocr", action="store_true", default=None,
+                     help="read on-screen text in every keyframe and image (default: on when the OCR model loads)")
+    ocr.add_argument("--no-ocr", dest="ocr", action="store_false", help="no OCR")
+    p.add_argument("--ocr-model", default=None, metavar="DIR",
+                   help="PP-OCR ONNX models to use instead of RapidOCR's shipped PP-OCRv4: a folder holding det.onnx, "
+                        "rec.onnx, keys.txt and optionally cls.onnx")
+    asr = p.add_mutually_exclusive_group()
+    asr.add_argument("--asr", dest="asr", action="store_true", default=None,
+                     help="transcribe the speech of every video (default: on when the speech model loads)")
+    asr.add_argument("--no-asr", dest="asr", action="store_false", help="no speech recognition")
+    p.add_argument("--asr-model", default=None, metavar="PATH",
+                   help="a faster-whisper (CTranslate2) Whisper model folder; default: PocketSphinx's shipped US "
+                        "English model (needs `pip install faster-whisper`)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--verbose", action="store_true", help="log each step (staged, committed, published) per video")
 
@@ -163,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Runs a job the server's worker has claimed (server.py starts these itself); "
                                        "its progress and per-file results go to the job's page.")
     p_job.add_argument("job_id", type=int, metavar="JOB_ID")
-    _add_settings_args(p_job, "device", "model_config")
+    _add_settings_args(p_job, "device", "model_config", "asr_language")
     return parser
 
 
@@ -180,7 +194,8 @@ def _options(args: argparse.Namespace, settings):
                         faces_redo=args.faces_redo, concepts=args.concepts, vocabulary=args.vocabulary,
                         objects=args.objects, detector=args.detector, detector_weights=args.detector_weights,
                         object_threshold=args.object_threshold, hierarchy=args.hierarchy,
-                        progress=False if args.no_progress else None)
+                        ocr=args.ocr, ocr_model=args.ocr_model, asr=args.asr, asr_model=args.asr_model,
+                        asr_language=settings.asr_language, progress=False if args.no_progress else None)
 
 
 def _report(summary) -> int:
@@ -215,7 +230,8 @@ def cmd_job(args: argparse.Namespace) -> int:
     register_model_configs(settings.model_config)
     layout = settings.layout
     sessions = open_database(settings.database_url, layout.data_dir)
-    return run_job(sessions, layout, args.job_id, IndexOptions(device=settings.device, progress=False))
+    return run_job(sessions, layout, args.job_id, IndexOptions(device=settings.device, progress=False,
+                                                               asr_language=settings.asr_language))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -405,11 +421,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    from app.asr import AsrUnavailable
     from app.encoders import WeightsUnavailable
     from app.face_ingest import FaceModelMismatch
     from app.face_model import FaceModelUnavailable
     from app.indexer import CollectionBusy, ModelMismatch
     from app.objects import DetectorUnavailable
+    from app.ocr import OcrUnavailable
 
     try:
         if args.command == "index":
@@ -424,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_job(args)
         return cmd_demo(args)
     except (WeightsUnavailable, ModelMismatch, CollectionBusy, FaceModelUnavailable, FaceModelMismatch,
-            DetectorUnavailable, ValueError) as exc:
+            DetectorUnavailable, OcrUnavailable, AsrUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a broken data dir gets a sentence; anything else re-raises

@@ -17,6 +17,7 @@ from app.numbers import MAX_ID
 from app.paths import PROJECT_ROOT
 from app.settings import FIELDS, Settings
 from app.vectors import IndexDamaged
+from app.words import highlight
 
 csrf = CSRFProtect()
 
@@ -69,6 +70,7 @@ def create_app(config: dict | None = None, settings: Settings | None = None) -> 
     app.add_template_filter(item_label)
     app.add_template_filter(weights_name)
     app.add_template_filter(filesize)
+    app.add_template_filter(highlight)
     from app.views.auth import can_upload
 
     app.jinja_env.globals["can_upload"] = can_upload

@@ -20,6 +20,7 @@ from app import metrics
 from app.baselines import TorchvisionEncoder, is_baseline
 from app.collection import Snapshot
 from app.evaluation import Config, EvalResult, Progress, baseline_features, evaluate, json_safe
+from app.fusion import has_words, pinned_ranking
 from app.groundtruth import PROTOCOL_HELP, GroundTruth
 from app.models import EvaluationRun
 from app.paths import DataLayout
@@ -115,7 +116,11 @@ def execute(layout: DataLayout, sessions: sessionmaker, snap: Snapshot, gt: Grou
             features = baseline_features(encoder, snap, layout)
         else:
             encoder = clip_encoder_factory()
-        result = evaluate(gt, snap, layout, encoder, config, protocol, queries_dir, features, progress)
+        words = None
+        if features is None and gt.format == "moments" and has_words(sessions):  # text queries as the search box
+            words = pinned_ranking(snap, sessions, encoder)
+            config.index_type = f"{config.index_type} + words"
+        result = evaluate(gt, snap, layout, encoder, config, protocol, queries_dir, features, progress, words)
     finish(sessions, run_id, result)
     return run_id, result
 

@@ -385,8 +385,9 @@ def checked_depth(depth: object) -> int | None:
 
 def evaluate(gt: GroundTruth, snap: Snapshot, layout: DataLayout, encoder, config: Config,
              protocol: str | None = None, queries_dir: Path | None = None, features: np.ndarray | None = None,
-             progress: Progress | None = None) -> EvalResult:
-    """Run every query of `gt` against the collection and score it."""
+             progress: Progress | None = None, words=None) -> EvalResult:
+    """Run every query of `gt` against the collection and score it. `words(text, depth)`, when given, ranks a text
+    query as the search box does (pictures and words fused, app.fusion)."""
     protocol = protocol or gt.protocols[0]
     if protocol not in gt.protocols:
         raise GroundTruthError(f"protocol '{protocol}' does not apply to a {gt.format} set "
@@ -401,12 +402,14 @@ def evaluate(gt: GroundTruth, snap: Snapshot, layout: DataLayout, encoder, confi
     depth = depth or (size if size <= FULL_RANKING_UP_TO else DEFAULT_DEPTH)
     records = []
     for i, q in enumerate(gt.queries):
-        if q.text is not None:
-            vec = encoder.encode_text([q.text])
-        else:
-            vec = encoder.encode_images([query_image(prep.query_files[q.qid], q.box)])
         # deep enough that `depth` items remain once the never-ranked rows (and the query itself) are left out
-        rows, scores = ranker.rank(vec, min(size, depth + prep.outside + (1 if q.exclude_self else 0)))
+        wanted = min(size, depth + prep.outside + (1 if q.exclude_self else 0))
+        if q.text is not None and words is not None:
+            rows, scores = words(q.text, wanted)
+        else:
+            vec = encoder.encode_text([q.text]) if q.text is not None else \
+                encoder.encode_images([query_image(prep.query_files[q.qid], q.box)])
+            rows, scores = ranker.rank(vec, wanted)
         records.append(score_query(gt, q, rows, scores, prep, snap, depth))
         if progress:
             progress(i + 1, len(gt.queries))

@@ -88,6 +88,11 @@ class IndexOptions:
     object_threshold: float = 0.5  # detections below this score are not kept
     hierarchy: Path | None = None  # a YAML or JSON file of label parents; None: COCO's supercategories
     listener: ProgressListener | None = None  # hears stage counts and per-file outcomes (a job's page)
+    ocr: bool | None = None  # on-screen text of keyframes and images (app.ocr); None: when the OCR model loads
+    ocr_model: str | None = None  # None: RapidOCR's shipped PP-OCRv4; a folder of PP-OCR ONNX models
+    asr: bool | None = None  # speech of videos (app.asr); None: when the speech model loads
+    asr_model: str | None = None  # None: PocketSphinx's shipped English; a faster-whisper model folder
+    asr_language: str = "en"
 
 
 @dataclass
@@ -107,13 +112,16 @@ class RunSummary:
     faces: str = ""  # what the face pass did, when it ran
     concepts: str = ""  # what the concept pass did
     objects: str = ""  # what the object pass did
+    ocr: str = ""  # what the OCR pass did
+    speech: str = ""  # what the speech pass did
 
     def line(self) -> str:
         return (f"files seen {self.seen}, added {self.added}, updated {self.updated}, "
                 f"unchanged {self.unchanged}, skipped {len(self.skipped)}, failed {len(self.failed)}, "
                 f"pruned {self.pruned}, keyframes {self.keyframes}, images {self.images}, "
                 f"index {self.index_size} vectors, {self.seconds:.1f} s"
-                + "".join(f"\n{line}" for line in (self.concepts, self.objects, self.faces) if line))
+                + "".join(f"\n{line}" for line in (self.concepts, self.objects, self.faces, self.ocr, self.speech)
+                          if line))
 
 
 @contextmanager
@@ -217,9 +225,10 @@ class Indexer:
     """One run over a list of paths. Construct, then `run()`."""
 
     def __init__(self, layout: DataLayout, session: Session, encoder: ClipEncoder, options: IndexOptions,
-                 face_model=None, detector=None) -> None:
+                 face_model=None, detector=None, ocr_model=None, speech_model=None) -> None:
         self.face_model = face_model  # None: no face pass
         self.detector = detector  # None: no object pass
+        self.ocr_model, self.speech_model = ocr_model, speech_model  # None: no OCR, no speech pass
         self.layout = layout
         self.session = session
         self.encoder = encoder
@@ -262,6 +271,10 @@ class Indexer:
                 self._objects()
             if self.face_model is not None:
                 self._faces()
+            if self.ocr_model is not None:
+                self._ocr()
+            if self.speech_model is not None:
+                self._speech()
         finally:
             self.progress.close()
         self.summary.seconds = time.monotonic() - start
@@ -471,7 +484,7 @@ class Indexer:
             atomic.save_npy(self.layout.image_feature_dir / f"{state.content_hash}.npy", vec)
             row = existing or Image(path=str(path))
             if row.content_hash != state.content_hash:  # other pixels: faces and objects are found again
-                row.faces_model = row.objects_model = row.concepts_vocab = None
+                row.faces_model = row.objects_model = row.concepts_vocab = row.ocr_model = None
             row.content_hash, row.size, row.mtime_ns = state.content_hash, state.size, state.mtime_ns
             row.name = self._names.get(path) or path.name
             row.width, row.height = rgb.size
@@ -523,6 +536,22 @@ class Indexer:
         people = recluster(self.session, model.match_threshold) if faces.pictures or self.options.retrain else None
         self.summary.faces = f"{faces.line()}; face index {size} vectors" + (f"; {people.line()}" if people else "")
 
+    def _ocr(self) -> None:
+        """On-screen text of every keyframe and image not yet read by this OCR model."""
+        from app.text_ingest import OcrPass
+
+        found = OcrPass(self.session, self.layout, self.ocr_model, self.progress).run()
+        self.summary.failed.extend(found.failed)
+        self.summary.ocr = found.line("ocr")
+
+    def _speech(self) -> None:
+        """Speech of every video not yet transcribed by this speech model."""
+        from app.text_ingest import SpeechPass
+
+        found = SpeechPass(self.session, self.speech_model, self.progress).run()
+        self.summary.failed.extend(found.failed)
+        self.summary.speech = found.line("asr")
+
     def _refresh_index(self) -> None:
         self.summary.index_size, self.summary.index_rebuilt = refresh_index(
             self.session, self.layout, self.encoder.identity, self.encoder.dim, self.options.index_type,
@@ -568,6 +597,32 @@ def _detector(session: Session, options: IndexOptions, device: str):
     return detector, ""
 
 
+def _word_models(options: IndexOptions) -> tuple:
+    """The OCR and speech models of this run, loaded before any work: (ocr or None, speech or None). Named by hand
+    (--ocr-model, --asr-model, --ocr, --asr) a model must load, else the run stops here with the reason; by default
+    a model that does not load here is left out with a warning."""
+    from app.asr import AsrUnavailable, load_speech_model
+    from app.ocr import OcrUnavailable, load_ocr_model
+
+    loaded = []
+    for wanted, spec, load, unavailable, what in (
+            (options.ocr, options.ocr_model, load_ocr_model, OcrUnavailable, "on-screen text"),
+            (options.asr, options.asr_model, lambda s: load_speech_model(s, options.asr_language), AsrUnavailable,
+             "speech")):
+        if wanted is False:
+            loaded.append(None)
+            continue
+        try:
+            loaded.append(load(spec))
+        except unavailable as exc:
+            if wanted is None and spec is None:
+                log.warning("%s: not read (%s)", what, exc)
+                loaded.append(None)
+                continue
+            raise
+    return tuple(loaded)
+
+
 def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, session_factory,
               encoder: ClipEncoder | None = None) -> RunSummary:
     """Everything `offline.py index` does, with the checks made before any work."""
@@ -589,6 +644,7 @@ def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, sess
         face_model = _face_model(session, options)
         device = encoder.device if encoder is not None else resolve_device(options.device)
         detector, no_objects = _detector(session, options, device)
+        ocr_model, speech_model = _word_models(options)
         if encoder is None:
             encoder = ClipEncoder(model, pretrained, options.device, options.batch_size)
         check_fingerprint(session, encoder)
@@ -597,7 +653,8 @@ def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, sess
         session.add(run)
         session.commit()
         try:
-            summary = Indexer(layout, session, encoder, options, face_model, detector).run(paths)
+            summary = Indexer(layout, session, encoder, options, face_model, detector, ocr_model,
+                              speech_model).run(paths)
             summary.objects = summary.objects or no_objects
         except BaseException:
             session.rollback()

@@ -58,6 +58,8 @@ class Video(Base):
     faces_model: Mapped[str | None] = mapped_column(String(64), nullable=True)  # which model found its faces
     objects_model: Mapped[str | None] = mapped_column(String(64), nullable=True)  # which detector found its objects
     concepts_vocab: Mapped[str | None] = mapped_column(String(64), nullable=True)  # which vocabulary labelled it
+    ocr_model: Mapped[str | None] = mapped_column(String(64), nullable=True)  # which OCR model read its keyframes
+    asr_model: Mapped[str | None] = mapped_column(String(64), nullable=True)  # which speech model transcribed it
 
     shots: Mapped[list[Shot]] = relationship(back_populates="video", cascade="all, delete-orphan",
                                              passive_deletes=True, order_by="Shot.shot")
@@ -122,6 +124,7 @@ class Image(Base):
     faces_model: Mapped[str | None] = mapped_column(String(64), nullable=True)  # which model found its faces
     objects_model: Mapped[str | None] = mapped_column(String(64), nullable=True)  # which detector found its objects
     concepts_vocab: Mapped[str | None] = mapped_column(String(64), nullable=True)  # which vocabulary labelled it
+    ocr_model: Mapped[str | None] = mapped_column(String(64), nullable=True)  # which OCR model read it
 
     @property
     def ref(self) -> ItemRef:
@@ -377,6 +380,36 @@ class ConceptLabel(Base):
     score: Mapped[float] = mapped_column(Float)
     rank: Mapped[int] = mapped_column(Integer)
     vocabulary: Mapped[str] = mapped_column(String(64))
+
+
+class TextLine(Base):
+    """Words found in the collection: an OCR line on a keyframe or an image (its box as fractions of the picture),
+    or a stretch of speech in a video (start and end in seconds, each word's times in `words_json`). `folded` is
+    what the full-text index holds (app.words.fold); the index itself is made by migration 0009."""
+
+    __tablename__ = "text_lines"
+    __table_args__ = {"sqlite_autoincrement": True}  # the FTS5 table names lines by id
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(8))  # ocr | asr
+    keyframe_id: Mapped[int | None] = mapped_column(ForeignKey("keyframes.id", ondelete="CASCADE"), index=True,
+                                                    nullable=True)
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True,
+                                                 nullable=True)
+    video_pk: Mapped[int | None] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True,
+                                                 nullable=True)
+    shot_id: Mapped[int | None] = mapped_column(ForeignKey("shots.id", ondelete="SET NULL"), nullable=True)
+    text: Mapped[str] = mapped_column(Text)
+    folded: Mapped[str] = mapped_column(Text)
+    confidence: Mapped[float] = mapped_column(Float)
+    x: Mapped[float | None] = mapped_column(Float, nullable=True)
+    y: Mapped[float | None] = mapped_column(Float, nullable=True)
+    w: Mapped[float | None] = mapped_column(Float, nullable=True)
+    h: Mapped[float | None] = mapped_column(Float, nullable=True)
+    start_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    end_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    words_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    model: Mapped[str] = mapped_column(String(64))
 
 
 class Job(Base):

@@ -7,9 +7,9 @@ from typing import Protocol
 
 from tqdm import tqdm
 
-STAGES = ("decode", "shots", "keyframes", "features", "index", "concepts", "objects", "faces")
+STAGES = ("decode", "shots", "keyframes", "features", "index", "concepts", "objects", "faces", "ocr", "speech")
 UNITS = {"decode": "frame", "shots": "frame", "keyframes": "kf", "features": "vec", "index": "vec",
-         "concepts": "item", "objects": "pic", "faces": "pic"}
+         "concepts": "item", "objects": "pic", "faces": "pic", "ocr": "pic", "speech": "s"}
 
 
 class ProgressListener(Protocol):

@@ -27,8 +27,16 @@ class QueryError(ValueError):
 @dataclass
 class Hit:
     row: int
-    score: float
+    score: float  # cosine with the picture query; for a words-only query, the fused score scaled to 0..1
     entry: Entry
+    why: list[dict] = field(default_factory=list)  # the matched OCR lines or speech (app.text_search.why_of)
+    time: float | None = None  # speech: when the matched words were said (else the keyframe's time)
+    fused: float | None = None  # reciprocal rank fusion score scaled to 0..1, when words took part
+
+    @property
+    def moment(self) -> float | None:
+        """The second this hit stands for: when its words were said, else its keyframe's time."""
+        return self.time if self.time is not None else self.entry.pts_time
 
 
 @dataclass
@@ -53,6 +61,8 @@ class Options:
     group_by_video: bool = False
     collapse_shots: bool = False
     index_params: dict | None = None  # per-query nprobe / efSearch / rerank overrides
+    picture_weight: float = 1.0  # reciprocal rank fusion: weight of the CLIP ranking
+    words_weight: float = 1.0  # and of the words ranking (OCR and speech)
 
 
 @dataclass
@@ -188,21 +198,35 @@ class Searcher:
 
     def search(self, query: np.ndarray, opts: Options, outcome: Outcome) -> Outcome:
         snap = self._snapshot()
-        if opts.video and not snap.has_video(opts.video):
-            outcome.notices.append(f"There is no video '{opts.video[:100]}' in the collection (video ids are file "
-                                   f"names without extension, as results show them).")
+        self.check_video(snap, opts, outcome)
         t0 = time.perf_counter()
         fetch = min(snap.bundle.size, opts.k * (4 if opts.collapse_shots else 1))
         scores, rows = vectors.search(snap.bundle, query, fetch, self._allowed(snap, opts), opts.index_params)
         outcome.timing_ms["search"] = (time.perf_counter() - t0) * 1000
         hits = [Hit(int(r), float(s), snap.entry(int(r))) for s, r in zip(scores[0], rows[0], strict=True)
                 if r >= 0 and snap.visible(int(r))]
-        videos = {h.entry.video_id for h in hits if h.entry.video_id is not None}
-        if videos:  # a re-index may be switching a video's files right now: its hits wait for the next generation
-            settled = self.collection.settled(snap, videos)
-            hits = [h for h in hits if h.entry.video_id is None or h.entry.video_id in settled]
-        outcome.hits = self._shape(hits, opts, outcome)
+        outcome.hits = self._shape(self.settled_hits(snap, hits), opts, outcome)
         return outcome
+
+    @staticmethod
+    def check_video(snap: Snapshot, opts: Options, outcome: Outcome) -> None:
+        if opts.video and not snap.has_video(opts.video):
+            outcome.notices.append(f"There is no video '{opts.video[:100]}' in the collection (video ids are file "
+                                   f"names without extension, as results show them).")
+
+    def settled_hits(self, snap: Snapshot, hits: list[Hit]) -> list[Hit]:
+        """A re-index may be switching a video's files right now: its hits wait for the next generation."""
+        videos = {h.entry.video_id for h in hits if h.entry.video_id is not None}
+        if not videos:
+            return hits
+        settled = self.collection.settled(snap, videos)
+        return [h for h in hits if h.entry.video_id is None or h.entry.video_id in settled]
+
+    def search_text(self, text: str, opts: Options, outcome: Outcome) -> Outcome:
+        """Words and picture together (app.fusion): what the search box runs for text."""
+        from app.fusion import search_text
+
+        return search_text(self, text, opts, outcome)
 
     def _shape(self, hits: list[Hit], opts: Options, outcome: Outcome) -> list[Hit]:
         if opts.collapse_shots:
@@ -217,7 +241,7 @@ class Searcher:
         hits = hits[:opts.k]
         if opts.min_score > 0 and hits:
             floor = opts.min_score / 100 * (hits[0].score if opts.relative else 1.0)
-            passed = [h for h in hits if h.score >= floor]
+            passed = [h for h in hits if h.score >= floor or h.why]  # the slider is for pictures; words matched
             outcome.filtered_out = not passed
             hits = passed
         if opts.group_by_video:
@@ -227,8 +251,11 @@ class Searcher:
             hits = sorted(hits, key=lambda h: order[h.entry.video_id or h.entry.name])
         return hits
 
-    def sequence(self, queries: list[np.ndarray], max_gap_s: float, opts: Options, outcome: Outcome) -> Outcome:
-        """Event A then event B (then C...) in one video, each within max_gap_s of the previous."""
+    def sequence(self, queries: list[np.ndarray | str], max_gap_s: float, opts: Options,
+                 outcome: Outcome) -> Outcome:
+        """Event A then event B (then C...) in one video, each within max_gap_s of the previous. An event is a
+        vector (CLIP alone) or the search box's text (words and picture, app.fusion); a spoken event's moment is
+        when its words were said."""
         if len(queries) < 2:
             raise QueryError("a sequence needs at least two events")
         if not 0 < max_gap_s <= 3600:
@@ -237,22 +264,23 @@ class Searcher:
         wide = Options(k=min(MAX_K * 2, max(opts.k * 10, 200)), video=opts.video, folder=opts.folder,
                        label=opts.label, person=opts.person, objects=opts.objects)
         t0 = time.perf_counter()
-        for vec in queries:
-            found = self.search(vec, wide, Outcome()).hits
+        for query in queries:
+            found = (self.search_text(query, wide, outcome) if isinstance(query, str)
+                     else self.search(query, wide, Outcome())).hits
             per_event.append([h for h in found if h.entry.video_id is not None])
-        chains: list[Moment] = [Moment(h.entry.video_id, [h], h.score) for h in per_event[0]]
+            outcome.hits = []
+        chains: list[Moment] = [Moment(h.entry.video_id, [h], _strength(h)) for h in per_event[0]]
         for hits in per_event[1:]:
             by_video: dict[str, list[Hit]] = {}
             for h in hits:
                 by_video.setdefault(h.entry.video_id, []).append(h)
             extended = []
             for chain in chains:
-                t_prev = chain.hits[-1].entry.pts_time
-                nexts = [h for h in by_video.get(chain.video_id, [])
-                         if t_prev < h.entry.pts_time <= t_prev + max_gap_s]
+                t_prev = chain.hits[-1].moment
+                nexts = [h for h in by_video.get(chain.video_id, []) if t_prev < h.moment <= t_prev + max_gap_s]
                 if nexts:
-                    best = max(nexts, key=lambda h: h.score)
-                    extended.append(Moment(chain.video_id, chain.hits + [best], chain.score + best.score))
+                    best = max(nexts, key=_strength)
+                    extended.append(Moment(chain.video_id, chain.hits + [best], chain.score + _strength(best)))
             chains = extended
         chains.sort(key=lambda m: -m.score)
         used: set[int] = set()
@@ -265,3 +293,8 @@ class Searcher:
         outcome.moments = distinct[:opts.k]
         outcome.timing_ms["search"] = (time.perf_counter() - t0) * 1000
         return outcome
+
+
+def _strength(hit: Hit) -> float:
+    """How well a hit answers its event: the fused score (0..1) when words took part, else the cosine."""
+    return hit.fused if hit.fused is not None else hit.score

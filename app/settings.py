@@ -53,6 +53,8 @@ FIELDS: tuple[Field, ...] = (
           "most files one collection upload may hold (a zip's entries count)", (1, 1_000_000)),
     Field("upload_quota_mb", "FRAMEFINDER_UPLOAD_QUOTA_MB", 0, int,
           "most space uploaded files may take in the data dir, in MB (0: the disk is the limit)", (0, 1_000_000_000)),
+    Field("asr_language", "FRAMEFINDER_ASR_LANGUAGE", "en", str,
+          "language spoken in the videos, for speech recognition (en, vi, ...; auto: Whisper guesses)"),
 )
 _BY_NAME = {f.name: f for f in FIELDS}
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -139,6 +141,7 @@ class Settings:
     upload_max_file_mb: int = 4096
     upload_max_files: int = 1000
     upload_quota_mb: int = 0
+    asr_language: str = "en"
     source: dict[str, str] = field(default_factory=dict, compare=False)  # where each value came from
     extra: dict[str, object] = field(default_factory=dict, compare=False)  # other Flask keys of the instance file
 

@@ -55,6 +55,9 @@ def run(settings: Settings, query: TerminalQuery, sessions) -> tuple[Outcome, Co
             raise QueryError(f"{query.image}: {exc.strerror or exc}") from None
         picture = read_image(data)
         image_vec = searcher.encode_image(picture, parse_box(query.box, picture.width, picture.height))
+    if image_vec is None:  # words and picture, fused (app.fusion), as the search page does
+        searcher.search_text(query.text, Options(k=query.k, video=query.video), outcome)
+        return outcome, collection
     if query.text:
         text_vec = searcher.encode_text(query.text, outcome.notices)
     vec = searcher.combine(text_vec, image_vec, query.text_weight)
@@ -67,8 +70,8 @@ def record(hit: Hit, collection: Collection) -> dict:
     e = hit.entry
     picture = collection.layout.data_dir / e.rel_path if e.rel_path else Path(e.source_path)
     return {"rank": 0, "score": round(hit.score, 6), "item": e.item, "video_id": e.video_id, "n": e.n,
-            "frame_idx": e.frame_idx, "time": format_time(e.pts_time), "pts_time": e.pts_time, "name": e.name,
-            "picture": str(picture), "source": e.source_path}
+            "frame_idx": e.frame_idx, "time": format_time(hit.moment), "pts_time": e.pts_time, "name": e.name,
+            "picture": str(picture), "source": e.source_path, "moment": hit.moment, "why": hit.why}
 
 
 def render(outcome: Outcome, collection: Collection, as_json: bool) -> str:
@@ -81,6 +84,8 @@ def render(outcome: Outcome, collection: Collection, as_json: bool) -> str:
     for row in rows:
         where = f"{row['video_id']} {row['time']} (frame {row['frame_idx']})" if row["video_id"] else row["name"]
         lines.append(f"{row['rank']:>3}  {row['score'] * 100:5.1f}%  {where}  {row['picture']}")
+        for why in row["why"]:
+            lines.append(f"       {'on screen' if why['source'] == 'ocr' else 'said'}: {why['text'][:100]}")
     if not rows:
         lines.append("no results")
     return "\n".join(lines)

@@ -208,7 +208,7 @@ def test_keyframe_record_page_neighbours_and_video_range(client, indexed):
 
 def test_long_query_is_truncated_with_a_notice(client):
     body = client.get("/api/search?q=" + "word " * 200).get_json()
-    assert body["results"] and "only its beginning was used" in body["notices"][0]
+    assert body["results"] and any("only its beginning was used" in n for n in body["notices"])
 
 
 def _bomb_png() -> bytes:

@@ -15,6 +15,7 @@ from app import boxes, query_images, services
 from app.boxes import image_row
 from app.items import BadItemRef, ItemRef
 from app.models import Keyframe, Video
+from app.numbers import finite
 from app.query_images import query_image_dir
 from app.safe_files import UnsafeFile
 from app.search import Hit, Options, Outcome, QueryError, format_time, parse_box, parse_k, parse_min_score
@@ -100,6 +101,17 @@ def read_objects() -> tuple:
             raise QueryError(str(exc)) from None
 
 
+def _weight(name: str) -> float:
+    """A fusion weight (app.fusion): 0 leaves that ranking out, 10 at most."""
+    raw = request.values.get(name)
+    if raw in (None, ""):
+        return 1.0
+    try:
+        return finite(raw, name, 0, 10)
+    except ValueError as exc:
+        raise QueryError(str(exc)) from None
+
+
 def read_options() -> Options:
     if request.values.get("score_mode", "abs") not in ("abs", "rel"):
         raise QueryError("score_mode must be abs (cosine x 100) or rel (relative to the best result)")
@@ -109,7 +121,8 @@ def read_options() -> Options:
                    video=request.values.get("video") or None, folder=request.values.get("folder") or None,
                    label=request.values.get("label") or None, person=read_person(),
                    group_by_video=_flag("group"), collapse_shots=_flag("collapse"),
-                   index_params=read_index_params())
+                   index_params=read_index_params(), picture_weight=_weight("picture_weight"),
+                   words_weight=_weight("words_weight"))
 
 
 def parse_ref(text: str, what: str) -> ItemRef:
@@ -139,10 +152,12 @@ def has_query() -> bool:
 # What a search page URL carries: every option of the form, and the kept image's id instead of its bytes.
 URL_KEYS = ("q", "k", "min_score", "score_mode", "video", "folder", "label", "person", "objects", "target", "mode",
             "group", "collapse", "text_weight", "box",
-            "like", "region_of", "nprobe", "ef", "rerank", "q1", "q2", "q3", "q4", "q5", "gap")
+            "like", "region_of", "nprobe", "ef", "rerank", "q1", "q2", "q3", "q4", "q5", "gap", "picture_weight",
+            "words_weight")
 
 
-URL_DEFAULTS = {"k": "100", "min_score": "0", "score_mode": "abs", "text_weight": "0.5"}  # left out of URLs
+URL_DEFAULTS = {"k": "100", "min_score": "0", "score_mode": "abs", "text_weight": "0.5", "picture_weight": "1",
+                "words_weight": "1"}  # left out of URLs
 
 
 def _query_images_root():
@@ -203,10 +218,7 @@ def run_query() -> tuple[Outcome, QueryInfo]:
             info.gap = float(request.values.get("gap", 10))
         except ValueError:
             raise QueryError("the maximum gap must be a number of seconds") from None
-        t0 = time.perf_counter()
-        vecs = [searcher.encode_text(e, outcome.notices) for e in events] if len(events) >= 2 else []
-        outcome.timing_ms["encode"] = (time.perf_counter() - t0) * 1000
-        searcher.sequence(vecs, info.gap, info.options, outcome)
+        searcher.sequence(events if len(events) >= 2 else [], info.gap, info.options, outcome)
     else:
         t0 = time.perf_counter()
         text_vec = image_vec = None
@@ -240,9 +252,13 @@ def run_query() -> tuple[Outcome, QueryInfo]:
             services.region_searcher().search(image_vec, info.options, allowed_refs(info.options), outcome)
             outcome.timing_ms["total"] = (time.perf_counter() - started) * 1000
             return outcome, info
-        if info.text or image_vec is None:
+        if image_vec is None:  # words and picture, fused (app.fusion)
+            info.kind = "text"
+            searcher.search_text(info.text, info.options, outcome)
+            return _finished(outcome, info, started)
+        if info.text:
             text_vec = searcher.encode_text(info.text, outcome.notices)
-            info.kind = "combined" if image_vec is not None else "text"
+            info.kind = "combined"
         try:
             info.text_weight = min(1.0, max(0.0, float(request.values.get("text_weight", 0.5))))
         except ValueError:
@@ -250,6 +266,10 @@ def run_query() -> tuple[Outcome, QueryInfo]:
         query = searcher.combine(text_vec, image_vec, info.text_weight)
         outcome.timing_ms["encode"] = (time.perf_counter() - t0) * 1000
         searcher.search(query, info.options, outcome)
+    return _finished(outcome, info, started)
+
+
+def _finished(outcome: Outcome, info: QueryInfo, started: float) -> tuple[Outcome, QueryInfo]:
     outcome.timing_ms["total"] = (time.perf_counter() - started) * 1000
     log.info("query kind=%s text=%r k=%d results=%d encode_ms=%.1f search_ms=%.1f total_ms=%.1f", info.kind,
              info.text[:80], info.options.k, len(outcome.hits) or len(outcome.moments),
@@ -322,13 +342,26 @@ def hit_json(hit: Hit) -> dict:
     return {"item": e.item, "video_id": e.video_id, "frame_idx": e.frame_idx, "n": e.n, "pts_time": e.pts_time,
             "timestamp": format_time(e.pts_time), "score": round(hit.score, 6), "name": e.name,
             "picture_url": item_url(e.ref), "page_url": url_for("media.item_page", ref=e.ref),
-            "labels": g.concept_labels.get(key, []) if key is not None else []}
+            "labels": g.concept_labels.get(key, []) if key is not None else [],
+            "why": [_why_json(w, e) for w in hit.why], "moment": hit.moment,
+            "moment_timestamp": format_time(hit.moment)}
+
+
+def _why_json(why: dict, entry) -> dict:
+    """A matched line as results show it: speech links to its second in the video."""
+    out = dict(why)
+    if why["source"] == "ocr":
+        out["pct"] = ",".join(f"{v * 100:.3f}" for v in why["box"])
+    if why["source"] == "asr" and entry.video_id is not None:
+        out["timestamp"] = format_time(why.get("time"))
+        out["page_url"] = url_for("media.item_page", ref=entry.ref, t=round(why.get("time") or 0.0, 2))
+    return out
 
 
 def moment_json(m) -> dict:
     """A sequence match: its events in order, and the seconds between consecutive ones."""
     hits = [hit_json(h) for h in m.hits]
-    gaps = [round(b["pts_time"] - a["pts_time"], 2) for a, b in zip(hits, hits[1:], strict=False)]
+    gaps = [round(b["moment"] - a["moment"], 2) for a, b in zip(hits, hits[1:], strict=False)]
     return {"video_id": m.video_id, "score": round(m.score / len(hits), 6), "hits": hits, "gaps_s": gaps}
 
 

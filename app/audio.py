@@ -1,0 +1,60 @@
+"""A video's sound as 16 kHz mono 16-bit PCM, streamed in chunks: a three-hour file is never held in memory."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+
+RATE = 16_000  # what speech models take
+CHUNK_SECONDS = 30.0
+
+
+class AudioError(RuntimeError):
+    """The audio stream cannot be read (from the start, or from `at` seconds on)."""
+
+    def __init__(self, message: str, at: float = 0.0) -> None:
+        super().__init__(message)
+        self.at = at
+
+
+def has_audio(path: Path) -> bool:
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            return bool(container.streams.audio)
+    except (av.FFmpegError, OSError, ValueError):
+        return False
+
+
+def pcm_chunks(path: Path, chunk_seconds: float = CHUNK_SECONDS) -> Iterator[bytes]:
+    """The first audio stream, resampled, in chunks of about `chunk_seconds` (the last one shorter). Nothing for a
+    file without sound. A stream that breaks midway raises AudioError saying where, after the chunks before it."""
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise AudioError(f"cannot open the file: {exc}") from None
+    with container:
+        if not container.streams.audio:
+            return
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+        chunk_bytes = int(chunk_seconds * RATE) * 2
+        pending = bytearray()
+        done = 0
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    pending += bytes(out.planes[0])[:out.samples * 2]
+                while len(pending) >= chunk_bytes:
+                    yield bytes(pending[:chunk_bytes])
+                    del pending[:chunk_bytes]
+                    done += chunk_bytes
+            for out in resampler.resample(None):
+                pending += bytes(out.planes[0])[:out.samples * 2]
+        except (av.FFmpegError, ValueError) as exc:
+            if pending:
+                yield bytes(pending)
+            at = (done + len(pending)) / 2 / RATE
+            raise AudioError(f"the audio stream is damaged ({exc})", at) from None
+        if pending:
+            yield bytes(pending)

@@ -1,0 +1,138 @@
+"""Test media with known words: captions rendered into video frames and pictures (different fonts and sizes, one
+Vietnamese line with its diacritics), and speech synthesised by espeak-ng, muxed in with ffmpeg at known seconds.
+
+A small noise floor (about -60 dB) is mixed under the speech, as any recording has: the synthesiser's exact
+digital silence is what no microphone gives.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+FONTS = Path("/usr/share/fonts/truetype")
+RATE = 16_000
+FPS = 10
+SIZE = (640, 360)
+
+
+@dataclass(frozen=True)
+class Caption:
+    text: str
+    font: str
+    size: int
+    background: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Speech:
+    at: float  # seconds into the video
+    text: str
+
+
+SHOT_SECONDS = 6.0
+CAPTIONS = (
+    Caption("EMERGENCY EXIT", "dejavu/DejaVuSans-Bold.ttf", 44, (150, 30, 30)),
+    Caption("Hà Nội hôm nay", "dejavu/DejaVuSerif.ttf", 40, (30, 90, 40)),
+    Caption("Breaking news: storm warning", "liberation/LiberationSans-Regular.ttf", 30, (25, 40, 110)),
+    Caption("FINAL SCORE 3 1", "liberation/LiberationMono-Bold.ttf", 36, (90, 70, 20)),
+)
+SPEECH = (
+    Speech(1.0, "good morning everyone"),
+    Speech(7.5, "the president will speak tomorrow morning"),
+    Speech(19.5, "thank you for watching the news"),
+)
+# pictures (not video): a word set in several fonts and sizes, each on a plain background
+PICTURES = (
+    Caption("WELCOME TO THE MUSEUM", "dejavu/DejaVuSerif-Bold.ttf", 48, (240, 240, 230)),
+    Caption("Platform 9 departures", "liberation/LiberationSansNarrow-Regular.ttf", 34, (20, 20, 20)),
+    Caption("Đà Nẵng tin tức", "dejavu/DejaVuSans.ttf", 42, (60, 60, 140)),
+    Caption("open daily until midnight", "liberation/LiberationSerif-Italic.ttf", 30, (200, 180, 120)),
+)
+
+
+def have_tools() -> bool:
+    return bool(shutil.which("espeak-ng") and shutil.which("ffmpeg") and (FONTS / "dejavu").is_dir())
+
+
+def render(caption: Caption, size: tuple[int, int] = SIZE, stripe: int = 0) -> Image.Image:
+    """The caption centred on its background, with a few shapes so shots differ in more than colour."""
+    image = Image.new("RGB", size, caption.background)
+    draw = ImageDraw.Draw(image)
+    for i in range(4):
+        x = (stripe * 97 + i * 150) % size[0]
+        draw.rectangle([x, size[1] - 60, x + 60, size[1] - 20], fill=tuple(255 - c for c in caption.background))
+    font = ImageFont.truetype(str(FONTS / caption.font), caption.size)
+    left, top, right, bottom = draw.textbbox((0, 0), caption.text, font=font)
+    xy = ((size[0] - (right - left)) // 2, (size[1] - (bottom - top)) // 3)
+    light = sum(caption.background) < 380
+    draw.text(xy, caption.text, font=font, fill=(250, 250, 250) if light else (10, 10, 10))
+    return image
+
+
+def speech_track(speech: tuple[Speech, ...], seconds: float, work: Path) -> np.ndarray:
+    """16 kHz int16 mono: each phrase spoken by espeak-ng (US English, 170 words a minute) at its second."""
+    total = np.zeros(int(seconds * RATE), np.float32)
+    for i, part in enumerate(speech):
+        wav = work / f"say{i}.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "170", "-w", str(wav), part.text], check=True)
+        with av.open(str(wav)) as container:
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+            pcm = b"".join(bytes(o.planes[0])[:o.samples * 2] for f in container.decode(audio=0)
+                           for o in resampler.resample(f))
+        samples = np.frombuffer(pcm, np.int16).astype(np.float32)
+        at = int(part.at * RATE)
+        total[at:at + len(samples)] += samples[:len(total) - at]
+    total += np.random.default_rng(7).normal(0.0, 30.0, len(total))
+    return np.clip(total, -32768, 32767).astype(np.int16)
+
+
+def write_wav(path: Path, samples: np.ndarray) -> None:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(RATE)
+        out.writeframes(samples.tobytes())
+
+
+def caption_video(path: Path, captions: tuple[Caption, ...] = CAPTIONS, speech: tuple[Speech, ...] = SPEECH,
+                  shot_seconds: float = SHOT_SECONDS) -> Path:
+    """One shot per caption (a hard cut between them), H.264 with AAC speech."""
+    work = path.parent / f".{path.stem}-work"
+    work.mkdir(parents=True, exist_ok=True)
+    seconds = shot_seconds * len(captions)
+    silent = work / "silent.mp4"
+    with av.open(str(silent), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
+        for i, caption in enumerate(captions):
+            still = np.asarray(render(caption, stripe=i))
+            for _ in range(int(shot_seconds * FPS)):
+                for packet in stream.encode(av.VideoFrame.from_ndarray(still, format="rgb24")):
+                    container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    if speech:
+        write_wav(work / "speech.wav", speech_track(speech, seconds, work))
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(silent), "-i", str(work / "speech.wav"),
+                        "-c:v", "copy", "-c:a", "aac", "-b:a", "64k", "-shortest", str(path)], check=True)
+    else:
+        shutil.copy(silent, path)
+    shutil.rmtree(work)
+    return path
+
+
+def caption_pictures(folder: Path, captions: tuple[Caption, ...] = PICTURES) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, caption in enumerate(captions):
+        path = folder / f"sign{i}.jpg"
+        render(caption, (800, 450), stripe=i).save(path, quality=92)
+        paths.append(path)
+    return paths

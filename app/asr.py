@@ -40,7 +40,8 @@ class Segment:
 
 class SphinxModel:
     """PocketSphinx's shipped US English model; `dither` keeps a track's digital silence from misleading its
-    noise estimate (synthetic and edited audio has stretches of exact zeros)."""
+    noise estimate (synthetic and edited audio has stretches of exact zeros), with a fixed seed so the same sound
+    always gives the same words."""
 
     def __init__(self, language: str) -> None:
         if not language.lower().startswith("en"):
@@ -49,7 +50,7 @@ class SphinxModel:
         from pocketsphinx import Decoder, Endpointer
 
         self.name = "pocketsphinx-en-us"
-        self._decoder = Decoder(loglevel="ERROR", dither=True)
+        self._decoder = Decoder(loglevel="ERROR", dither=True, seed=1)
         self._endpointer_type = Endpointer
 
     def transcribe(self, chunks: Iterable[bytes]) -> Iterator[Segment]:

@@ -41,8 +41,10 @@ def pcm_chunks(path: Path, chunk_seconds: float = CHUNK_SECONDS) -> Iterator[byt
         chunk_bytes = int(chunk_seconds * RATE) * 2
         pending = bytearray()
         done = 0
+        gaps = Gaps()
         try:
             for frame in container.decode(stream):
+                gaps.saw(frame)
                 for out in resampler.resample(frame):
                     pending += bytes(out.planes[0])[:out.samples * 2]
                 while len(pending) >= chunk_bytes:
@@ -58,3 +60,43 @@ def pcm_chunks(path: Path, chunk_seconds: float = CHUNK_SECONDS) -> Iterator[byt
             raise AudioError(f"the audio stream is damaged ({exc})", at) from None
         if pending:
             yield bytes(pending)
+        gaps.end(stream, container)
+        if gaps.lost > GAP_S:  # FFmpeg drops packets it cannot decode: a damaged stream has holes, not errors
+            raise AudioError(f"the audio stream is damaged: {gaps.lost:.0f} s from {gaps.first:.0f} s on could "
+                             f"not be decoded", gaps.first)
+
+
+GAP_S = 1.0  # missing sound longer than this is reported
+
+
+class Gaps:
+    """Where the decoded sound has holes: frames whose time jumps past where the previous one ended, and a stream
+    that ends before its declared duration."""
+
+    def __init__(self) -> None:
+        self.next: float | None = None  # where the sound decoded so far ends (a stream may start late)
+        self.lost = 0.0
+        self.first: float = 0.0
+
+    def _hole(self, start: float, end: float) -> None:
+        if end - start > GAP_S:
+            if self.lost == 0.0:
+                self.first = start
+            self.lost += end - start
+
+    def saw(self, frame) -> None:
+        if frame.pts is None or frame.time_base is None or not frame.sample_rate:
+            return
+        at = float(frame.pts * frame.time_base)
+        if self.next is not None:
+            self._hole(self.next, at)
+        self.next = max(self.next or at, at + frame.samples / frame.sample_rate)
+
+    def end(self, stream, container) -> None:
+        if stream.duration is not None and stream.time_base is not None:
+            declared = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            declared = container.duration / 1_000_000
+        else:
+            return
+        self._hole(self.next or 0.0, declared)

@@ -45,16 +45,20 @@ def fused_hits(searcher: Searcher, query: WordsQuery, opts: Options, outcome: Ou
 
     if not query.has_words and not query.picture_text:
         raise QueryError("the query has no words to search for")
+    if opts.picture_weight == 0 and opts.words_weight == 0:
+        raise QueryError("picture_weight and words_weight are both 0: nothing would rank the results")
     snap = searcher._snapshot()
     searcher.check_video(snap, opts, outcome)
     allowed = searcher._allowed(snap, opts)
     t0 = time.perf_counter()
-    with searcher.collection.sessions() as session:
-        matches = rank_items(session, query)
+    matches = []
+    if opts.words_weight > 0 and query.has_words:
+        with searcher.collection.sessions() as session:
+            matches = rank_items(session, query)
     words = _word_hits(searcher, snap, matches, allowed)
     outcome.timing_ms["words"] = (time.perf_counter() - t0) * 1000
     picture = None
-    if query.picture_text:
+    if query.picture_text and opts.picture_weight > 0:
         t1 = time.perf_counter()
         picture = searcher.encode_text(query.picture_text, outcome.notices)
         outcome.timing_ms["encode"] = (time.perf_counter() - t1) * 1000
@@ -81,7 +85,7 @@ def fused_hits(searcher: Searcher, query: WordsQuery, opts: Options, outcome: Ou
         by_row[row] = match
         if picture is not None and row not in cosine:
             cosine[row] = float(vectors.vector_of(snap.bundle, row) @ picture.reshape(-1))
-    best = (opts.picture_weight if picture is not None else 0.0) + opts.words_weight
+    best = (opts.picture_weight if picture is not None else 0.0) + (opts.words_weight if matches else 0.0)
     order = sorted(fused, key=lambda r: (-fused[r], r))
     hits = []
     for row in order:

@@ -125,6 +125,9 @@ class SpeechPass:
         return self.summary
 
     def _video(self, video: Video) -> None:
+        if not Path(video.path).is_file():  # moved or removed since (--prune drops it): tried again when it is back
+            log.warning("speech: %s not transcribed, its file is gone", video.video_id)
+            return
         shots = list(self.session.scalars(select(Shot).where(Shot.video_pk == video.id).order_by(Shot.start_frame)))
         segments: list[Segment] = []
         heard = [0.0]
@@ -139,8 +142,8 @@ class SpeechPass:
         try:
             segments.extend(self.model.transcribe(counted(pcm_chunks(Path(video.path)))))
         except AudioError as exc:
-            kept = f"; the speech before {exc.at:.0f} s is kept" if segments else ""
-            self.summary.failed.append(Problem(video.video_id, f"speech not transcribed: {exc}{kept}"))
+            kept = "; the sound that could be decoded is transcribed" if segments else ""
+            self.summary.failed.append(Problem(video.video_id, f"speech: {exc}{kept} (the video is indexed)"))
         self.session.execute(delete(TextLine).where(TextLine.video_pk == video.id, TextLine.source == "asr"))
         for segment in segments:
             if tokens(segment.text):

@@ -46,7 +46,7 @@ CAPTIONS = (
 SPEECH = (
     Speech(1.0, "good morning everyone"),
     Speech(7.5, "the president will speak tomorrow morning"),
-    Speech(19.5, "thank you for watching the news"),
+    Speech(19.5, "thanks for watching the evening news"),
 )
 # pictures (not video): a word set in several fonts and sizes, each on a plain background
 PICTURES = (
@@ -77,11 +77,11 @@ def render(caption: Caption, size: tuple[int, int] = SIZE, stripe: int = 0) -> I
 
 
 def speech_track(speech: tuple[Speech, ...], seconds: float, work: Path) -> np.ndarray:
-    """16 kHz int16 mono: each phrase spoken by espeak-ng (US English, 170 words a minute) at its second."""
+    """16 kHz int16 mono: each phrase spoken by espeak-ng (US English, 160 words a minute) at its second."""
     total = np.zeros(int(seconds * RATE), np.float32)
     for i, part in enumerate(speech):
         wav = work / f"say{i}.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "170", "-w", str(wav), part.text], check=True)
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(wav), part.text], check=True)
         with av.open(str(wav)) as container:
             resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
             pcm = b"".join(bytes(o.planes[0])[:o.samples * 2] for f in container.decode(audio=0)
@@ -121,7 +121,7 @@ def caption_video(path: Path, captions: tuple[Caption, ...] = CAPTIONS, speech: 
     if speech:
         write_wav(work / "speech.wav", speech_track(speech, seconds, work))
         subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(silent), "-i", str(work / "speech.wav"),
-                        "-c:v", "copy", "-c:a", "aac", "-b:a", "64k", "-shortest", str(path)], check=True)
+                        "-c:v", "copy", "-c:a", "aac", "-b:a", "128k", "-shortest", str(path)], check=True)
     else:
         shutil.copy(silent, path)
     shutil.rmtree(work)
@@ -136,3 +136,23 @@ def caption_pictures(folder: Path, captions: tuple[Caption, ...] = PICTURES) -> 
         render(caption, (800, 450), stripe=i).save(path, quality=92)
         paths.append(path)
     return paths
+
+
+def damage_audio(src: Path, dst: Path, after_s: float = 8.0) -> Path:
+    """A copy (Matroska) whose audio packets after `after_s` seconds are random bytes; the video packets are
+    untouched, so only the sound is damaged."""
+    rng = np.random.default_rng(3)
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="matroska") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in (inp.streams.video[0], inp.streams.audio[0])}
+        for packet in inp.demux():
+            index = packet.stream.index
+            if index not in streams or packet.dts is None:
+                continue
+            if packet.stream.type == "audio" and packet.pts is not None and \
+                    float(packet.pts * packet.time_base) > after_s:
+                garbage = av.Packet(rng.integers(0, 256, packet.size, dtype=np.uint8).tobytes())
+                garbage.pts, garbage.dts, garbage.time_base = packet.pts, packet.dts, packet.time_base
+                packet = garbage
+            packet.stream = streams[index]
+            out.mux(packet)
+    return dst

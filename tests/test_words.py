@@ -29,9 +29,10 @@ from tests.text_media import (
     caption_video,
     damage_audio,
     have_tools,
+    sine_audio,
 )
 
-pytestmark = pytest.mark.skipif(not have_tools(), reason="needs espeak-ng, ffmpeg and the DejaVu fonts")
+pytestmark = pytest.mark.skipif(not have_tools(), reason="needs espeak-ng and the DejaVu and Liberation fonts")
 
 
 def _shot_of(seconds: float) -> int:
@@ -288,9 +289,7 @@ def test_an_hour_of_sound_streams_in_flat_memory(tmp_path):
     import subprocess
     import sys
 
-    audio = tmp_path / "hour.m4a"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "sine=frequency=300:sample_rate=8000",
-                    "-t", "3600", "-ac", "1", "-c:a", "aac", "-b:a", "8k", str(audio)], check=True)
+    audio = sine_audio(tmp_path / "hour.m4a", 3600)
     probe = ("import resource, sys; from pathlib import Path; from app.audio import pcm_chunks\n"
              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
              "n = sum(len(c) for c in pcm_chunks(Path(sys.argv[1])))\n"

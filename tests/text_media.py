@@ -1,5 +1,5 @@
 """Test media with known words: captions rendered into video frames and pictures (different fonts and sizes, one
-Vietnamese line with its diacritics), and speech synthesised by espeak-ng, muxed in with ffmpeg at known seconds.
+Vietnamese line with its diacritics), and speech synthesised by espeak-ng, muxed in (PyAV) at known seconds.
 
 A small noise floor (about -60 dB) is mixed under the speech, as any recording has: the synthesiser's exact
 digital silence is what no microphone gives.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +57,7 @@ PICTURES = (
 
 
 def have_tools() -> bool:
-    return bool(shutil.which("espeak-ng") and shutil.which("ffmpeg") and (FONTS / "dejavu").is_dir())
+    return bool(shutil.which("espeak-ng") and (FONTS / "dejavu").is_dir() and (FONTS / "liberation").is_dir())
 
 
 def render(caption: Caption, size: tuple[int, int] = SIZE, stripe: int = 0) -> Image.Image:
@@ -93,38 +92,46 @@ def speech_track(speech: tuple[Speech, ...], seconds: float, work: Path) -> np.n
     return np.clip(total, -32768, 32767).astype(np.int16)
 
 
-def write_wav(path: Path, samples: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(RATE)
-        out.writeframes(samples.tobytes())
-
-
 def caption_video(path: Path, captions: tuple[Caption, ...] = CAPTIONS, speech: tuple[Speech, ...] = SPEECH,
                   shot_seconds: float = SHOT_SECONDS) -> Path:
-    """One shot per caption (a hard cut between them), H.264 with AAC speech."""
+    """One shot per caption (a hard cut between them), H.264 with the speech as AAC, muxed by PyAV."""
     work = path.parent / f".{path.stem}-work"
     work.mkdir(parents=True, exist_ok=True)
     seconds = shot_seconds * len(captions)
-    silent = work / "silent.mp4"
-    with av.open(str(silent), "w") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=FPS)
+        video.width, video.height, video.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
+        audio = container.add_stream("aac", rate=RATE, layout="mono") if speech else None
         for i, caption in enumerate(captions):
             still = np.asarray(render(caption, stripe=i))
             for _ in range(int(shot_seconds * FPS)):
-                for packet in stream.encode(av.VideoFrame.from_ndarray(still, format="rgb24")):
-                    container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    if speech:
-        write_wav(work / "speech.wav", speech_track(speech, seconds, work))
-        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(silent), "-i", str(work / "speech.wav"),
-                        "-c:v", "copy", "-c:a", "aac", "-b:a", "128k", "-shortest", str(path)], check=True)
-    else:
-        shutil.copy(silent, path)
+                container.mux(video.encode(av.VideoFrame.from_ndarray(still, format="rgb24")))
+        container.mux(video.encode())
+        if audio is not None:
+            encode_audio(container, audio, speech_track(speech, seconds, work))
     shutil.rmtree(work)
+    return path
+
+
+def encode_audio(container, stream, samples: np.ndarray) -> None:
+    """16 kHz int16 mono samples into an open audio stream, a second at a time."""
+    for at in range(0, len(samples), RATE):
+        frame = av.AudioFrame.from_ndarray(samples[at:at + RATE].reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = RATE, at
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
+def sine_audio(path: Path, seconds: int) -> Path:
+    """A tone of `seconds` as AAC in an .m4a: long sound, cheap to make."""
+    tone = (np.sin(np.arange(RATE) * 2 * np.pi * 300 / RATE) * 8000).astype(np.int16)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=RATE, layout="mono", bit_rate=16000)
+        for second in range(seconds):
+            frame = av.AudioFrame.from_ndarray(tone.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate, frame.pts = RATE, second * RATE
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
     return path
 
 

@@ -104,8 +104,8 @@ def _asr_row(segment: Segment, video: Video, shots: list[Shot], model: str) -> T
     words = [(fold(w), round(s, 3), round(e, 3)) for w, s, e in segment.words]
     return TextLine(source="asr", video_pk=video.id, shot_id=_shot_at(shots, video.fps, segment.start),
                     text=segment.text[:4000], folded=" ".join(tokens(segment.text)),
-                    confidence=float(min(1.0, max(0.0, segment.confidence))), start_s=float(segment.start),
-                    end_s=float(segment.end), words_json=json.dumps(words), model=model)
+                    confidence=float(min(1.0, max(0.0, segment.confidence))), start_s=round(float(segment.start), 3),
+                    end_s=round(float(segment.end), 3), words_json=json.dumps(words), model=model)
 
 
 class SpeechPass:

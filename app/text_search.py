@@ -7,6 +7,7 @@ characters only, so no user text is ever read as an operator.
 """
 from __future__ import annotations
 
+import bisect
 import json
 from dataclasses import dataclass, field
 
@@ -76,9 +77,6 @@ def _said_at(line: TextLine, wanted: list[str], phrase: bool) -> float:
     return line.start_s or 0.0
 
 
-def _nearest_keyframe(session: Session, video_pk: int, seconds: float) -> int | None:
-    return session.scalar(select(Keyframe.frame_idx).where(Keyframe.video_pk == video_pk)
-                          .order_by(func.abs(Keyframe.pts_time - seconds), Keyframe.n).limit(1))
 
 
 def why_of(line: TextLine, wanted: list[str], at: float | None) -> dict:
@@ -90,30 +88,54 @@ def why_of(line: TextLine, wanted: list[str], at: float | None) -> dict:
 
 
 class LineRefs:
-    """Which item a matched line stands for (cached per request): an OCR line its keyframe or image, a speech line
-    the keyframe nearest the moment its words were said."""
+    """Which item a matched line stands for: an OCR line its keyframe or image, a speech line the keyframe nearest
+    the moment its words were said. The lines of a clause are looked up together, in one joined query."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self._videos: dict[int, str] = {}
+        self._owner: dict[int, ItemRef | None] = {}  # OCR line id -> its item
+        self._video: dict[int, str] = {}  # speech line id -> its video id
+        self._times: dict[int, tuple[list[float], list[int]]] = {}  # video pk -> its keyframes' times and frames
 
-    def video_id(self, video_pk: int) -> str:
-        if video_pk not in self._videos:
-            self._videos[video_pk] = self.session.scalar(select(Video.video_id).where(Video.id == video_pk))
-        return self._videos[video_pk]
+    def load(self, line_ids: list[int]) -> dict[int, TextLine]:
+        """The lines, and what each belongs to."""
+        rows = self.session.execute(
+            select(TextLine, Video.video_id, Keyframe.frame_idx, Image.content_hash)
+            .outerjoin(Keyframe, Keyframe.id == TextLine.keyframe_id)
+            .outerjoin(Image, Image.id == TextLine.image_id)
+            .outerjoin(Video, Video.id == func.coalesce(TextLine.video_pk, Keyframe.video_pk))
+            .where(TextLine.id.in_(line_ids))).all()
+        lines = {}
+        for line, video_id, frame_idx, digest in rows:
+            lines[line.id] = line
+            if line.keyframe_id is not None and video_id is not None and frame_idx is not None:
+                self._owner[line.id] = ItemRef.frame(video_id, frame_idx)
+            elif line.image_id is not None and digest is not None:
+                self._owner[line.id] = ItemRef.image(digest)
+            elif video_id is not None:
+                self._video[line.id] = video_id
+        return lines
 
     def ref(self, line: TextLine, at: float | None) -> ItemRef | None:
-        if line.keyframe_id is not None:
-            row = self.session.execute(select(Keyframe.video_pk, Keyframe.frame_idx)
-                                       .where(Keyframe.id == line.keyframe_id)).first()
-            return None if row is None else ItemRef.frame(self.video_id(row.video_pk), row.frame_idx)
-        if line.image_id is not None:
-            digest = self.session.scalar(select(Image.content_hash).where(Image.id == line.image_id))
-            return None if digest is None else ItemRef.image(digest)
-        if line.video_pk is not None and at is not None:
-            frame = _nearest_keyframe(self.session, line.video_pk, at)
-            return None if frame is None else ItemRef.frame(self.video_id(line.video_pk), frame)
+        if line.id in self._owner:
+            return self._owner[line.id]
+        if line.id in self._video and line.video_pk is not None and at is not None:
+            frame = self._nearest_keyframe(line.video_pk, at)
+            return None if frame is None else ItemRef.frame(self._video[line.id], frame)
         return None
+
+    def _nearest_keyframe(self, video_pk: int, seconds: float) -> int | None:
+        """The frame of the video's keyframe nearest a moment (its keyframes read once per query)."""
+        if video_pk not in self._times:
+            rows = self.session.execute(select(Keyframe.pts_time, Keyframe.frame_idx)
+                                        .where(Keyframe.video_pk == video_pk).order_by(Keyframe.pts_time)).all()
+            self._times[video_pk] = ([r.pts_time for r in rows], [r.frame_idx for r in rows])
+        times, frames = self._times[video_pk]
+        if not times:
+            return None
+        at = bisect.bisect_left(times, seconds)
+        near = [i for i in (at - 1, at) if 0 <= i < len(times)]
+        return frames[min(near, key=lambda i: abs(times[i] - seconds))]
 
 
 def rank_items(session: Session, query: WordsQuery, limit: int = LINES_PER_CLAUSE) -> list[WordMatch]:
@@ -126,7 +148,7 @@ def rank_items(session: Session, query: WordsQuery, limit: int = LINES_PER_CLAUS
     found: dict[ItemRef, WordMatch] = {}
     for number, (clause, wanted, required) in enumerate(groups):
         ids = matching_lines(session, clause, wanted, limit=limit)
-        lines = {line.id: line for line in session.scalars(select(TextLine).where(TextLine.id.in_(ids)))}
+        lines = refs.load(ids)
         rank = 0
         seen: set[ItemRef] = set()
         for line_id in ids:

@@ -150,9 +150,14 @@ def kf(indexed):
     return item
 
 
+# Reading words (OCR, speech) is on by default; the tests of everything else leave it out to keep the suite short
+# (tests/test_words.py and the upload jobs run it as a user does).
+NO_WORDS = ["--no-ocr", "--no-asr"]
+
+
 def index_args(data_dir: Path) -> list[str]:
     return ["--data-dir", str(data_dir), "--model", TINY_MODEL, "--model-config", str(TINY_CONFIG),
-            "--pretrained", "none", "--device", "cpu", "--no-progress"]
+            "--pretrained", "none", "--device", "cpu", "--no-progress", *NO_WORDS]
 
 
 @pytest.fixture(scope="session")
@@ -163,8 +168,9 @@ def indexed(tmp_path_factory, media_dir, tiny_encoder) -> Path:
     return data
 
 
-def index_media(data: Path, url: str, media: Path, encoder):
-    """Index `media` into a collection at `data` whose database is `url`; returns its sessionmaker."""
+def index_media(data: Path, url: str, media: Path, encoder, words: bool = False):
+    """Index `media` into a collection at `data` whose database is `url` (with OCR and speech when `words`);
+    returns its sessionmaker."""
     from app.db import open_database
     from app.indexer import IndexOptions, run_index
     from app.paths import DataLayout
@@ -173,7 +179,8 @@ def index_media(data: Path, url: str, media: Path, encoder):
     layout.ensure()
     sessions = open_database(url, layout.data_dir)
     summary = run_index(layout, [media], IndexOptions(model=TINY_MODEL, pretrained="none", device="cpu",
-                                                      interval_s=2.0, progress=False), sessions, encoder=encoder)
+                                                      interval_s=2.0, progress=False, ocr=None if words else False,
+                                                      asr=None if words else False), sessions, encoder=encoder)
     assert not summary.failed
     return sessions
 

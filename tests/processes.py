@@ -13,9 +13,10 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import ROOT, TINY_CONFIG, TINY_MODEL
+from tests.conftest import NO_WORDS, ROOT, TINY_CONFIG, TINY_MODEL
 
-TINY_ARGS = ["--model", TINY_MODEL, "--model-config", str(TINY_CONFIG), "--device", "cpu", "--no-progress"]
+MODEL_ARGS = ["--model", TINY_MODEL, "--model-config", str(TINY_CONFIG), "--device", "cpu", "--no-progress"]
+TINY_ARGS = [*MODEL_ARGS, *NO_WORDS]  # words (OCR, speech) are read in tests/test_words.py
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

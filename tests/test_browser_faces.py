@@ -50,6 +50,7 @@ def test_pick_two_faces_and_see_only_pictures_with_both(page, faces_site, width)
     cards = page.locator("#results .card")
     assert cards.count() == 1
     assert "together.jpg" in cards.first.inner_text()
+    page.wait_for_function("() => document.querySelector('#results .card .face-box.matched').style.width !== ''")
     drawn = page.eval_on_selector_all("#results .card .face-box.matched",
                                       "bs => bs.map(b => [b.style.width, b.getBoundingClientRect().width])")
     assert len(drawn) == 2 and all(w.endswith("%") and px > 5 for w, px in drawn), drawn

@@ -24,7 +24,7 @@ def words_app(tmp_path_factory, tiny_encoder):
     caption_video(media / "news.mp4")
     caption_pictures(media / "signs")
     data = root / "data"
-    index_media(data, db_url(data), media, tiny_encoder)
+    index_media(data, db_url(data), media, tiny_encoder, words=True)
     return create_app({"DATA_DIR": str(data), "ENCODER": tiny_encoder, "TESTING": True})
 
 
@@ -36,6 +36,7 @@ def test_words_on_screen_and_in_speech_are_found_and_explained(browser, words_ap
         page.goto(f"{base}/?q=storm")
         first = page.locator("figure.card").first
         assert "storm" in first.locator(".why-ocr mark").first.inner_text().lower()
+        page.wait_for_function("() => document.querySelector('figure.card .ocr-box').style.width !== ''")
         box = first.locator(".ocr-box").first.bounding_box()
         picture = first.locator("img").bounding_box()
         assert box and picture and box["width"] > 10 and picture["x"] <= box["x"] < picture["x"] + picture["width"]

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.models import Keyframe, TextLine
 from tests.conftest import BACKENDS, database_env
-from tests.processes import TINY_ARGS, cli, get, server_process
+from tests.processes import MODEL_ARGS, cli, get, server_process
 from tests.text_media import (
     CAPTIONS,
     FPS,
@@ -52,7 +52,7 @@ def words(request, tmp_path_factory, tiny_checkpoint):
     data = root / "data"
     (data / "instance").mkdir(parents=True)
     with database_env(request.param, data) as url:
-        done = cli("index", str(media), "--data-dir", str(data), "--pretrained", str(tiny_checkpoint), *TINY_ARGS)
+        done = cli("index", str(media), "--data-dir", str(data), "--pretrained", str(tiny_checkpoint), *MODEL_ARGS)
         assert done.returncode == 0, done.stderr
         with server_process(data) as base:
             yield {"root": root, "media": media, "data": data, "base": base, "url": url, "index": done.stdout,
@@ -210,7 +210,7 @@ def test_evaluation_scores_word_queries_as_the_search_box_ranks_them(words, tmp_
             f"q3,final score,news,{int(3 * SHOT_SECONDS * FPS)},{int(4 * SHOT_SECONDS * FPS) - 1}"]
     gt = tmp_path / "words.csv"
     gt.write_text("\n".join(rows) + "\n")
-    done = cli("evaluate", str(gt), "--data-dir", str(words["data"]), "--model-config", TINY_ARGS[3],
+    done = cli("evaluate", str(gt), "--data-dir", str(words["data"]), "--model-config", MODEL_ARGS[3],
                "--device", "cpu", timeout=300)
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout.strip().splitlines()[-1])
@@ -226,7 +226,7 @@ def test_damaged_sound_is_reported_and_the_video_still_indexed(words, tmp_path):
     (media / "damaged.mkv").write_bytes((words["root"] / "damaged.mkv").read_bytes())
     (data / "instance").mkdir(parents=True)
     with database_env("sqlite", data):
-        done = cli("index", str(media), "--data-dir", str(data), "--pretrained", "none", *TINY_ARGS)
+        done = cli("index", str(media), "--data-dir", str(data), "--pretrained", "none", *MODEL_ARGS)
     assert done.returncode == 1 and "audio stream is damaged" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "added 1" in done.stdout
     engine = create_engine(f"sqlite:///{data / 'instance' / 'framefinder.db'}")
@@ -242,7 +242,7 @@ def test_adding_words_to_an_indexed_collection_redoes_neither_shots_nor_clip(tmp
     media.mkdir()
     (media / "news.mp4").write_bytes((words["media"] / "news.mp4").read_bytes())
     data = tmp_path / "data"
-    args = ("--data-dir", str(data), "--pretrained", "none", *TINY_ARGS)
+    args = ("--data-dir", str(data), "--pretrained", "none", *MODEL_ARGS)
     (data / "instance").mkdir(parents=True)
     with database_env("sqlite", data):
         first = cli("index", str(media), *args, "--no-ocr", "--no-asr")
@@ -273,13 +273,13 @@ def test_the_speech_model_refuses_a_language_it_does_not_know(tmp_path, capsys, 
     media = tmp_path / "media"
     media.mkdir()
     done = offline_main(capsys, "index", str(media), "--data-dir", str(tmp_path / "d"), "--pretrained", "none",
-                        "--asr", "--asr-language", "vi", *TINY_ARGS)
+                        "--asr", "--asr-language", "vi", *MODEL_ARGS)
     assert done.returncode == 2 and "--asr-model" in done.stderr and "vi" in done.stderr
     done = offline_main(capsys, "index", str(media), "--data-dir", str(tmp_path / "d"), "--pretrained", "none",
-                        "--asr-model", str(tmp_path / "nowhere"), *TINY_ARGS)
+                        "--asr-model", str(tmp_path / "nowhere"), *MODEL_ARGS)
     assert done.returncode == 2 and "--asr-model" in done.stderr
     done = offline_main(capsys, "index", str(media), "--data-dir", str(tmp_path / "d"), "--pretrained", "none",
-                        "--ocr-model", str(tmp_path), *TINY_ARGS)
+                        "--ocr-model", str(tmp_path), *MODEL_ARGS)
     assert done.returncode == 2 and "det.onnx" in done.stderr
 
 

@@ -152,6 +152,22 @@ def make_image(path: Path, seed: int, size: tuple[int, int] = (320, 240), t: int
     cv2.imwrite(str(path), Scene(10_000 + seed, size).frame(t))
 
 
+def make_sign(path: Path, words: str, seed: int, size: tuple[int, int] = (480, 270)) -> None:
+    """A photo of a sign: `words` in large letters on a plain board (OpenCV's own font, no system fonts needed),
+    for the demo's on-screen text search."""
+    rng = np.random.default_rng(20_000 + seed)
+    w, h = size
+    board = np.zeros((h, w, 3), np.uint8)
+    board[:] = tuple(int(v) for v in rng.integers(20, 120, 3))
+    scale = min(2.0, (w - 40) / cv2.getTextSize(words, cv2.FONT_HERSHEY_DUPLEX, 1.0, 2)[0][0])
+    (tw, th), _ = cv2.getTextSize(words, cv2.FONT_HERSHEY_DUPLEX, scale, 2)
+    cv2.putText(board, words, ((w - tw) // 2, (h + th) // 2), cv2.FONT_HERSHEY_DUPLEX, scale, (250, 250, 250), 2,
+                cv2.LINE_AA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), board)
+
+
+DEMO_SIGNS = {"exit": "EMERGENCY EXIT", "platform": "PLATFORM 9", "cafe": "OPEN DAILY"}  # file -> words shown
 DEMO_PLANS = [
     [ShotPlan(60), ShotPlan(50), ShotPlan(70, dissolve_in=15), ShotPlan(45)],
     [ShotPlan(80), ShotPlan(40), ShotPlan(55)],
@@ -195,8 +211,8 @@ def write_demo_ground_truth(dest: Path) -> None:
 
 
 def build_sample_collection(dest: Path) -> Path:
-    """A small collection for the demo: H.264 videos (a few seconds each, browser-playable) and
-    photos, three of each scene."""
+    """A small collection for the demo: H.264 videos (a few seconds each, browser-playable), photos (three of
+    each scene) and three signs with words on them."""
     for i, plan in enumerate(DEMO_PLANS):
         target = dest / "videos" / f"sample_{i + 1:02d}.mp4"
         if not target.exists():
@@ -206,4 +222,8 @@ def build_sample_collection(dest: Path) -> Path:
             target = dest / "images" / f"{_photo_name(scene, k)}.jpg"
             if not target.exists():
                 make_image(target, scene, t=t)
+    for i, (name, words) in enumerate(DEMO_SIGNS.items()):
+        target = dest / "images" / "signs" / f"{name}.jpg"
+        if not target.exists():
+            make_sign(target, words, i)
     return dest

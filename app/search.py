@@ -262,7 +262,8 @@ class Searcher:
             raise QueryError("the maximum gap must be between 0 and 3600 seconds")
         per_event = []
         wide = Options(k=min(MAX_K * 2, max(opts.k * 10, 200)), video=opts.video, folder=opts.folder,
-                       label=opts.label, person=opts.person, objects=opts.objects)
+                       label=opts.label, person=opts.person, objects=opts.objects,
+                       picture_weight=opts.picture_weight, words_weight=opts.words_weight)
         t0 = time.perf_counter()
         for query in queries:
             found = (self.search_text(query, wide, outcome) if isinstance(query, str)

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, jsonify, request
 from app import services, weights_notice
 from app.items import ItemRef
 from app.search import QueryError
-from app.views.query import hit_json, item_record, moment_json, prefetch_labels, run_query
+from app.views.query import hit_json, item_record, item_words, moment_json, prefetch_labels, run_query
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -46,6 +46,7 @@ def search():
 @bp.get("/items/<item:ref>")
 def item(ref: ItemRef):
     try:
-        return jsonify(item_record(ref))
+        record = item_record(ref)
+        return jsonify({**record, "words": item_words(ref, record)})
     except LookupError as exc:
         return jsonify({"error": str(exc), "status": 404}), 404

@@ -10,10 +10,9 @@ from app import query_images, services
 from app.boxes import image_row
 from app.items import ItemRef
 from app.models import Video
-from app.numbers import finite
 from app.query_images import query_image_dir
 from app.safe_files import UnsafeFile, open_beneath, open_source, send_opened
-from app.views.query import item_record, keyframe_relpath
+from app.views.query import item_record, item_words, keyframe_relpath
 
 bp = Blueprint("media", __name__)
 CACHE_SECONDS = 7 * 24 * 3600
@@ -91,30 +90,15 @@ def item_page(ref: ItemRef):
     except LookupError as exc:
         abort(404, description=str(exc))
     return render_template("keyframe.html", kf=record, matrix=_face_matrix(ref, record), objects=_objects(ref, record),
-                           words=_words(ref, record))
+                           words=_item_words(ref, record))
 
 
-def _words(ref: ItemRef, record: dict) -> dict:
-    """The OCR lines of this picture (boxes in percent of it) and, for a frame, the speech around its moment;
-    `?t=SECONDS` (a speech match's link) is the moment to start the video at and to mark in the transcript."""
-    from app.search import format_time
-    from app.text_search import ocr_lines_of, transcript_near
-
-    moment = record.get("pts_time")
-    raw = request.args.get("t")
-    if raw not in (None, "") and record.get("video"):
-        try:
-            moment = finite(raw, "t", 0, max(record["video"]["duration"] or 0.0, 0.0))
-        except ValueError as exc:
-            abort(400, description=str(exc))
-    with services.sessions()() as session:
-        ocr = [{"text": line.text, "confidence": line.confidence,
-                "pct": ",".join(f"{v * 100:.3f}" for v in (line.x, line.y, line.w, line.h))}
-               for line in ocr_lines_of(session, ref)]
-        speech = [{"text": line.text, "start": line.start_s, "end": line.end_s, "timestamp": format_time(line.start_s),
-                   "now": line.start_s - 0.5 <= moment <= line.end_s + 0.5}
-                  for line in transcript_near(session, ref.video_id, moment)] if ref.is_frame else []
-    return {"ocr": ocr, "speech": speech, "moment": moment}
+def _item_words(ref: ItemRef, record: dict) -> dict:
+    """`?t=SECONDS` (a speech match's link) is the moment the page starts the video at and marks in the speech."""
+    try:
+        return item_words(ref, record, request.args.get("t"))
+    except ValueError as exc:
+        abort(400, description=str(exc))
 
 
 def _objects(ref: ItemRef, record: dict) -> list[dict]:

@@ -408,6 +408,25 @@ def item_record(ref: ItemRef) -> dict:
                 "next": [_brief(video.video_id, k) for k in near if k.n > kf.n]}
 
 
+def item_words(ref: ItemRef, record: dict, raw_moment: str | None = None) -> dict:
+    """The OCR lines of an item (boxes as fractions and in percent of its picture) and, for a frame, the speech
+    from a minute before to a minute after its moment (`raw_moment` seconds, else the keyframe's time); a bad
+    moment is a ValueError saying why."""
+    from app.text_search import ocr_lines_of, transcript_near
+
+    moment = record.get("pts_time")
+    if raw_moment not in (None, "") and record.get("video"):
+        moment = finite(raw_moment, "t", 0, max(record["video"]["duration"] or 0.0, 0.0))
+    with services.sessions()() as session:
+        ocr = [{"text": line.text, "confidence": round(line.confidence, 4), "box": [line.x, line.y, line.w, line.h],
+                "pct": ",".join(f"{v * 100:.3f}" for v in (line.x, line.y, line.w, line.h))}
+               for line in ocr_lines_of(session, ref)]
+        speech = [{"text": line.text, "start": line.start_s, "end": line.end_s, "timestamp": format_time(line.start_s),
+                   "confidence": round(line.confidence, 4), "now": line.start_s - 0.5 <= moment <= line.end_s + 0.5}
+                  for line in transcript_near(session, ref.video_id, moment)] if ref.is_frame else []
+    return {"ocr": ocr, "speech": speech, "moment": moment}
+
+
 def keyframe_relpath(ref: ItemRef) -> str | None:
     """A frame's keyframe JPEG path relative to the data directory, found through the catalogue; None also
     while the files on disk are of another revision than the catalogue's (a re-index is switching them)."""

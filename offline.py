@@ -147,7 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Ranks the collection for a text and/or an image, with the same code as "
                                           "the web pages, and prints rank, similarity, video and time (or image), "
                                           "and the picture's file. --json prints everything as one JSON object.")
-    p_search.add_argument("text", nargs="?", default="", help="what to find, in words")
+    p_search.add_argument("text", nargs="?", default="",
+                          help='what to find, in words: plain words search the picture and the words on screen and '
+                               'in speech together; "a phrase", ocr:word (on screen) and asr:word (spoken) are '
+                               'required words')
+    p_search.add_argument("--picture-weight", default="1", metavar="W",
+                          help="how much the picture (CLIP) ranking counts in the fusion, 0 to 10 (default 1)")
+    p_search.add_argument("--words-weight", default="1", metavar="W",
+                          help="how much the words (OCR, speech) ranking counts, 0 to 10 (default 1)")
     p_search.add_argument("--image", type=Path, default=None, help="an image file to search by")
     p_search.add_argument("--box", default="", metavar="X,Y,W,H", help="a region of --image, in its pixels")
     p_search.add_argument("--k", default="20", help="how many results (1 to 1000, default 20)")
@@ -303,13 +310,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from app.db import open_database
-    from app.search import QueryError, parse_k
+    from app.search import QueryError, parse_k, parse_weight
     from app.terminal_search import TerminalQuery, render, run
 
     settings = _settings(args)
     try:
         query = TerminalQuery(text=args.text.strip(), image=args.image, box=args.box, k=parse_k(args.k),
-                              video=args.video)
+                              video=args.video, picture_weight=parse_weight(args.picture_weight, "--picture-weight"),
+                              words_weight=parse_weight(args.words_weight, "--words-weight"))
         outcome, collection = run(settings, query, open_database(settings.database_url, settings.layout.data_dir))
     except QueryError as exc:
         print(f"error: {exc}", file=sys.stderr)

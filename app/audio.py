@@ -42,8 +42,14 @@ def pcm_chunks(path: Path, chunk_seconds: float = CHUNK_SECONDS) -> Iterator[byt
         pending = bytearray()
         done = 0
         gaps = Gaps()
+        bad = 0
         try:
-            for frame in container.decode(stream):
+            for frame in _frames(container, stream):
+                if frame is None:  # a packet the decoder refused: skipped, as players do
+                    bad += 1
+                    if bad > MAX_BAD_PACKETS:
+                        raise ValueError(f"more than {MAX_BAD_PACKETS} undecodable packets")
+                    continue
                 gaps.saw(frame)
                 for out in resampler.resample(frame):
                     pending += bytes(out.planes[0])[:out.samples * 2]
@@ -67,6 +73,17 @@ def pcm_chunks(path: Path, chunk_seconds: float = CHUNK_SECONDS) -> Iterator[byt
 
 
 GAP_S = 1.0  # missing sound longer than this is reported
+MAX_BAD_PACKETS = 200  # undecodable packets skipped before the stream is taken as damaged
+
+
+def _frames(container, stream):
+    """The stream's frames, packet by packet; None for each packet the decoder refuses (the next one may decode:
+    one incomplete frame at the end of a real AVI file must not cost its whole sound)."""
+    for packet in container.demux(stream):
+        try:
+            yield from packet.decode()
+        except av.InvalidDataError:
+            yield None
 
 
 class Gaps:

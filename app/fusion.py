@@ -55,6 +55,8 @@ def fused_hits(searcher: Searcher, query: WordsQuery, opts: Options, outcome: Ou
     if opts.words_weight > 0 and query.has_words:
         with searcher.collection.sessions() as session:
             matches = rank_items(session, query)
+            if not matches and query.required:
+                outcome.notices.extend(unread_sources(session, query))
     words = _word_hits(searcher, snap, matches, allowed)
     outcome.timing_ms["words"] = (time.perf_counter() - t0) * 1000
     picture = None
@@ -94,6 +96,26 @@ def fused_hits(searcher: Searcher, query: WordsQuery, opts: Options, outcome: Ou
         hits.append(Hit(row, cosine[row] if picture is not None else scaled, snap.entry(row),
                         why=match.why if match else [], time=match.time if match else None, fused=scaled))
     return searcher.settled_hits(snap, hits)
+
+
+READ_BY = {"ocr": ("on-screen text", "--ocr"), "asr": ("speech", "--asr")}
+
+
+def unread_sources(session, query: WordsQuery) -> list[str]:
+    """Why a words query may have found nothing: the collection has no lines of the kind it asks for."""
+    from sqlalchemy import select
+
+    from app.models import TextLine
+
+    asked = {c.source for c in query.required} | ({"ocr", "asr"} if any(c.source is None for c in query.required)
+                                                    else set())
+    notices = []
+    for source in sorted(asked - {None}):
+        if session.scalar(select(TextLine.id).where(TextLine.source == source).limit(1)) is None:
+            what, flag = READ_BY[source]
+            notices.append(f"No {what} has been read in this collection yet: index it with {flag} (on by default "
+                           f"when its model loads), e.g. `offline.py index PATHS {flag}`.")
+    return notices
 
 
 def search_text(searcher: Searcher, text: str, opts: Options, outcome: Outcome) -> Outcome:

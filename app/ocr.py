@@ -8,6 +8,7 @@ recogniser's character list as keys.txt.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 DEFAULT_OCR_MODEL = "rapidocr"
 MIN_CONFIDENCE = 0.5  # lines the recogniser is less sure of are not kept
 MAX_LINES = 200  # per picture: a page of small print is cut, the largest lines first
+MAX_LINE_CHARS = 2000
 DET_SIDE = 960  # the detector sees the picture with its longer side at most this (PaddleOCR's default)
 UNCLIP = 2.0  # how far a detected box is grown before recognition; PP-OCR's 1.6 often loses the spaces of a
 # Latin line ("EMERGENCYEXIT"), which makes its words unsearchable
@@ -75,7 +77,8 @@ class OcrModel:
         result, _ = self._engine(np.ascontiguousarray(rgb[:, :, ::-1]), return_word_box=True)
         lines = []
         for points, text, score, *_ in result or []:
-            text = " ".join(str(text).split())
+            # NFKC: full-width forms ("！", "１") as their plain letters, which every font has
+            text = " ".join(unicodedata.normalize("NFKC", str(text)).split())[:MAX_LINE_CHARS]
             if not text or not np.isfinite(score) or score < MIN_CONFIDENCE:
                 continue
             xs, ys = [p[0] for p in points], [p[1] for p in points]

@@ -104,6 +104,16 @@ def parse_min_score(raw: str | float | None) -> float:
     return value
 
 
+def parse_weight(raw: str | float | None, name: str) -> float:
+    """A fusion weight (app.fusion): 0 leaves that ranking out, 10 at most; empty means 1."""
+    if raw in (None, ""):
+        return 1.0
+    try:
+        return finite(raw, name, 0, 10)
+    except ValueError as exc:
+        raise QueryError(str(exc)) from None
+
+
 MAX_BOX = 1_000_000  # pixels: far beyond any image, far below any overflow
 
 

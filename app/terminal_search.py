@@ -22,6 +22,8 @@ class TerminalQuery:
     k: int = 20
     video: str | None = None
     text_weight: float = 0.5
+    picture_weight: float = 1.0  # fusion of a text query (app.fusion)
+    words_weight: float = 1.0
 
 
 def run(settings: Settings, query: TerminalQuery, sessions) -> tuple[Outcome, Collection]:
@@ -56,7 +58,8 @@ def run(settings: Settings, query: TerminalQuery, sessions) -> tuple[Outcome, Co
         picture = read_image(data)
         image_vec = searcher.encode_image(picture, parse_box(query.box, picture.width, picture.height))
     if image_vec is None:  # words and picture, fused (app.fusion), as the search page does
-        searcher.search_text(query.text, Options(k=query.k, video=query.video), outcome)
+        searcher.search_text(query.text, Options(k=query.k, video=query.video, picture_weight=query.picture_weight,
+                                                 words_weight=query.words_weight), outcome)
         return outcome, collection
     if query.text:
         text_vec = searcher.encode_text(query.text, outcome.notices)

@@ -50,7 +50,7 @@ class WordsSummary:
 
 
 def _ocr_rows(lines: list[OcrLine], model: str) -> list[tuple[object, None]]:
-    return [(TextLine(source="ocr", text=line.text[:2000], folded=" ".join(ocr_tokens(line.text)),
+    return [(TextLine(source="ocr", text=line.text, folded=" ".join(ocr_tokens(line.text)),
                       confidence=line.confidence, x=line.box[0], y=line.box[1], w=line.box[2], h=line.box[3],
                       model=model), None) for line in lines if tokens(line.text)]
 

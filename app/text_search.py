@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.items import ItemRef
 from app.models import Image, Keyframe, TextLine, Video
-from app.words import Clause, WordsQuery
+from app.words import Clause, WordsQuery, ocr_tokens
 
 LINES_PER_CLAUSE = 500  # best lines fetched per clause: a very common word is ranked among these
 RANKED_AT_MOST = 10_000  # matches of one clause that are ranked at all
@@ -84,7 +84,10 @@ def _said_at(line: TextLine, wanted: list[str], phrase: bool) -> float:
 
 
 def why_of(line: TextLine, wanted: list[str], at: float | None) -> dict:
-    """What a result shows of a matched line: OCR with its box, speech with its times."""
+    """What a result shows of a matched line: OCR with its box, speech with its times; `words` are the query's
+    words the line holds."""
+    held = set(ocr_tokens(line.text))
+    wanted = [w for w in dict.fromkeys(wanted) if w in held]
     if line.source == "ocr":
         return {"source": "ocr", "text": line.text, "box": [line.x, line.y, line.w, line.h], "words": wanted}
     return {"source": "asr", "text": line.text, "start": line.start_s, "end": line.end_s, "time": at,

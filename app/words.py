@@ -45,17 +45,17 @@ GLUED_MIN_CHARS = 6
 
 def ocr_tokens(text: str) -> list[str]:
     """The tokens of an OCR line, each glued run of English words also split into its words after it: the
-    recogniser often drops the spaces of a Latin line ("EMERGENCYEXIT"), and "emergencyexit emergency exit" is
+    recogniser often drops the spaces of a Latin line ("EMERGENCYEXIT"), and "emergency exit emergencyexit" is
     then found by `exit` and by "emergency exit". The split is wordninja's (English word frequencies)."""
     import wordninja
 
     out = []
     for token in tokens(text):
-        out.append(token)
         if len(token) >= GLUED_MIN_CHARS and token.isascii() and token.isalnum():
             parts = wordninja.split(token)
             if len(parts) > 1 and all(len(p) > 1 or p.isdigit() for p in parts):
-                out.extend(p.lower() for p in parts)
+                out.extend(p.lower() for p in parts)  # first, so "feeding time3pm" keeps "feeding time" a phrase
+        out.append(token)
     return out
 
 
@@ -94,6 +94,10 @@ def parse(text: str) -> WordsQuery:
     for match in _CLAUSE.finditer(text or ""):
         source = (match.group("source") or "").lower() or None
         phrase = match.group("phrase")
+        if source is None and phrase is None and match.group("word").lower() in ("ocr:", "asr:"):
+            query.notices.append(f"{match.group('word')} needs a word or a \"phrase\" right after it, with no "
+                                 f"space (ocr:exit); it was left out.")
+            continue
         words = tokens(phrase if phrase is not None else match.group("word"))
         if not words:
             continue

@@ -42,6 +42,11 @@ def test_words_on_screen_and_in_speech_are_found_and_explained(browser, words_ap
         assert box and picture and box["width"] > 10 and picture["x"] <= box["x"] < picture["x"] + picture["width"]
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"words-results-ocr-{width}.png"), full_page=True)
+        with_words = page.locator("figure.card[data-words='1']").count()
+        page.locator("#min_score").fill("95")  # the slider filters pictures; results that matched words stay
+        page.locator("#min_score").dispatch_event("input")
+        assert with_words >= 2 and page.locator("figure.card[data-words='1']:not([hidden])").count() == with_words
+        assert page.locator("figure.card:not([data-words]):not([hidden])").count() == 0
         assert page.evaluate("document.documentElement.scrollWidth") <= width
 
         spoken = SPEECH[1]  # "the president will speak tomorrow morning", at 7.5 s
@@ -67,6 +72,7 @@ def test_words_on_screen_and_in_speech_are_found_and_explained(browser, words_ap
         page.goto(f"{base}/?q=ocr:storm")
         page.locator("figure.card a").first.click()
         boxes = page.locator(".frame-wrap .ocr-box")
+        page.wait_for_function("() => document.querySelector('.frame-wrap .ocr-box').style.width !== ''")
         assert boxes.count() >= 1 and boxes.first.is_visible()
         assert "storm" in page.inner_text("#ocr-lines").lower()
         page.uncheck("#ocr-toggle")

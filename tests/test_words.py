@@ -248,6 +248,8 @@ def test_adding_words_to_an_indexed_collection_redoes_neither_shots_nor_clip(tmp
         first = cli("index", str(media), *args, "--no-ocr", "--no-asr")
         assert first.returncode == 0, first.stderr
         assert "ocr:" not in first.stdout and "speech:" not in first.stdout
+        unread = cli("search", "ocr:storm", "--data-dir", str(data), "--model-config", MODEL_ARGS[3])
+        assert unread.returncode == 0 and "No on-screen text has been read" in unread.stdout, unread
         feature = data / "feature" / "news.npy"
         before = (feature.stat().st_mtime_ns, feature.read_bytes())
         engine = create_engine(f"sqlite:///{data / 'instance' / 'framefinder.db'}")
@@ -299,3 +301,43 @@ def test_an_hour_of_sound_streams_in_flat_memory(tmp_path):
     decoded, grew_kb = map(int, out.stdout.split())
     assert decoded >= 3599 * 16000 * 2
     assert grew_kb < 40 * 1024, grew_kb  # 115 MB of sound, well under 40 MB of growth
+
+
+def test_what_a_result_says_it_matched_is_what_its_line_holds(words):
+    status, body = _search(words["base"], q="platform 3", k=3)
+    first = body["results"][0]
+    assert first["name"].endswith("sign1.jpg") and first["why"][0]["words"] == ["platform"]
+
+
+def test_queries_that_cannot_work_say_why(words):
+    status, body = _search(words["base"], q="ocr: storm", k=3)
+    assert status == 200 and any("ocr: needs a word" in n for n in body["notices"])
+    from tests.processes import post_image
+
+    status, body = post_image(f"{words['base']}/api/search", words["media"] / "signs" / "sign0.jpg",
+                              {"q": "ocr:museum", "k": "3"})
+    assert status == 200 and any("without an image" in n for n in body["notices"]), body
+
+
+def test_a_sequence_says_when_each_step_happened(words):
+    query = urllib.parse.urlencode({"q1": "ocr:exit", "q2": 'asr:"president will speak"', "gap": 15})
+    status, _, html = get(f"{words['base']}/?{query}")
+    head = html.decode().split('class="moment-head"')[1].split("</p>")[0]
+    assert status == 200 and "<b>B</b> 00:00:07." in head  # when the words were said, not the keyframe's time
+
+
+def test_real_footage_sound_with_an_incomplete_last_packet_is_heard(tmp_path):
+    """Megamind.avi (opencv-doc) ends its AC3 track with an incomplete frame: the decoder refuses that packet, and
+    the other 11 seconds of sound are transcribed without a complaint."""
+    clip = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
+    if not clip.exists():
+        pytest.skip("opencv-doc is not installed")
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "Megamind.avi").write_bytes(clip.read_bytes())
+    data = tmp_path / "data"
+    (data / "instance").mkdir(parents=True)
+    with database_env("sqlite", data):
+        done = cli("index", str(media), "--data-dir", str(data), "--pretrained", "none", "--no-ocr", *MODEL_ARGS)
+    assert done.returncode == 0, done.stderr
+    assert "damaged" not in done.stderr and "speech: " in done.stdout and "in 1 videos (11 s of sound)" in done.stdout

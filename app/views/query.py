@@ -18,9 +18,20 @@ from app.models import Keyframe, Video
 from app.numbers import finite
 from app.query_images import query_image_dir
 from app.safe_files import UnsafeFile
-from app.search import Hit, Options, Outcome, QueryError, format_time, parse_box, parse_k, parse_min_score
+from app.search import (
+    Hit,
+    Options,
+    Outcome,
+    QueryError,
+    format_time,
+    parse_box,
+    parse_k,
+    parse_min_score,
+    parse_weight,
+)
 from app.store import files_match
 from app.uploads import read_image
+from app.words import parse as parse_words
 
 log = logging.getLogger("framefinder.query")
 
@@ -101,17 +112,6 @@ def read_objects() -> tuple:
             raise QueryError(str(exc)) from None
 
 
-def _weight(name: str) -> float:
-    """A fusion weight (app.fusion): 0 leaves that ranking out, 10 at most."""
-    raw = request.values.get(name)
-    if raw in (None, ""):
-        return 1.0
-    try:
-        return finite(raw, name, 0, 10)
-    except ValueError as exc:
-        raise QueryError(str(exc)) from None
-
-
 def read_options() -> Options:
     if request.values.get("score_mode", "abs") not in ("abs", "rel"):
         raise QueryError("score_mode must be abs (cosine x 100) or rel (relative to the best result)")
@@ -121,8 +121,9 @@ def read_options() -> Options:
                    video=request.values.get("video") or None, folder=request.values.get("folder") or None,
                    label=request.values.get("label") or None, person=read_person(),
                    group_by_video=_flag("group"), collapse_shots=_flag("collapse"),
-                   index_params=read_index_params(), picture_weight=_weight("picture_weight"),
-                   words_weight=_weight("words_weight"))
+                   index_params=read_index_params(),
+                   picture_weight=parse_weight(request.values.get("picture_weight"), "picture_weight"),
+                   words_weight=parse_weight(request.values.get("words_weight"), "words_weight"))
 
 
 def parse_ref(text: str, what: str) -> ItemRef:
@@ -259,6 +260,9 @@ def run_query() -> tuple[Outcome, QueryInfo]:
         if info.text:
             text_vec = searcher.encode_text(info.text, outcome.notices)
             info.kind = "combined"
+            if parse_words(info.text).required:
+                outcome.notices.append("With an image, the words are mixed into the picture query: quoted phrases, "
+                                       "ocr: and asr: are searched as words only without an image.")
         try:
             info.text_weight = min(1.0, max(0.0, float(request.values.get("text_weight", 0.5))))
         except ValueError:

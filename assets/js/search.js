@@ -77,7 +77,7 @@ document.addEventListener("DOMContentLoaded", () => {
     const floor = pct === 0 ? -Infinity : (pct / 100) * (mode.value === "rel" ? best : 1);
     let visible = 0, passing = 0;
     cards.forEach((c) => {
-      const ok = Number(c.dataset.score) >= floor;
+      const ok = c.dataset.words === "1" || Number(c.dataset.score) >= floor;  // words matched: never hidden
       if (ok) passing += 1;
       const show = ok && passing <= shown;
       c.hidden = !show; if (show) visible += 1;

@@ -27,8 +27,10 @@ def has_audio(path: Path) -> bool:
 
 
 def pcm_chunks(path: Path, chunk_seconds: float = CHUNK_SECONDS) -> Iterator[bytes]:
-    """The first audio stream, resampled, in chunks of about `chunk_seconds` (the last one shorter). Nothing for a
-    file without sound. A stream that breaks midway raises AudioError saying where, after the chunks before it."""
+    """The first audio stream, resampled, in chunks of about `chunk_seconds` (the last one shorter), on the video's
+    clock: a track that starts late, or a hole where packets could not be decoded, is filled with silence, so a
+    second of PCM is the same second of the video. Nothing for a file without sound. A damaged stream raises
+    AudioError saying where, after the chunks it could give."""
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except (av.FFmpegError, OSError, ValueError) as exc:
@@ -38,9 +40,7 @@ def pcm_chunks(path: Path, chunk_seconds: float = CHUNK_SECONDS) -> Iterator[byt
             return
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
-        chunk_bytes = int(chunk_seconds * RATE) * 2
-        pending = bytearray()
-        done = 0
+        out = Chunker(int(chunk_seconds * RATE) * 2)
         gaps = Gaps()
         bad = 0
         try:
@@ -50,30 +50,56 @@ def pcm_chunks(path: Path, chunk_seconds: float = CHUNK_SECONDS) -> Iterator[byt
                     if bad > MAX_BAD_PACKETS:
                         raise ValueError(f"more than {MAX_BAD_PACKETS} undecodable packets")
                     continue
-                gaps.saw(frame)
-                for out in resampler.resample(frame):
-                    pending += bytes(out.planes[0])[:out.samples * 2]
-                while len(pending) >= chunk_bytes:
-                    yield bytes(pending[:chunk_bytes])
-                    del pending[:chunk_bytes]
-                    done += chunk_bytes
-            for out in resampler.resample(None):
-                pending += bytes(out.planes[0])[:out.samples * 2]
+                yield from out.silence(gaps.saw(frame))
+                for resampled in resampler.resample(frame):
+                    yield from out.add(bytes(resampled.planes[0])[:resampled.samples * 2])
+            for resampled in resampler.resample(None):
+                yield from out.add(bytes(resampled.planes[0])[:resampled.samples * 2])
         except (av.FFmpegError, ValueError) as exc:
-            if pending:
-                yield bytes(pending)
-            at = (done + len(pending)) / 2 / RATE
-            raise AudioError(f"the audio stream is damaged ({exc})", at) from None
-        if pending:
-            yield bytes(pending)
+            yield from out.flush()
+            raise AudioError(f"the audio stream is damaged ({exc})", out.seconds) from None
+        yield from out.flush()
         gaps.end(stream, container)
-        if gaps.lost > GAP_S:  # FFmpeg drops packets it cannot decode: a damaged stream has holes, not errors
-            raise AudioError(f"the audio stream is damaged: {gaps.lost:.0f} s from {gaps.first:.0f} s on could "
-                             f"not be decoded", gaps.first)
+        if gaps.lost > GAP_S or bad >= BAD_PACKETS_REPORTED:
+            lost = f"{gaps.lost:.0f} s from {gaps.first:.0f} s on" if gaps.lost > GAP_S else f"{bad} packets"
+            raise AudioError(f"the audio stream is damaged: {lost} could not be decoded", gaps.first)
 
 
 GAP_S = 1.0  # missing sound longer than this is reported
+MAX_PAD_S = 600.0  # a late start or a hole is filled with at most this much silence
 MAX_BAD_PACKETS = 200  # undecodable packets skipped before the stream is taken as damaged
+BAD_PACKETS_REPORTED = 25  # fewer are a real file's usual blemish (an incomplete last frame), not damage
+
+
+class Chunker:
+    """PCM bytes in, chunks of a fixed size out; silence is added a chunk at a time (flat memory)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.pending, self.done = size, bytearray(), 0
+
+    @property
+    def seconds(self) -> float:
+        return (self.done + len(self.pending)) / 2 / RATE
+
+    def add(self, data: bytes) -> Iterator[bytes]:
+        self.pending += data
+        while len(self.pending) >= self.size:
+            yield bytes(self.pending[:self.size])
+            del self.pending[:self.size]
+            self.done += self.size
+
+    def silence(self, seconds: float) -> Iterator[bytes]:
+        left = int(min(seconds, MAX_PAD_S) * RATE) * 2
+        while left > 0:
+            step = min(left, self.size)
+            yield from self.add(bytes(step))
+            left -= step
+
+    def flush(self) -> Iterator[bytes]:
+        if self.pending:
+            self.done += len(self.pending)
+            yield bytes(self.pending)
+            self.pending.clear()
 
 
 def _frames(container, stream):
@@ -87,33 +113,50 @@ def _frames(container, stream):
 
 
 class Gaps:
-    """Where the decoded sound has holes: frames whose time jumps past where the previous one ended, and a stream
-    that ends before its declared duration."""
+    """Where the decoded sound has holes: a first frame after 0 s, frames whose time jumps past where the previous
+    one ended, and a stream that ends before its own declared duration."""
 
     def __init__(self) -> None:
-        self.next: float | None = None  # where the sound decoded so far ends (a stream may start late)
-        self.lost = 0.0
+        self.next: float | None = None  # where the sound decoded so far ends
+        self.lost = 0.0  # seconds missing inside the stream (a late start is not loss)
         self.first: float = 0.0
 
-    def _hole(self, start: float, end: float) -> None:
-        if end - start > GAP_S:
+    def saw(self, frame) -> float:
+        """The silence to put before this frame."""
+        if frame.pts is None or frame.time_base is None or not frame.sample_rate:
+            return 0.0
+        at = float(frame.pts * frame.time_base)
+        start = 0.0 if self.next is None else self.next
+        hole = at - start
+        if self.next is not None and hole > GAP_S:
             if self.lost == 0.0:
                 self.first = start
-            self.lost += end - start
-
-    def saw(self, frame) -> None:
-        if frame.pts is None or frame.time_base is None or not frame.sample_rate:
-            return
-        at = float(frame.pts * frame.time_base)
-        if self.next is not None:
-            self._hole(self.next, at)
-        self.next = max(self.next or at, at + frame.samples / frame.sample_rate)
+            self.lost += hole
+        self.next = max(start, at) + frame.samples / frame.sample_rate
+        return hole if hole > 0.02 else 0.0
 
     def end(self, stream, container) -> None:
-        if stream.duration is not None and stream.time_base is not None:
-            declared = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            declared = container.duration / 1_000_000
-        else:
+        """Only the stream's own duration counts: a container's is its longest stream's (a short sound track in
+        a longer video is not damage). Matroska keeps a track's own duration in its DURATION tag; FFmpeg gives
+        such a stream the whole file's."""
+        declared = _declared_seconds(stream, container)
+        if declared is None or self.next is None:
             return
-        self._hole(self.next or 0.0, declared)
+        missing = declared - self.next
+        if missing > GAP_S:
+            if self.lost == 0.0:
+                self.first = self.next
+            self.lost += missing
+
+
+def _declared_seconds(stream, container) -> float | None:
+    tag = (stream.metadata or {}).get("DURATION")
+    if tag:
+        try:
+            hours, minutes, seconds = tag.split(":")
+            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        except ValueError:
+            return None
+    if "matroska" in container.format.name or stream.duration is None or stream.time_base is None:
+        return None
+    return float(stream.duration * stream.time_base)

@@ -114,6 +114,7 @@ class Snapshot:
     _by_frame_frame: np.ndarray = field(default=None)  # lookup is two binary searches, with no copy
     _image_row: dict[str, int] = field(default_factory=dict)
     _label_rows: dict[tuple, np.ndarray] = field(default_factory=dict)
+    _db_index: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # kind -> (ids, rows) sorted
 
     def __post_init__(self) -> None:
         c = self.cols
@@ -167,6 +168,21 @@ class Snapshot:
         if at < hi and self._by_frame_frame[at] == ref.frame_idx and self.visible(int(self._by_frame[at])):
             return int(self._by_frame[at])
         return None
+
+    def rows_of_db(self, kind: int, ids: np.ndarray) -> np.ndarray:
+        """The rows of catalogue ids of one kind (keyframe or image ids, as text lines name their owners); -1
+        where this generation has no visible row for the id. Two binary searches, the sorted ids made once."""
+        if kind not in self._db_index:
+            rows = np.flatnonzero(self.cols.kind == kind)
+            order = np.argsort(self.cols.db_id[rows], kind="stable")
+            self._db_index[kind] = (self.cols.db_id[rows][order], rows[order])
+        known, rows = self._db_index[kind]
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(known) or not len(ids):
+            return np.full(len(ids), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(known, ids), len(known) - 1)
+        found = np.where(known[at] == ids, rows[at], -1)
+        return np.array([r if r >= 0 and self.visible(int(r)) else -1 for r in found.tolist()], dtype=np.int64)
 
     def find(self, ref: ItemRef) -> Entry | None:
         row = self.row_of(ref)

@@ -404,8 +404,9 @@ def evaluate(gt: GroundTruth, snap: Snapshot, layout: DataLayout, encoder, confi
     for i, q in enumerate(gt.queries):
         # deep enough that `depth` items remain once the never-ranked rows (and the query itself) are left out
         wanted = min(size, depth + prep.outside + (1 if q.exclude_self else 0))
-        if q.text is not None and words is not None:
-            rows, scores = words(q.text, wanted)
+        ranked = words(q.text, wanted) if q.text is not None and words is not None else None
+        if ranked is not None:
+            rows, scores = ranked
         else:
             vec = encoder.encode_text([q.text]) if q.text is not None else \
                 encoder.encode_images([query_image(prep.query_files[q.qid], q.box)])

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app import vectors
-from app.text_search import RRF_K, WordMatch, rank_items
+from app.text_search import IMAGE, KEYFRAME, RRF_K, WordMatch, explain, rank_items
 from app.words import WordsQuery, parse
 
 if TYPE_CHECKING:
@@ -24,19 +24,23 @@ if TYPE_CHECKING:
     from app.search import Hit, Options, Outcome, Searcher
 
 PICTURE_DEPTH = 1000  # CLIP results fused with the words (the words' own results all take part)
+MAX_QUERY_CHARS = 2000  # as app.search's: an evaluation's longer query text is read up to here
 
 
-def _word_hits(searcher: Searcher, snap: Snapshot, matches: list[WordMatch], allowed: np.ndarray | None,
+def _word_hits(snap: Snapshot, matches: list[WordMatch], allowed: np.ndarray | None,
                ) -> list[tuple[int, WordMatch]]:
     """The matches the served index holds and the filters let through, as (row, match), best first."""
-    allowed_rows = None if allowed is None else set(allowed.tolist())
-    kept = []
-    for match in matches:
-        row = snap.row_of(match.ref)
-        if row is None or not snap.visible(row) or (allowed_rows is not None and row not in allowed_rows):
-            continue
-        kept.append((row, match))
-    return kept
+    from app.vectors import KIND_IMAGE, KIND_KEYFRAME
+
+    rows = np.full(len(matches), -1, dtype=np.int64)
+    for kind, letter in ((KIND_KEYFRAME, KEYFRAME), (KIND_IMAGE, IMAGE)):
+        at = [i for i, m in enumerate(matches) if m.key[0] == letter]
+        if at:
+            rows[at] = snap.rows_of_db(kind, np.array([matches[i].key[1] for i in at], dtype=np.int64))
+    keep = rows >= 0
+    if allowed is not None:
+        keep &= np.isin(rows, allowed)
+    return [(int(rows[i]), matches[i]) for i in np.flatnonzero(keep).tolist()]
 
 
 def fused_hits(searcher: Searcher, query: WordsQuery, opts: Options, outcome: Outcome, depth: int) -> list[Hit]:
@@ -51,13 +55,15 @@ def fused_hits(searcher: Searcher, query: WordsQuery, opts: Options, outcome: Ou
     searcher.check_video(snap, opts, outcome)
     allowed = searcher._allowed(snap, opts)
     t0 = time.perf_counter()
+    if query.required and opts.words_weight == 0:
+        raise QueryError("words_weight is 0, but quoted phrases, ocr: and asr: are words: give them a weight")
     matches = []
     if opts.words_weight > 0 and query.has_words:
         with searcher.collection.sessions() as session:
             matches = rank_items(session, query)
             if not matches and query.required:
                 outcome.notices.extend(unread_sources(session, query))
-    words = _word_hits(searcher, snap, matches, allowed)
+    words = _word_hits(snap, matches, allowed)
     outcome.timing_ms["words"] = (time.perf_counter() - t0) * 1000
     picture = None
     if query.picture_text and opts.picture_weight > 0:
@@ -88,13 +94,17 @@ def fused_hits(searcher: Searcher, query: WordsQuery, opts: Options, outcome: Ou
         if picture is not None and row not in cosine:
             cosine[row] = float(vectors.vector_of(snap.bundle, row) @ picture.reshape(-1))
     best = (opts.picture_weight if picture is not None else 0.0) + (opts.words_weight if matches else 0.0)
-    order = sorted(fused, key=lambda r: (-fused[r], r))
+    order = sorted(fused, key=lambda r: (-fused[r], r))[:max(depth, 1)]
+    shown = [by_row[row] for row in order if row in by_row]
+    with searcher.collection.sessions() as session:
+        why = explain(session, shown)
     hits = []
     for row in order:
         match = by_row.get(row)
         scaled = fused[row] * (RRF_K + 1) / max(best, 1e-9)  # 1: first in every ranking that took part
         hits.append(Hit(row, cosine[row] if picture is not None else scaled, snap.entry(row),
-                        why=match.why if match else [], time=match.time if match else None, fused=scaled))
+                        why=why.get(match.key, []) if match else [], time=match.time if match else None,
+                        fused=scaled))
     return searcher.settled_hits(snap, hits)
 
 
@@ -165,8 +175,14 @@ def pinned_ranking(snap: Snapshot, sessions, encoder):
 
     searcher = Searcher(_Pinned(snap, sessions), encoder)  # type: ignore[arg-type]
 
-    def rank(text: str, depth: int) -> tuple[np.ndarray, np.ndarray]:
-        hits = fused_hits(searcher, parse(text), Options(k=depth), Outcome(), depth)[:depth]
+    def rank(text: str, depth: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """None when the text is no words query (no words in it, too many clauses): CLIP alone ranks it then."""
+        from app.search import QueryError
+
+        try:
+            hits = fused_hits(searcher, parse(text[:MAX_QUERY_CHARS]), Options(k=depth), Outcome(), depth)[:depth]
+        except QueryError:
+            return None
         return (np.array([h.row for h in hits], dtype=np.int64),
                 np.array([h.fused if h.fused is not None else h.score for h in hits], dtype=np.float32))
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app import aic, atomic
@@ -29,7 +29,7 @@ from app.boxes import annotated_frames
 from app.encoders import DEFAULT_MODEL, ClipEncoder, WeightsUnavailable, default_pretrained, resolve_device
 from app.index_build import refresh_index
 from app.media import BadMediaFile, Discovery, Problem, discover
-from app.models import Image, IndexRun, Keyframe, Setting, Video
+from app.models import Image, IndexRun, Keyframe, Setting, TextLine, Video
 from app.paths import DataLayout
 from app.progress import ProgressListener, StageProgress
 from app.proxies import make_proxy
@@ -483,8 +483,10 @@ class Indexer:
         for (path, state, existing, rgb), vec in zip(batch, features, strict=True):
             atomic.save_npy(self.layout.image_feature_dir / f"{state.content_hash}.npy", vec)
             row = existing or Image(path=str(path))
-            if row.content_hash != state.content_hash:  # other pixels: faces and objects are found again
+            if row.content_hash != state.content_hash:  # other pixels: faces, objects and words are found again
                 row.faces_model = row.objects_model = row.concepts_vocab = row.ocr_model = None
+                if row.id is not None:  # the old picture's words go now, even if this run reads none
+                    self.session.execute(delete(TextLine).where(TextLine.image_id == row.id))
             row.content_hash, row.size, row.mtime_ns = state.content_hash, state.size, state.mtime_ns
             row.name = self._names.get(path) or path.name
             row.width, row.height = rgb.size

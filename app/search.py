@@ -250,7 +250,7 @@ class Searcher:
             hits = kept
         hits = hits[:opts.k]
         if opts.min_score > 0 and hits:
-            floor = opts.min_score / 100 * (hits[0].score if opts.relative else 1.0)
+            floor = opts.min_score / 100 * (max(h.score for h in hits) if opts.relative else 1.0)
             passed = [h for h in hits if h.score >= floor or h.why]  # the slider is for pictures; words matched
             outcome.filtered_out = not passed
             hits = passed

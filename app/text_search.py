@@ -1,9 +1,13 @@
-"""Searching the words of the collection: text clauses in, items (frames and images) ranked by their words out,
+"""Searching the words of the collection: text clauses in, items (keyframes and images) ranked by their words out,
 each with the lines that matched (why) and, for speech, the second the words were said.
 
 SQLite matches with FTS5 (`text_fts`), PostgreSQL with its GIN-indexed tsvector (`tsv`); both see the folded
 tokens of app.words, and every token reaches the engine quoted (FTS5) or as a bare lexeme (tsquery) made of word
 characters only, so no user text is ever read as an operator.
+
+A clause ranks items, not lines: each picture (or each stretch of speech) counts once, by its best line, so a
+picture holding a word 120 times does not crowd out the others. An item is named by its catalogue id (a keyframe
+or an image); a speech line stands for the keyframe nearest the second its words were said.
 """
 from __future__ import annotations
 
@@ -11,28 +15,32 @@ import bisect
 import json
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from app.items import ItemRef
 from app.models import Image, Keyframe, TextLine, Video
 from app.words import Clause, WordsQuery, ocr_tokens
 
-LINES_PER_CLAUSE = 500  # best lines fetched per clause: a very common word is ranked among these
-RANKED_AT_MOST = 10_000  # matches of one clause that are ranked at all
+OPTIONAL_ITEMS = 500  # items the plain words rank (they only add to the order)
+REQUIRED_ITEMS = 10_000  # items a required clause may name: every one is checked against the other clauses
+RANKED_AT_MOST = 10_000  # matches of one clause that are ranked at all: a word in a quarter of a million lines
+# tells little, and ranking them all took 250 ms at 1M lines
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al.): 1 / (RRF_K + rank)
 WHY_PER_ITEM = 3
+KEYFRAME, IMAGE = "k", "i"
 
 
 @dataclass
 class WordMatch:
-    """An item whose words match, its fused text score, and what to show for it."""
+    """An item whose words match (`key`: ("k", keyframe id) or ("i", image id)), its fused text score, the lines
+    that matched it and, for speech, when the words were said."""
 
-    ref: ItemRef
+    key: tuple[str, int]
     score: float = 0.0
-    why: list[dict] = field(default_factory=list)
-    time: float | None = None  # speech: when the matched words were said
-    clauses: set[int] = field(default_factory=set)  # which required clauses it meets
+    lines: list[tuple[int, list[str]]] = field(default_factory=list)  # (line id, the clause's words)
+    time: float | None = None
+    clauses: set[int] = field(default_factory=set)  # which clauses it meets (the plain words are the last)
 
 
 def _fts5(clause: Clause | None, words: list[str], source: str | None) -> str:
@@ -47,30 +55,37 @@ def _tsquery(clause: Clause | None, words: list[str]) -> str:
     return " | ".join(dict.fromkeys(words))
 
 
+# the best line of each owner (a keyframe, an image, or the speech line itself), best owners first
+_BEST_PER_OWNER = ("SELECT id, keyframe_id, image_id, video_pk, source, start_s, words_json FROM ("
+                   "SELECT l.id, l.keyframe_id, l.image_id, l.video_pk, l.source, l.start_s, l.words_json, m.score, "
+                   "ROW_NUMBER() OVER (PARTITION BY l.keyframe_id, l.image_id, "
+                   "CASE WHEN l.source = 'asr' THEN l.id END ORDER BY m.score{desc}, l.id) AS place "
+                   "FROM m JOIN text_lines l ON l.id = m.id) owners WHERE place = 1 "
+                   "ORDER BY score{desc}, id LIMIT :limit")
+
+
 def matching_lines(session: Session, clause: Clause | None, words: list[str] = (), source: str | None = None,
-                   limit: int = LINES_PER_CLAUSE) -> list[int]:
-    """Ids of the lines that match a clause (or any of `words`), best first. Only the first RANKED_AT_MOST
-    matches are ranked: a word in a quarter of a million lines tells little, and ranking them all took 250 ms
-    at 1M lines."""
+                   limit: int = OPTIONAL_ITEMS) -> list:
+    """The best line of each item that matches a clause (or any of `words`), best items first (rows of id,
+    keyframe_id, image_id, video_pk, source, start_s, words_json)."""
     source = clause.source if clause is not None else source
     params = {"limit": limit, "cap": RANKED_AT_MOST}
     if session.get_bind().dialect.name == "sqlite":
         params["q"] = _fts5(clause, list(words), source)
-        sql = ("SELECT rowid FROM (SELECT rowid, bm25(text_fts, 1.0, 0.0) AS score FROM text_fts "
-               "WHERE text_fts MATCH :q LIMIT :cap) ORDER BY score, rowid LIMIT :limit")
+        sql = ("WITH m AS (SELECT rowid AS id, bm25(text_fts, 1.0, 0.0) AS score FROM text_fts "
+               "WHERE text_fts MATCH :q LIMIT :cap) " + _BEST_PER_OWNER.format(desc=""))
     else:
         params["q"], params["source"] = _tsquery(clause, list(words)), source
         where_source = " AND l.source = :source" if source else ""
-        sql = ("SELECT id FROM (SELECT l.id, ts_rank(l.tsv, q) AS score FROM text_lines l, "
-               f"to_tsquery('simple', :q) q WHERE l.tsv @@ q{where_source} LIMIT :cap) m "
-               "ORDER BY score DESC, id LIMIT :limit")
-    return [row[0] for row in session.execute(text(sql), params)]
+        sql = ("WITH m AS (SELECT l.id, ts_rank(l.tsv, q) AS score FROM text_lines l, to_tsquery('simple', :q) q "
+               f"WHERE l.tsv @@ q{where_source} LIMIT :cap) " + _BEST_PER_OWNER.format(desc=" DESC"))
+    return list(session.execute(text(sql), params))
 
 
-def _said_at(line: TextLine, wanted: list[str], phrase: bool) -> float:
+def _said_at(words_json: str | None, start_s: float | None, wanted: list[str], phrase: bool) -> float:
     """When the matched words start in a speech line: the phrase's first word, else the first wanted word."""
-    words = [w for w, _, _ in json.loads(line.words_json or "[]")]
-    times = [s for _, s, _ in json.loads(line.words_json or "[]")]
+    timed = json.loads(words_json or "[]")
+    words, times = [w for w, _, _ in timed], [s for _, s, _ in timed]
     if phrase and wanted:
         for i in range(len(words) - len(wanted) + 1):
             if words[i:i + len(wanted)] == wanted:
@@ -78,12 +93,74 @@ def _said_at(line: TextLine, wanted: list[str], phrase: bool) -> float:
     for word, at in zip(words, times, strict=True):
         if word in wanted:
             return at
-    return line.start_s or 0.0
+    return start_s or 0.0
 
 
+class NearestKeyframe:
+    """The keyframe of a video nearest a second (each video's keyframes read once per query)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._videos: dict[int, tuple[list[float], list[int]]] = {}
+
+    def __call__(self, video_pk: int, seconds: float) -> int | None:
+        if video_pk not in self._videos:
+            rows = self.session.execute(select(Keyframe.pts_time, Keyframe.id).where(Keyframe.video_pk == video_pk)
+                                        .order_by(Keyframe.pts_time, Keyframe.n)).all()
+            self._videos[video_pk] = ([r.pts_time for r in rows], [r.id for r in rows])
+        times, ids = self._videos[video_pk]
+        if not times:
+            return None
+        at = bisect.bisect_left(times, seconds)
+        near = [i for i in (at - 1, at) if 0 <= i < len(times)]
+        return ids[min(near, key=lambda i: abs(times[i] - seconds))]
 
 
-def why_of(line: TextLine, wanted: list[str], at: float | None) -> dict:
+def rank_items(session: Session, query: WordsQuery) -> list[WordMatch]:
+    """Items meeting every required clause, ranked by reciprocal rank fusion over the clauses (and the plain
+    words, which only add to the rank); an item's rank in a clause is that of its best line. A required clause
+    that matches nothing ends the search at once."""
+    groups: list[tuple[Clause | None, list[str], bool]] = [(c, list(c.words), True) for c in query.required]
+    if query.optional:
+        groups.append((None, query.optional, False))
+    nearest = NearestKeyframe(session)
+    found: dict[tuple[str, int], WordMatch] = {}
+    for number, (clause, wanted, required) in enumerate(groups):
+        rows = matching_lines(session, clause, wanted, limit=REQUIRED_ITEMS if required else OPTIONAL_ITEMS)
+        if required and not rows:
+            return []
+        rank = 0
+        for row in rows:
+            at = None
+            if row.source == "asr":
+                at = _said_at(row.words_json, row.start_s, wanted, clause is not None and len(wanted) > 1)
+                keyframe = nearest(row.video_pk, at) if row.video_pk is not None else None
+                key = (KEYFRAME, keyframe) if keyframe is not None else None
+            else:
+                key = (KEYFRAME, row.keyframe_id) if row.keyframe_id is not None else \
+                    (IMAGE, row.image_id) if row.image_id is not None else None
+            if key is None:
+                continue
+            match = found.setdefault(key, WordMatch(key))
+            if number in match.clauses:
+                continue  # this clause already counted this item (two speech lines near one keyframe)
+            rank += 1
+            match.score += 1 / (RRF_K + rank)
+            shown = next((i for i, (line, _) in enumerate(match.lines) if line == row.id), None)
+            if shown is not None:  # one line meets two clauses: shown once, with the words of both
+                match.lines[shown] = (row.id, list(dict.fromkeys(match.lines[shown][1] + wanted)))
+            elif len(match.lines) < WHY_PER_ITEM:
+                match.lines.append((row.id, wanted))
+            if at is not None and match.time is None:
+                match.time = at
+            match.clauses.add(number)
+    needed = set(range(len(query.required)))
+    kept = [m for m in found.values() if needed <= m.clauses]
+    kept.sort(key=lambda m: (-m.score, m.key))
+    return kept
+
+
+def why_of(line, wanted: list[str], at: float | None) -> dict:
     """What a result shows of a matched line: OCR with its box, speech with its times; `words` are the query's
     words the line holds."""
     held = set(ocr_tokens(line.text))
@@ -94,101 +171,17 @@ def why_of(line: TextLine, wanted: list[str], at: float | None) -> dict:
             "words": wanted}
 
 
-# what a matched line is read as (plain rows, not ORM objects: a clause reads hundreds of them)
-LINE_COLUMNS = (TextLine.id, TextLine.source, TextLine.text, TextLine.keyframe_id, TextLine.image_id,
-                TextLine.video_pk, TextLine.x, TextLine.y, TextLine.w, TextLine.h, TextLine.start_s, TextLine.end_s,
-                TextLine.words_json)
-
-
-class LineRefs:
-    """Which item a matched line stands for: an OCR line its keyframe or image, a speech line the keyframe nearest
-    the moment its words were said. The lines of a clause are looked up together, in one joined query."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self._owner: dict[int, ItemRef | None] = {}  # OCR line id -> its item
-        self._video: dict[int, str] = {}  # speech line id -> its video id
-        self._times: dict[int, tuple[list[float], list[int]]] = {}  # video pk -> its keyframes' times and frames
-
-    def load(self, line_ids: list[int]) -> dict[int, TextLine]:
-        """The lines, and what each belongs to."""
-        rows = self.session.execute(
-            select(*LINE_COLUMNS, Video.video_id, Keyframe.frame_idx, Image.content_hash)
-            .outerjoin(Keyframe, Keyframe.id == TextLine.keyframe_id)
-            .outerjoin(Image, Image.id == TextLine.image_id)
-            .outerjoin(Video, Video.id == func.coalesce(TextLine.video_pk, Keyframe.video_pk))
-            .where(TextLine.id.in_(line_ids))).all()
-        lines = {}
-        for line in rows:
-            video_id, frame_idx, digest = line.video_id, line.frame_idx, line.content_hash
-            lines[line.id] = line
-            if line.keyframe_id is not None and video_id is not None and frame_idx is not None:
-                self._owner[line.id] = ItemRef.frame(video_id, frame_idx)
-            elif line.image_id is not None and digest is not None:
-                self._owner[line.id] = ItemRef.image(digest)
-            elif video_id is not None:
-                self._video[line.id] = video_id
-        return lines
-
-    def ref(self, line: TextLine, at: float | None) -> ItemRef | None:
-        if line.id in self._owner:
-            return self._owner[line.id]
-        if line.id in self._video and line.video_pk is not None and at is not None:
-            frame = self._nearest_keyframe(line.video_pk, at)
-            return None if frame is None else ItemRef.frame(self._video[line.id], frame)
-        return None
-
-    def _nearest_keyframe(self, video_pk: int, seconds: float) -> int | None:
-        """The frame of the video's keyframe nearest a moment (its keyframes read once per query)."""
-        if video_pk not in self._times:
-            rows = self.session.execute(select(Keyframe.pts_time, Keyframe.frame_idx)
-                                        .where(Keyframe.video_pk == video_pk).order_by(Keyframe.pts_time)).all()
-            self._times[video_pk] = ([r.pts_time for r in rows], [r.frame_idx for r in rows])
-        times, frames = self._times[video_pk]
-        if not times:
-            return None
-        at = bisect.bisect_left(times, seconds)
-        near = [i for i in (at - 1, at) if 0 <= i < len(times)]
-        return frames[min(near, key=lambda i: abs(times[i] - seconds))]
-
-
-def rank_items(session: Session, query: WordsQuery, limit: int = LINES_PER_CLAUSE) -> list[WordMatch]:
-    """Items meeting every required clause, ranked by reciprocal rank fusion over the clauses (and the plain
-    words, which only add to the rank); an item's rank in a clause is that of its best line."""
-    groups: list[tuple[Clause | None, list[str], bool]] = [(c, list(c.words), True) for c in query.required]
-    if query.optional:
-        groups.append((None, query.optional, False))
-    refs = LineRefs(session)
-    found: dict[ItemRef, WordMatch] = {}
-    for number, (clause, wanted, required) in enumerate(groups):
-        ids = matching_lines(session, clause, wanted, limit=limit)
-        lines = refs.load(ids)
-        rank = 0
-        seen: set[ItemRef] = set()
-        for line_id in ids:
-            line = lines.get(line_id)
-            if line is None:
-                continue
-            at = _said_at(line, wanted, clause is not None and len(wanted) > 1) if line.source == "asr" else None
-            ref = refs.ref(line, at)
-            if ref is None:
-                continue
-            match = found.setdefault(ref, WordMatch(ref))
-            if len(match.why) < WHY_PER_ITEM:
-                match.why.append(why_of(line, wanted, at))
-            if at is not None and match.time is None:  # the best matching speech line's moment
-                match.time = at
-            if ref in seen:
-                continue
-            seen.add(ref)
-            rank += 1
-            match.score += 1 / (RRF_K + rank)
-            if required:
-                match.clauses.add(number)
-    needed = set(range(len(query.required)))
-    kept = [m for m in found.values() if needed <= m.clauses]
-    kept.sort(key=lambda m: (-m.score, str(m.ref)))
-    return kept
+def explain(session: Session, matches: list[WordMatch]) -> dict[tuple[str, int], list[dict]]:
+    """The `why` of each match (its matched lines, read in one query): for the hits a page shows."""
+    ids = {line_id for m in matches for line_id, _ in m.lines}
+    if not ids:
+        return {}
+    lines = {line.id: line for line in session.scalars(select(TextLine).where(TextLine.id.in_(ids)))}
+    out = {}
+    for m in matches:
+        out[m.key] = [why_of(lines[line_id], wanted, m.time if lines[line_id].source == "asr" else None)
+                      for line_id, wanted in m.lines if line_id in lines]
+    return out
 
 
 TRANSCRIPT_WINDOW_S = 60.0  # a keyframe page shows the speech this far around its moment

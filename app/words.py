@@ -20,8 +20,12 @@ from dataclasses import dataclass, field
 
 from markupsafe import Markup, escape
 
+from app.search import QueryError
+
 SOURCES = ("ocr", "asr")
-MAX_TOKENS = 32  # words of one query that reach the text index (a 10 KB query is cut, and said so)
+MAX_TOKENS = 32  # plain words of one query that reach the text index (a 10 KB query is cut, and said so)
+MAX_CLAUSES = 8  # required clauses: each is a query of its own
+MAX_PHRASE = 16  # words of one phrase
 MAX_TOKEN_CHARS = 64
 _WORD = re.compile(r"\w+", re.UNICODE)
 _SPECIAL = str.maketrans({"đ": "d", "Đ": "d", "ð": "d", "ø": "o", "Ø": "o", "ł": "l", "Ł": "l", "ß": "ss",
@@ -87,10 +91,10 @@ class WordsQuery:
 
 
 def parse(text: str) -> WordsQuery:
-    """The search box's text as clauses; never fails (anything unknown is literal words)."""
+    """The search box's text as clauses (anything unknown is literal words); QueryError only for more than
+    MAX_CLAUSES required clauses."""
     query = WordsQuery()
     picture: list[str] = []
-    count = 0
     for match in _CLAUSE.finditer(text or ""):
         source = (match.group("source") or "").lower() or None
         phrase = match.group("phrase")
@@ -103,20 +107,30 @@ def parse(text: str) -> WordsQuery:
             continue
         if source is None and phrase is None:
             picture.append(match.group("word"))  # CLIP reads the plain words, however many (its tokenizer cuts)
-        if count + len(words) > MAX_TOKENS:
-            if not query.notices:
-                query.notices.append(f"Only the first {MAX_TOKENS} words were searched in on-screen text and "
-                                     f"speech.")
+            fresh = [w for w in words if w not in query.optional]
+            if len(query.optional) + len(fresh) > MAX_TOKENS:
+                _notice(query, f"Only the first {MAX_TOKENS} different plain words were searched in on-screen "
+                               f"text and speech.")
+                fresh = fresh[:MAX_TOKENS - len(query.optional)]
+            query.optional.extend(fresh)
             continue
-        count += len(words)
-        if source is None and phrase is None:
-            query.optional.extend(words)
-        elif phrase is not None and len(words) > 1 or source is not None:
-            query.required.append(Clause(tuple(words), source))
-        else:  # a quoted single word: required, in either source
-            query.required.append(Clause(tuple(words)))
+        if len(words) > MAX_PHRASE:
+            _notice(query, f"A phrase is searched by its first {MAX_PHRASE} words.")
+            words = words[:MAX_PHRASE]
+        clause = Clause(tuple(words), source)
+        if clause in query.required:
+            continue
+        if len(query.required) == MAX_CLAUSES:
+            raise QueryError(f"at most {MAX_CLAUSES} quoted phrases, ocr: and asr: terms in one query: every one "
+                             f"must match, so leave out the ones that matter least")
+        query.required.append(clause)
     query.picture_text = " ".join(picture)
     return query
+
+
+def _notice(query: WordsQuery, text: str) -> None:
+    if text not in query.notices:
+        query.notices.append(text)
 
 
 _CHUNKS = re.compile(r"(\w+)", re.UNICODE)

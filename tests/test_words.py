@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
-from app.models import Keyframe, TextLine
+from app.models import Keyframe, TextLine, Video
 from tests.conftest import BACKENDS, database_env
 from tests.processes import MODEL_ARGS, cli, get, server_process
 from tests.text_media import (
@@ -25,6 +25,7 @@ from tests.text_media import (
     PICTURES,
     SHOT_SECONDS,
     SPEECH,
+    Speech,
     caption_pictures,
     caption_video,
     damage_audio,
@@ -217,6 +218,10 @@ def test_evaluation_scores_word_queries_as_the_search_box_ranks_them(words, tmp_
     standard = record["summary"]["standard"]
     assert "words" in record["index"]
     assert standard["hit@1"] == 1.0 and standard["MRR"] == 1.0, standard
+    gt.write_text("\n".join(rows + ["q4,???,news,0,10", f"q5,{'storm ' * 500},news,120,179"]) + "\n")
+    done = cli("evaluate", str(gt), "--data-dir", str(words["data"]), "--model-config", MODEL_ARGS[3],
+               "--device", "cpu", timeout=300)
+    assert done.returncode == 0, done.stderr  # a query that is no words query is ranked by the picture alone
 
 
 def test_damaged_sound_is_reported_and_the_video_still_indexed(words, tmp_path):
@@ -341,3 +346,70 @@ def test_real_footage_sound_with_an_incomplete_last_packet_is_heard(tmp_path):
         done = cli("index", str(media), "--data-dir", str(data), "--pretrained", "none", "--no-ocr", *MODEL_ARGS)
     assert done.returncode == 0, done.stderr
     assert "damaged" not in done.stderr and "speech: " in done.stdout and "in 1 videos (11 s of sound)" in done.stdout
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_word_crowding_a_few_pictures_does_not_hide_the_others(backend, tmp_path):
+    """Five pictures say SALE 120 times each; one says RARE SALE TODAY. A clause ranks pictures, not lines, and
+    every required clause is checked against all the pictures it matches."""
+    from sqlalchemy import insert
+
+    from app.db import open_database
+    from app.models import Image
+    from app.text_search import rank_items
+    from app.words import parse
+
+    data = tmp_path / "data"
+    (data / "instance").mkdir(parents=True)
+    with database_env(backend, data) as url:
+        sessions = open_database(url, data)
+    with sessions() as session:
+        session.execute(insert(Image), [{"path": f"/p/{i}.jpg", "content_hash": f"{i:040x}", "size": 1,
+                                         "mtime_ns": 1, "width": 10, "height": 10} for i in range(6)])
+        ids = session.scalars(select(Image.id).order_by(Image.id)).all()
+        line = {"source": "ocr", "confidence": 0.9, "x": 0.1, "y": 0.1, "w": 0.5, "h": 0.1, "model": "test"}
+        session.execute(insert(TextLine), [{**line, "image_id": ids[i], "text": "SALE", "folded": "sale"}
+                                           for i in range(5) for _ in range(120)])
+        session.execute(insert(TextLine), [{**line, "image_id": ids[5], "text": "RARE SALE TODAY",
+                                            "folded": "rare sale today"}])
+        session.commit()
+        found = [m.key[1] for m in rank_items(session, parse("ocr:sale"))]
+        assert sorted(found) == sorted(ids)  # each picture once, the rare one too
+        assert [m.key[1] for m in rank_items(session, parse("ocr:sale ocr:rare"))] == [ids[5]]
+        assert [m.key[1] for m in rank_items(session, parse('"rare sale"'))] == [ids[5]]
+        assert rank_items(session, parse("ocr:sale ocr:nowhere")) == []
+
+
+def test_filters_narrow_the_words_too(words):
+    status, body = _search(words["base"], q="ocr:exit", video="silent", k=20)
+    assert status == 200 and body["results"] and {r["video_id"] for r in body["results"]} == {"silent"}
+    status, body = _search(words["base"], q="ocr:storm", video="silent", k=20)
+    assert status == 200 and body["results"] == []  # the silent clip shows no storm
+    status, body = _search(words["base"], q="ocr:exit", words_weight=0)
+    assert status == 400 and "words_weight" in body["error"]
+
+
+def test_speech_keeps_the_video_clock_and_its_links_open(tmp_path):
+    """A sound track that starts 6 s into the video, and one longer than the pictures: the words are placed on
+    the video's clock, and a match after the last frame still opens its page."""
+    media = tmp_path / "media"
+    media.mkdir()
+    caption_video(media / "late.mp4", CAPTIONS[:2], SPEECH[:1], audio_start=6.0)
+    caption_video(media / "short.mkv", CAPTIONS[:3], SPEECH[:1], audio_seconds=5.0)  # healthy, just short
+    caption_video(media / "long.mp4", CAPTIONS[:1], (Speech(9.0, "the president will speak tomorrow morning"),),
+                  audio_seconds=14.0)
+    data = tmp_path / "data"
+    (data / "instance").mkdir(parents=True)
+    with database_env("sqlite", data):
+        done = cli("index", str(media), "--data-dir", str(data), "--pretrained", "none", "--no-ocr", *MODEL_ARGS)
+        assert done.returncode == 0 and "damaged" not in done.stderr, done.stderr
+        with Session(create_engine(f"sqlite:///{data / 'instance' / 'framefinder.db'}")) as session:
+            said = {(line.video_pk, line.text): line.start_s for line in session.scalars(select(TextLine))}
+            late = session.scalar(select(Video.id).where(Video.video_id == "late"))
+        assert abs(said[late, "good morning everyone"] - 7.0) <= 0.5, said  # 1 s into a track that starts at 6 s
+        with server_process(data) as base:
+            status, body = _search(base, q='asr:"president will speak"', k=1)
+            hit = body["results"][0]
+            assert hit["video_id"] == "long" and abs(hit["moment"] - 9.1) <= 1.0
+            status, _, html = get(base + hit["why"][0]["page_url"])
+            assert status == 200 and 'class="now"' in html.decode()

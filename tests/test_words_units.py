@@ -31,7 +31,20 @@ def test_operators_and_open_quotes_are_literal():
 
 def test_a_long_query_keeps_its_first_words_for_the_text_index():
     q = parse("storm " * 500)
-    assert len(q.optional) == 32 and q.notices and q.picture_text.count("storm") == 500
+    assert q.optional == ["storm"] and not q.notices and q.picture_text.count("storm") == 500
+    q = parse(" ".join(f"w{i}" for i in range(40)) + " ocr:giraffe")
+    assert len(q.optional) == 32 and q.notices and q.required == [Clause(("giraffe",), "ocr")]
+    assert parse("ocr:w0 " * 32).required == [Clause(("w0",), "ocr")]  # the same clause once
+    assert len(parse('"' + "a " * 40 + '"').required[0].words) == 16
+
+
+def test_more_required_clauses_than_a_query_holds_is_refused():
+    import pytest
+
+    from app.search import QueryError
+
+    with pytest.raises(QueryError, match="at most 8"):
+        parse(" ".join(f"ocr:w{i}" for i in range(9)))
 
 
 def test_glued_ocr_words_are_split_before_the_glued_token():

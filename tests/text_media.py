@@ -93,8 +93,11 @@ def speech_track(speech: tuple[Speech, ...], seconds: float, work: Path) -> np.n
 
 
 def caption_video(path: Path, captions: tuple[Caption, ...] = CAPTIONS, speech: tuple[Speech, ...] = SPEECH,
-                  shot_seconds: float = SHOT_SECONDS) -> Path:
-    """One shot per caption (a hard cut between them), H.264 with the speech as AAC, muxed by PyAV."""
+                  shot_seconds: float = SHOT_SECONDS, audio_start: float = 0.0, audio_seconds: float | None = None,
+                  ) -> Path:
+    """One shot per caption (a hard cut between them), H.264 with the speech as AAC, muxed by PyAV. The sound
+    track may start late (`audio_start`: a phrase at `at` in it is heard at audio_start + at in the video) and be
+    shorter or longer than the pictures (`audio_seconds`)."""
     work = path.parent / f".{path.stem}-work"
     work.mkdir(parents=True, exist_ok=True)
     seconds = shot_seconds * len(captions)
@@ -108,16 +111,16 @@ def caption_video(path: Path, captions: tuple[Caption, ...] = CAPTIONS, speech: 
                 container.mux(video.encode(av.VideoFrame.from_ndarray(still, format="rgb24")))
         container.mux(video.encode())
         if audio is not None:
-            encode_audio(container, audio, speech_track(speech, seconds, work))
+            encode_audio(container, audio, speech_track(speech, audio_seconds or seconds, work), audio_start)
     shutil.rmtree(work)
     return path
 
 
-def encode_audio(container, stream, samples: np.ndarray) -> None:
-    """16 kHz int16 mono samples into an open audio stream, a second at a time."""
+def encode_audio(container, stream, samples: np.ndarray, start: float = 0.0) -> None:
+    """16 kHz int16 mono samples into an open audio stream, a second at a time, the first at `start` seconds."""
     for at in range(0, len(samples), RATE):
         frame = av.AudioFrame.from_ndarray(samples[at:at + RATE].reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate, frame.pts = RATE, at
+        frame.sample_rate, frame.pts = RATE, at + int(start * RATE)
         container.mux(stream.encode(frame))
     container.mux(stream.encode(None))
 

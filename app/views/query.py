@@ -418,16 +418,19 @@ def item_words(ref: ItemRef, record: dict, raw_moment: str | None = None) -> dic
     moment is a ValueError saying why."""
     from app.text_search import ocr_lines_of, transcript_near
 
-    moment = record.get("pts_time")
+    said = moment = record.get("pts_time")
     if raw_moment not in (None, "") and record.get("video"):
-        moment = finite(raw_moment, "t", 0, max(record["video"]["duration"] or 0.0, 0.0))
+        # speech may go on after the last frame, and a stored duration may fall a hair short of its end: the
+        # player starts at the end then, and the transcript still marks the line said at that second
+        said = finite(raw_moment, "t", 0, 1e7) + 0.0
+        moment = min(said, max(record["video"]["duration"] or 0.0, 0.0))
     with services.sessions()() as session:
         ocr = [{"text": line.text, "confidence": round(line.confidence, 4), "box": [line.x, line.y, line.w, line.h],
                 "pct": ",".join(f"{v * 100:.3f}" for v in (line.x, line.y, line.w, line.h))}
                for line in ocr_lines_of(session, ref)]
         speech = [{"text": line.text, "start": line.start_s, "end": line.end_s, "timestamp": format_time(line.start_s),
-                   "confidence": round(line.confidence, 4), "now": line.start_s - 0.5 <= moment <= line.end_s + 0.5}
-                  for line in transcript_near(session, ref.video_id, moment)] if ref.is_frame else []
+                   "confidence": round(line.confidence, 4), "now": line.start_s - 0.5 <= said <= line.end_s + 0.5}
+                  for line in transcript_near(session, ref.video_id, said)] if ref.is_frame else []
     return {"ocr": ocr, "speech": speech, "moment": moment}
 
 

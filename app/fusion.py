@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app import vectors
-from app.text_search import IMAGE, KEYFRAME, RRF_K, WordMatch, explain, rank_items
+from app.text_search import (
+    IMAGE,
+    KEYFRAME,
+    OPTIONAL_ITEMS,
+    REQUIRED_ITEMS,
+    RRF_K,
+    WordMatch,
+    explain,
+    rank_items,
+)
 from app.words import WordsQuery, parse
 
 if TYPE_CHECKING:
@@ -60,7 +69,8 @@ def fused_hits(searcher: Searcher, query: WordsQuery, opts: Options, outcome: Ou
     matches = []
     if opts.words_weight > 0 and query.has_words:
         with searcher.collection.sessions() as session:
-            matches = rank_items(session, query)
+            lone = len(query.required) <= 1 and allowed is None  # nothing else to meet: the shown ones suffice
+            matches = rank_items(session, query, max(OPTIONAL_ITEMS, depth) if lone else REQUIRED_ITEMS)
             if not matches and query.required:
                 outcome.notices.extend(unread_sources(session, query))
     words = _word_hits(snap, matches, allowed)

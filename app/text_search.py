@@ -55,6 +55,9 @@ def _tsquery(clause: Clause | None, words: list[str]) -> str:
     return " | ".join(dict.fromkeys(words))
 
 
+LINES_PER_ITEM = 4  # lines read per item wanted, before grouping them by item
+_BEST_LINES = ("SELECT l.id, l.keyframe_id, l.image_id, l.video_pk, l.source, l.start_s, l.words_json "
+               "FROM m JOIN text_lines l ON l.id = m.id ORDER BY m.score{desc}, l.id LIMIT :limit")
 # the best line of each owner (a keyframe, an image, or the speech line itself), best owners first
 _BEST_PER_OWNER = ("SELECT id, keyframe_id, image_id, video_pk, source, start_s, words_json FROM ("
                    "SELECT l.id, l.keyframe_id, l.image_id, l.video_pk, l.source, l.start_s, l.words_json, m.score, "
@@ -69,17 +72,35 @@ def matching_lines(session: Session, clause: Clause | None, words: list[str] = (
     """The best line of each item that matches a clause (or any of `words`), best items first (rows of id,
     keyframe_id, image_id, video_pk, source, start_s, words_json)."""
     source = clause.source if clause is not None else source
-    params = {"limit": limit, "cap": RANKED_AT_MOST}
+    params = {"limit": limit * LINES_PER_ITEM, "cap": RANKED_AT_MOST}
     if session.get_bind().dialect.name == "sqlite":
         params["q"] = _fts5(clause, list(words), source)
-        sql = ("WITH m AS (SELECT rowid AS id, bm25(text_fts, 1.0, 0.0) AS score FROM text_fts "
-               "WHERE text_fts MATCH :q LIMIT :cap) " + _BEST_PER_OWNER.format(desc=""))
+        matched = ("WITH m AS (SELECT rowid AS id, bm25(text_fts, 1.0, 0.0) AS score FROM text_fts "
+                   "WHERE text_fts MATCH :q LIMIT :cap) ")
+        desc = ""
     else:
         params["q"], params["source"] = _tsquery(clause, list(words)), source
         where_source = " AND l.source = :source" if source else ""
-        sql = ("WITH m AS (SELECT l.id, ts_rank(l.tsv, q) AS score FROM text_lines l, to_tsquery('simple', :q) q "
-               f"WHERE l.tsv @@ q{where_source} LIMIT :cap) " + _BEST_PER_OWNER.format(desc=" DESC"))
-    return list(session.execute(text(sql), params))
+        matched = ("WITH m AS (SELECT l.id, ts_rank(l.tsv, q) AS score FROM text_lines l, "
+                   f"to_tsquery('simple', :q) q WHERE l.tsv @@ q{where_source} LIMIT :cap) ")
+        desc = " DESC"
+    # the best lines first (a top-N, cheap), kept one per item; only when a few items hold most of them is every
+    # match grouped by item (a sort of all of them)
+    lines = list(session.execute(text(matched + _BEST_LINES.format(desc=desc)), params))
+    seen: set[tuple] = set()
+    best = []
+    for row in lines:
+        if _owner(row) not in seen:
+            seen.add(_owner(row))
+            best.append(row)
+    if len(best) >= limit or len(lines) < params["limit"]:
+        return best[:limit]
+    params["limit"] = limit
+    return list(session.execute(text(matched + _BEST_PER_OWNER.format(desc=desc)), params))
+
+
+def _owner(row) -> tuple:
+    return row.keyframe_id, row.image_id, row.id if row.source == "asr" else None
 
 
 def _said_at(words_json: str | None, start_s: float | None, wanted: list[str], phrase: bool) -> float:
@@ -116,17 +137,19 @@ class NearestKeyframe:
         return ids[min(near, key=lambda i: abs(times[i] - seconds))]
 
 
-def rank_items(session: Session, query: WordsQuery) -> list[WordMatch]:
+def rank_items(session: Session, query: WordsQuery, required_items: int = REQUIRED_ITEMS) -> list[WordMatch]:
     """Items meeting every required clause, ranked by reciprocal rank fusion over the clauses (and the plain
     words, which only add to the rank); an item's rank in a clause is that of its best line. A required clause
-    that matches nothing ends the search at once."""
+    that matches nothing ends the search at once. `required_items`: how many items a required clause may name
+    (all of REQUIRED_ITEMS when they must be checked against other clauses or filters; a lone clause with no
+    filter needs only as many as will be shown)."""
     groups: list[tuple[Clause | None, list[str], bool]] = [(c, list(c.words), True) for c in query.required]
     if query.optional:
         groups.append((None, query.optional, False))
     nearest = NearestKeyframe(session)
     found: dict[tuple[str, int], WordMatch] = {}
     for number, (clause, wanted, required) in enumerate(groups):
-        rows = matching_lines(session, clause, wanted, limit=REQUIRED_ITEMS if required else OPTIONAL_ITEMS)
+        rows = matching_lines(session, clause, wanted, limit=required_items if required else OPTIONAL_ITEMS)
         if required and not rows:
             return []
         rank = 0

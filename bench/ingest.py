@@ -141,6 +141,8 @@ def end_to_end(folder: Path, data: Path, args) -> tuple[float, str]:
         cmd.append("--no-faces")
     if args.no_detector:
         cmd.append("--no-detector")
+    if args.no_words:
+        cmd += ["--no-ocr", "--no-asr"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -170,6 +172,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-faces", action="store_true", help="index without the face pass (on by default, as for users)")
     p.add_argument("--no-detector", action="store_true", help="index without the object pass")
+    p.add_argument("--no-words", action="store_true", help="index without OCR and speech (on by default, as for users)")
     p.add_argument("--batch-size", type=int, default=None, help="CLIP batch (default 32 on CPU, 256 on GPU)")
     p.add_argument("--clips", type=int, default=None, metavar="N",
                    help="many small videos: N generated 2-4 s 320x240 clips, end to end only, clips per second")

@@ -49,7 +49,6 @@ def words(request, tmp_path_factory, tiny_checkpoint):
     caption_video(media / "news.mp4")
     caption_video(media / "silent.mp4", CAPTIONS[:2], speech=())
     caption_pictures(media / "signs")
-    damage_audio(media / "news.mp4", root / "damaged.mkv")
     data = root / "data"
     (data / "instance").mkdir(parents=True)
     with database_env(request.param, data) as url:
@@ -224,11 +223,11 @@ def test_evaluation_scores_word_queries_as_the_search_box_ranks_them(words, tmp_
     assert done.returncode == 0, done.stderr  # a query that is no words query is ranked by the picture alone
 
 
-def test_damaged_sound_is_reported_and_the_video_still_indexed(words, tmp_path):
+def test_damaged_sound_is_reported_and_the_video_still_indexed(tmp_path):
     data = tmp_path / "data"
     media = tmp_path / "media"
     media.mkdir()
-    (media / "damaged.mkv").write_bytes((words["root"] / "damaged.mkv").read_bytes())
+    damage_audio(caption_video(tmp_path / "news.mp4"), media / "damaged.mkv")
     (data / "instance").mkdir(parents=True)
     with database_env("sqlite", data):
         done = cli("index", str(media), "--data-dir", str(data), "--pretrained", "none", *MODEL_ARGS)
@@ -242,10 +241,10 @@ def test_damaged_sound_is_reported_and_the_video_still_indexed(words, tmp_path):
     assert not any("watching" in s for s in said)  # the damaged part is not
 
 
-def test_adding_words_to_an_indexed_collection_redoes_neither_shots_nor_clip(tmp_path, words):
+def test_adding_words_to_an_indexed_collection_redoes_neither_shots_nor_clip(tmp_path):
     media = tmp_path / "media"
     media.mkdir()
-    (media / "news.mp4").write_bytes((words["media"] / "news.mp4").read_bytes())
+    caption_video(media / "news.mp4")
     data = tmp_path / "data"
     args = ("--data-dir", str(data), "--pretrained", "none", *MODEL_ARGS)
     (data / "instance").mkdir(parents=True)

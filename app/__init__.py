@@ -129,7 +129,8 @@ def weights_notice(meta: dict) -> str | None:
     from app.encoders import weights_hint
 
     return (f"This collection was indexed with random weights (--pretrained none): an image finds its "
-            f"near-copies, but text search and the scores mean nothing. For real search, get "
+            f"near-copies and words on screen or in speech are found, but describing a picture in words and "
+            f"the similarity scores mean nothing. For real search, get "
             f"{weights_hint(meta['model'])}, then index into a new folder: .venv/bin/python offline.py index PATHS "
             f"--pretrained /path/to/open_clip_pytorch_model.bin --data-dir NEW_DIR.")
 

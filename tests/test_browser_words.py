@@ -79,4 +79,10 @@ def test_words_on_screen_and_in_speech_are_found_and_explained(browser, words_ap
         assert not boxes.first.is_visible()
         page.check("#ocr-toggle")
         assert boxes.first.is_visible()
+
+        page.goto(f"{base}/collection")  # what has been read, and by which models
+        told = page.inner_text("#collection-words")
+        assert "on-screen lines" in told and f"{len(SPEECH)} speech segments" in told and "pocketsphinx" in told
+        page.screenshot(path=str(ARTIFACTS / f"words-collection-{width}.png"), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
     context.close()

@@ -78,6 +78,10 @@ def test_index_reports_both_passes(words):
         asr = session.scalars(select(TextLine).where(TextLine.source == "asr")).all()
     assert ocr >= len(CAPTIONS) + len(PICTURES)
     assert len(asr) == len(SPEECH)  # the silent clip says nothing and is fine
+    status, _, body = get(f"{words['base']}/api/collection")
+    told = json.loads(body)["totals"]["words"]
+    assert (told["ocr_lines"], told["asr_segments"]) == (ocr, len(SPEECH))
+    assert told["items_read"] == 2 + len(PICTURES) and told["videos_heard"] == 2  # both clips, the pictures
 
 
 @pytest.mark.parametrize("word,caption", [("storm", 2), ("exit", 0), ("score", 3)])

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from app import jobs, services
 from app.job_worker import job_worker
 from app.jobs import FileResult, JobError
-from app.models import Annotation, Image, Keyframe, Shot, Video
+from app.models import Annotation, Image, Keyframe, Shot, TextLine, Video
 from app.numbers import is_id
 from app.removal import RemovalError, Target, find, owned_copy
 from app.views.auth import can_upload, require_uploader
@@ -57,7 +57,8 @@ def index():
         totals = {"videos": session.scalar(select(func.count(Video.id))) or 0,
                   "images": session.scalar(select(func.count(Image.id))) or 0,
                   "keyframes": session.scalar(select(func.count(Keyframe.id))) or 0,
-                  "hours": (session.scalar(select(func.sum(Video.duration))) or 0.0) / 3600}
+                  "hours": (session.scalar(select(func.sum(Video.duration))) or 0.0) / 3600,
+                  "words": _words_facts(session)}
         rows = session.execute(
             select(Video.video_id, Video.path, Video.duration, Video.size, Video.indexed_at,
                    func.coalesce(kf_count.c.n, 0), func.coalesce(shot_count.c.n, 0))
@@ -79,6 +80,19 @@ def index():
             row["indexed_at"] = row["indexed_at"].isoformat(timespec="seconds") if row["indexed_at"] else None
         return jsonify(listing)
     return render_template("collection.html", **listing, can_edit=can_upload())
+
+
+def _words_facts(session) -> dict:
+    """What OCR and speech have read: lines, items read, and by which models (app.text_ingest)."""
+    lines = dict(session.execute(select(TextLine.source, func.count(TextLine.id)).group_by(TextLine.source)).all())
+    read = (session.scalar(select(func.count(Video.id)).where(Video.ocr_model.is_not(None))) or 0) + \
+        (session.scalar(select(func.count(Image.id)).where(Image.ocr_model.is_not(None))) or 0)
+    models = {source: sorted({m for m in session.scalars(select(TextLine.model).where(TextLine.source == source)
+                                                           .distinct().limit(5))})
+              for source in ("ocr", "asr")}
+    return {"ocr_lines": lines.get("ocr", 0), "asr_segments": lines.get("asr", 0), "items_read": read,
+            "videos_heard": session.scalar(select(func.count(Video.id)).where(Video.asr_model.is_not(None))) or 0,
+            "ocr_models": models["ocr"], "asr_models": models["asr"]}
 
 
 def _origin(path: str) -> str:

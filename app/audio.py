@@ -18,14 +18,6 @@ class AudioError(RuntimeError):
         self.at = at
 
 
-def has_audio(path: Path) -> bool:
-    try:
-        with av.open(str(path), metadata_errors="ignore") as container:
-            return bool(container.streams.audio)
-    except (av.FFmpegError, OSError, ValueError):
-        return False
-
-
 def pcm_chunks(path: Path, chunk_seconds: float = CHUNK_SECONDS) -> Iterator[bytes]:
     """The first audio stream, resampled, in chunks of about `chunk_seconds` (the last one shorter), on the video's
     clock: a track that starts late, or a hole where packets could not be decoded, is filled with silence, so a

@@ -182,7 +182,7 @@ class Snapshot:
             return np.full(len(ids), -1, dtype=np.int64)
         at = np.minimum(np.searchsorted(known, ids), len(known) - 1)
         found = np.where(known[at] == ids, rows[at], -1)
-        return np.array([r if r >= 0 and self.visible(int(r)) else -1 for r in found.tolist()], dtype=np.int64)
+        return np.where((found >= 0) & ~self.hidden[np.maximum(found, 0)], found, -1)  # kind is known >= 0 here
 
     def find(self, ref: ItemRef) -> Entry | None:
         row = self.row_of(ref)

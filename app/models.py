@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    select,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -31,6 +32,15 @@ def display_name(name: str | None, path: str) -> str:
     """What pages show for an image: its path below the folder that was indexed, else its file name (never the
     server's full path)."""
     return name or path.rsplit("/", 1)[-1]
+
+
+def on_item(model, ref: ItemRef):
+    """The WHERE clause of a model's rows on one item (rows naming a keyframe_id or an image_id): the frame's
+    keyframe, or every catalogued image with that content."""
+    if ref.is_frame:
+        return model.keyframe_id.in_(select(Keyframe.id).join(Video).where(
+            Video.video_id == ref.video_id, Keyframe.frame_idx == ref.frame_idx))
+    return model.image_id.in_(select(Image.id).where(Image.content_hash == ref.image_hash))
 
 
 class Base(DeclarativeBase):

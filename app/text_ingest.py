@@ -21,7 +21,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from app.asr import Segment
-from app.audio import AudioError, pcm_chunks
+from app.audio import RATE, AudioError, pcm_chunks
 from app.media import Problem
 from app.models import Image, Keyframe, Shot, TextLine, Video
 from app.ocr import OcrLine, OcrModel
@@ -134,9 +134,9 @@ class SpeechPass:
 
         def counted(chunks):
             for chunk in chunks:
-                heard[0] += len(chunk) / 2 / 16_000
+                heard[0] += len(chunk) / 2 / RATE
                 if self.progress is not None:
-                    self.progress.update("speech", round(len(chunk) / 2 / 16_000))
+                    self.progress.update("speech", round(len(chunk) / 2 / RATE))
                 yield chunk
 
         try:

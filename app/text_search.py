@@ -19,7 +19,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from app.items import ItemRef
-from app.models import Image, Keyframe, TextLine, Video
+from app.models import Keyframe, TextLine, Video, on_item
 from app.words import Clause, WordsQuery, ocr_tokens
 
 OPTIONAL_ITEMS = 500  # items the plain words rank (they only add to the order)
@@ -212,12 +212,7 @@ TRANSCRIPT_WINDOW_S = 60.0  # a keyframe page shows the speech this far around i
 
 def ocr_lines_of(session: Session, ref: ItemRef) -> list[TextLine]:
     """The OCR lines of one frame or image, top to bottom."""
-    if ref.is_frame:
-        owner = TextLine.keyframe_id.in_(select(Keyframe.id).join(Video).where(
-            Video.video_id == ref.video_id, Keyframe.frame_idx == ref.frame_idx))
-    else:
-        owner = TextLine.image_id.in_(select(Image.id).where(Image.content_hash == ref.image_hash))
-    return list(session.scalars(select(TextLine).where(owner, TextLine.source == "ocr")
+    return list(session.scalars(select(TextLine).where(on_item(TextLine, ref), TextLine.source == "ocr")
                                 .order_by(TextLine.y, TextLine.x, TextLine.id)))
 
 

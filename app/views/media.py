@@ -105,17 +105,12 @@ def _objects(ref: ItemRef, record: dict) -> list[dict]:
     """The detector's boxes on this item (not rejected), each a link that searches the collection's objects for it."""
     import math
 
-    from app.models import Detection, Image, Keyframe
+    from app.models import Detection, on_item
     from app.views.faces import box_pct
 
-    if ref.is_frame:
-        owner = Detection.keyframe_id.in_(select(Keyframe.id).join(Video).where(
-            Video.video_id == ref.video_id, Keyframe.frame_idx == ref.frame_idx))
-    else:
-        owner = Detection.image_id.in_(select(Image.id).where(Image.content_hash == ref.image_hash))
     with services.sessions()() as session:
         rows = session.execute(select(Detection.label, Detection.score, Detection.x, Detection.y, Detection.w,
-                                      Detection.h).where(owner, Detection.status != "rejected")
+                                      Detection.h).where(on_item(Detection, ref), Detection.status != "rejected")
                                .order_by(Detection.score.desc()).limit(30)).all()
     size = (record["video"]["width"], record["video"]["height"]) if record.get("video") else \
         (record["width"], record["height"])

@@ -353,9 +353,11 @@ def hit_json(hit: Hit) -> dict:
 
 def _why_json(why: dict, entry) -> dict:
     """A matched line as results show it: speech links to its second in the video."""
+    from app.views.faces import box_pct  # (faces imports this module)
+
     out = dict(why)
     if why["source"] == "ocr":
-        out["pct"] = ",".join(f"{v * 100:.3f}" for v in why["box"])
+        out["pct"] = box_pct(why["box"], (1, 1))  # the box is in fractions of the picture
     if why["source"] == "asr" and entry.video_id is not None:
         out["timestamp"] = format_time(why.get("time"))
         out["page_url"] = url_for("media.item_page", ref=entry.ref, t=round(why.get("time") or 0.0, 2))
@@ -417,6 +419,7 @@ def item_words(ref: ItemRef, record: dict, raw_moment: str | None = None) -> dic
     from a minute before to a minute after its moment (`raw_moment` seconds, else the keyframe's time); a bad
     moment is a ValueError saying why."""
     from app.text_search import ocr_lines_of, transcript_near
+    from app.views.faces import box_pct
 
     said = moment = record.get("pts_time")
     if raw_moment not in (None, "") and record.get("video"):
@@ -426,7 +429,7 @@ def item_words(ref: ItemRef, record: dict, raw_moment: str | None = None) -> dic
         moment = min(said, max(record["video"]["duration"] or 0.0, 0.0))
     with services.sessions()() as session:
         ocr = [{"text": line.text, "confidence": round(line.confidence, 4), "box": [line.x, line.y, line.w, line.h],
-                "pct": ",".join(f"{v * 100:.3f}" for v in (line.x, line.y, line.w, line.h))}
+                "pct": box_pct((line.x, line.y, line.w, line.h), (1, 1))}
                for line in ocr_lines_of(session, ref)]
         speech = [{"text": line.text, "start": line.start_s, "end": line.end_s, "timestamp": format_time(line.start_s),
                    "confidence": round(line.confidence, 4), "now": line.start_s - 0.5 <= said <= line.end_s + 0.5}

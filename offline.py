@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
                                          "a bad file is reported and skipped; the exit status is 1 if any failed.")
     p_index.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     _add_index_args(p_index)
+    p_index.add_argument("--ray", default=None, metavar="auto|HOST:PORT",
+                         help="decode videos, detect shots and choose keyframes as Ray tasks, CLIP in Ray actors "
+                              "(one per GPU): auto joins the cluster `ray start` made here (or RAY_ADDRESS), else "
+                              "starts one on this machine; HOST:PORT joins that cluster's head")
+    p_index.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                         help="videos decoded at once on Ray (default: the cluster's CPUs)")
     p_eval = sub.add_parser("evaluate", help="score retrieval against a ground-truth set",
                             description="Scores the collection against ground truth: an Oxford/Paris folder of "
                                         "*_query.txt/_good/_ok/_junk files, a Revisited gnd_*.pkl, a folder of "
@@ -202,7 +208,15 @@ def _options(args: argparse.Namespace, settings):
                         objects=args.objects, detector=args.detector, detector_weights=args.detector_weights,
                         object_threshold=args.object_threshold, hierarchy=args.hierarchy,
                         ocr=args.ocr, ocr_model=args.ocr_model, asr=args.asr, asr_model=args.asr_model,
-                        asr_language=settings.asr_language, progress=False if args.no_progress else None)
+                        asr_language=settings.asr_language, progress=False if args.no_progress else None,
+                        ray=getattr(args, "ray", None), ray_workers=_positive(getattr(args, "ray_workers", None)),
+                        model_config=settings.model_config)
+
+
+def _positive(value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= 10_000:
+        raise ValueError(f"--ray-workers takes 1 to 10000, not {value}")
+    return value
 
 
 def _report(summary) -> int:
@@ -436,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.indexer import CollectionBusy, ModelMismatch
     from app.objects import DetectorUnavailable
     from app.ocr import OcrUnavailable
+    from app.ray_ingest import RayUnavailable
 
     try:
         if args.command == "index":
@@ -450,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_job(args)
         return cmd_demo(args)
     except (WeightsUnavailable, ModelMismatch, CollectionBusy, FaceModelUnavailable, FaceModelMismatch,
-            DetectorUnavailable, OcrUnavailable, AsrUnavailable, ValueError) as exc:
+            DetectorUnavailable, OcrUnavailable, AsrUnavailable, RayUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a broken data dir gets a sentence; anything else re-raises

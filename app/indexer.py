@@ -93,6 +93,9 @@ class IndexOptions:
     asr: bool | None = None  # speech of videos (app.asr); None: when the speech model loads
     asr_model: str | None = None  # None: PocketSphinx's shipped English; a faster-whisper model folder
     asr_language: str = "en"
+    ray: str | None = None  # None: this machine; auto or HOST:PORT: videos decoded on that Ray cluster (app.ray_ingest)
+    ray_workers: int | None = None  # videos at once on Ray; None: the cluster's CPUs
+    model_config: str | None = None  # the extra open_clip config, for Ray's CLIP actors to know the model too
 
 
 @dataclass
@@ -325,14 +328,19 @@ class Indexer:
         return False
 
     def _ingest_videos(self, paths: list[Path]) -> None:
-        """Decode and shot detection of the next videos run in worker threads while this thread encodes, writes
-        and commits the current one, so the slowest stage sets the pace. One worker for long videos (decoding and
-        TransNetV2 already use every core); for a folder of short clips, where each file's own start-up and its
-        short TransNetV2 windows leave cores idle, up to MAX_DECODE_WORKERS (a quarter of the cores on the CPU,
-        more with a GPU doing the network work). Videos are committed in their order either way."""
+        """Decode and shot detection of the next videos run in worker threads (or Ray tasks, with --ray) while this
+        thread encodes, writes and commits the current one, so the slowest stage sets the pace. One worker for long
+        videos (decoding and TransNetV2 already use every core); for a folder of short clips, where each file's own
+        start-up and its short TransNetV2 windows leave cores idle, up to MAX_DECODE_WORKERS (a quarter of the cores
+        on the CPU, more with a GPU doing the network work). Videos are committed in their order either way."""
         todo: list[tuple[Path, FileState, Video | None]] = []
         for path in paths:
             self._guard(path, lambda p: self._check_video(p, todo))
+        if not todo:
+            return
+        if self.options.ray:
+            self._ingest_on_ray(todo)
+            return
         from os import cpu_count
 
         sizes = sorted(state.size for _, state, _ in todo)
@@ -340,26 +348,51 @@ class Indexer:
         per_worker = 2 if self.encoder.device.startswith("cuda") else 4  # cores per worker
         workers = max(1, min(MAX_DECODE_WORKERS, (cpu_count() or 1) // per_worker, len(todo))) if small else 1
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-            ahead: deque = deque()
-            queue_iter = iter(todo)
-            for _ in range(PREFETCH_VIDEOS * workers):
-                self._submit(pool, ahead, queue_iter)
-            while ahead:
-                path, state, existing, future = ahead.popleft()
-                self._submit(pool, ahead, queue_iter)
-                self._guard(path, lambda p, f=future, s=state, e=existing: self._finish_video(p, s, e, f.result()),
-                            count=False)
+            def send(path: Path, pinned: frozenset[int]):
+                return pool.submit(process_video, path, self.transnet, interval_s=self.options.interval_s,
+                                   keyframe_max_side=self.options.keyframe_max_side, progress=self.progress,
+                                   pinned=pinned)
 
-    def _submit(self, pool: ThreadPoolExecutor, ahead: deque, todo) -> None:
-        item = next(todo, None)
-        if item is not None:
-            path, _, existing = item
-            video_id = existing.video_id if existing else unique_video_id(self.session, path.stem, str(path))
-            pinned = frozenset(annotated_frames(self.session, video_id))  # boxes stay on their frames
-            future = pool.submit(process_video, path, self.transnet, interval_s=self.options.interval_s,
-                                 keyframe_max_side=self.options.keyframe_max_side, progress=self.progress,
-                                 pinned=pinned)
-            ahead.append((*item, future))
+            self._in_order(todo, PREFETCH_VIDEOS * workers, send,
+                           lambda future: self._encode_keyframes(future.result()))
+
+    def _ingest_on_ray(self, todo: list[tuple[Path, FileState, Video | None]]) -> None:
+        """The same loop with the decoding, shots and keyframes as Ray tasks and CLIP in Ray actors."""
+        from app.ray_ingest import RayVideoPool
+
+        pool = RayVideoPool(self.options.ray, self.encoder, self.options.model_config, self.options.ray_workers)
+
+        def receive(handle) -> tuple:
+            prepared, features = pool.result(handle)
+            self.progress.update("decode", prepared.result.frames)
+            self.progress.update("shots", prepared.result.frames)
+            self.progress.update("features", len(prepared.jpegs))
+            return prepared.result, prepared.jpegs, features
+
+        self._in_order(todo, pool.in_flight, lambda path, pinned: pool.submit(
+            path, self.options.interval_s, self.options.keyframe_max_side, pinned), receive)
+
+    def _in_order(self, todo: list, ahead_count: int, send, receive) -> None:
+        """Keep `ahead_count` videos in flight and commit each in the order given (back-pressure: no more than that
+        many results wait in memory)."""
+        ahead: deque = deque()
+        queue_iter = iter(todo)
+
+        def submit_next() -> None:
+            item = next(queue_iter, None)
+            if item is not None:
+                path, _, existing = item
+                video_id = existing.video_id if existing else unique_video_id(self.session, path.stem, str(path))
+                pinned = frozenset(annotated_frames(self.session, video_id))  # boxes stay on their frames
+                ahead.append((*item, send(path, pinned)))
+
+        for _ in range(ahead_count):
+            submit_next()
+        while ahead:
+            path, state, existing, handle = ahead.popleft()
+            submit_next()
+            self._guard(path, lambda p, h=handle, s=state, e=existing: self._finish_video(p, s, e, *receive(h)),
+                        count=False)
 
     def _check_video(self, path: Path, todo: list) -> Outcome:
         state = FileState.of(path)
@@ -370,12 +403,17 @@ class Indexer:
         todo.append((path, state, existing))
         return Outcome.QUEUED
 
-    def _finish_video(self, path: Path, state: FileState, existing: Video | None, result) -> Outcome:
+    def _encode_keyframes(self, result) -> tuple:
+        """Here, not on Ray: each keyframe's JPEG and CLIP's vectors of the decoded JPEG."""
         encoded = [encode_jpeg(kf.image) for kf in result.keyframes]
         features = self.encoder.encode_images([pixels[:, :, ::-1] for _, pixels in encoded])
         self.progress.update("features", len(encoded))
+        return result, [data for data, _ in encoded], features
+
+    def _finish_video(self, path: Path, state: FileState, existing: Video | None, result, jpegs: list[bytes],
+                      features: np.ndarray) -> Outcome:
         records = [KeyframeRecord(kf.frame_idx, kf.shot, jpeg=data, pts_time=kf.pts_time)
-                   for kf, (data, _) in zip(result.keyframes, encoded, strict=True)]
+                   for kf, data in zip(result.keyframes, jpegs, strict=True)]
         video_id = existing.video_id if existing else unique_video_id(self.session, path.stem, str(path))
         shots = [(s.start_frame, s.end_frame) for s in result.shots]
         write_video_files(self.layout, video_id, state.content_hash, result.fps, records, shots, features)
@@ -630,6 +668,10 @@ def run_index(layout: DataLayout, paths: list[Path], options: IndexOptions, sess
     """Everything `offline.py index` does, with the checks made before any work."""
     layout.ensure()
     with collection_lock(layout), session_factory() as session:
+        if options.ray:  # the cluster first: an unreachable one is told in seconds, before any model loads
+            from app.ray_ingest import connect
+
+            connect(options.ray)
         named = options.features_model  # shipped features name the model, unless the user named one
         model, pretrained = resolve_identity(session, options.model or (named[0] if named else None),
                                              options.pretrained or (named[1] if named and not options.model else None))

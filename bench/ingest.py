@@ -14,6 +14,7 @@ Prints a table and, last, one JSON line.
     python bench/ingest.py --real                # ten real 720p H.264 clips (bench/real_media.py, opencv-doc)
     python bench/ingest.py --video FILE          # any file of yours (stages and end to end)
     python bench/ingest.py --minutes 2 --videos 3 --device cuda
+    python bench/ingest.py --real --ray          # the same, also on a local Ray head with 1 and 2 video workers
     python bench/ingest.py --clips 300           # many small videos: 300 generated 2-4 s 320x240 H.264 clips,
                                                  # end to end only, reported as clips per second
 """
@@ -131,10 +132,10 @@ def stage_pass(video: Path, transnet, encoder: ClipEncoder, tmp: Path) -> dict:
             "timings": timings}
 
 
-def end_to_end(folder: Path, data: Path, args) -> tuple[float, str]:
+def end_to_end(folder: Path, data: Path, args, extra: tuple[str, ...] = ()) -> tuple[float, str]:
     """`offline.py index FOLDER` in its own process: what a user waits for, model start-up included."""
     cmd = [sys.executable, str(ROOT / "offline.py"), "index", str(folder), "--data-dir", str(data), "--model",
-           args.model, "--pretrained", args.pretrained, "--device", args.device, "--no-progress"]
+           args.model, "--pretrained", args.pretrained, "--device", args.device, "--no-progress", *extra]
     if args.model_config:
         cmd += ["--model-config", args.model_config]
     if args.no_faces:
@@ -176,6 +177,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=None, help="CLIP batch (default 32 on CPU, 256 on GPU)")
     p.add_argument("--clips", type=int, default=None, metavar="N",
                    help="many small videos: N generated 2-4 s 320x240 clips, end to end only, clips per second")
+    p.add_argument("--ray", action="store_true",
+                   help="also index on a local Ray head (ray start --head) with 1 and 2 video workers")
+    p.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 1, help="CPUs of that head (default: all)")
     args = p.parse_args()
     register_model_configs(args.model_config)
     if args.clips:
@@ -212,6 +216,7 @@ def main() -> None:
         del encoder, transnet
         e2e_s, summary = end_to_end(folder, tmp / "collection", args)
         shutil.rmtree(tmp / "collection", ignore_errors=True)
+        on_ray = ray_runs(folder, tmp, args, video_s) if args.ray else None
     t = stages["timings"]
     n, kfs = stages["frames"], stages["keyframes"]
     stage_video_s = n / stages["fps"]
@@ -232,7 +237,7 @@ def main() -> None:
            "shots_per_video": stages["shots"], "keyframes_per_video": kfs, "stages": per_stage,
            "decode_shots_wall_s": round(t["decode+shots wall"], 2), "end_to_end_s": round(e2e_s, 2),
            "end_to_end_summary": summary, "video_seconds_per_wall_second": round(video_s / e2e_s, 2),
-           "make_videos_s": round(make_s, 1)}
+           "make_videos_s": round(make_s, 1), "ray": on_ray}
     print(f"{len(clips)} videos ({source}), {video_s:.1f} s of video; stages measured on {longest.name} "
           f"({n} frames, {stages['shots']} shots, {kfs} keyframes)")
     print(f"{'stage':<18}{'busy s':>9}{'rate':>12}{'':<13}{'video-s/s':>10}")
@@ -244,7 +249,34 @@ def main() -> None:
     print(f"end to end (offline.py index in a fresh process, start-up included): {e2e_s:.1f} s = "
           f"{row['video_seconds_per_wall_second']} video-seconds per wall-second on {args.device}"
           f"{' (' + gpu + ')' if gpu else ''}; {summary}")
+    for run in on_ray or []:
+        print(f"on Ray (a local head, {run['cluster_cpus']} CPUs), --ray-workers {run['workers']}: "
+              f"{run['end_to_end_s']:.1f} s = {run['video_seconds_per_wall_second']} video-seconds per wall-second, "
+              f"Ray start-up {run['ray_start_s']:.1f} s not included; {run['summary']}")
     print(json.dumps(row))
+
+
+def ray_runs(folder: Path, tmp: Path, args, video_s: float) -> list[dict]:
+    """The same folder through `offline.py index --ray HEAD` on a local Ray head (`ray start --head`), with 1 and
+    2 video workers (tasks at once), each into a fresh collection."""
+    ray = str(Path(sys.executable).parent / "ray")
+    port = 6379 + os.getpid() % 1000
+    t0 = time.perf_counter()
+    subprocess.run([ray, "start", "--head", f"--port={port}", f"--num-cpus={args.ray_cpus}",
+                    "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True)
+    started = time.perf_counter() - t0
+    out = []
+    try:
+        for workers in (1, 2):
+            wall, summary = end_to_end(folder, tmp / f"ray-{workers}", args,
+                                       ("--ray", f"127.0.0.1:{port}", "--ray-workers", str(workers)))
+            shutil.rmtree(tmp / f"ray-{workers}", ignore_errors=True)
+            out.append({"workers": workers, "cluster_cpus": args.ray_cpus, "end_to_end_s": round(wall, 2),
+                        "video_seconds_per_wall_second": round(video_s / wall, 2), "ray_start_s": round(started, 1),
+                        "summary": summary})
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True)
+    return out
 
 
 if __name__ == "__main__":

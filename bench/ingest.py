@@ -144,6 +144,8 @@ def end_to_end(folder: Path, data: Path, args, extra: tuple[str, ...] = ()) -> t
         cmd.append("--no-detector")
     if args.no_words:
         cmd += ["--no-ocr", "--no-asr"]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0

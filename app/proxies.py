@@ -11,7 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from app.video_decode import VideoError, fit_size, open_video, upright
+from app.video_decode import SCALER_THREADS, VideoError, fit_size, open_video, upright
 
 PROXY_MAX_SIDE = 640
 MS = Fraction(1, 1000)
@@ -47,11 +47,13 @@ def make_proxy(src: Path, dst: Path, rotation: int = 0, preset: str = "veryfast"
                 for frame in frames:
                     if packet.stream.type == "video":
                         if rotation:
-                            img = frame.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray()
+                            img = frame.reformat(width=size[0], height=size[1], format="rgb24",
+                                                 threads=SCALER_THREADS).to_ndarray()
                             out_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(upright(img, rotation)),
                                                                    format="rgb24")
                         else:  # straight from the decoder's YUV: no colour conversion at all
-                            out_frame = frame.reformat(width=size[0], height=size[1], format="yuv420p")
+                            out_frame = frame.reformat(width=size[0], height=size[1], format="yuv420p",
+                                                       threads=SCALER_THREADS)
                         t = frame.time if frame.time is not None else (last_pts + 40) / 1000
                         t0 = t if t0 is None else t0
                         last_pts = max(round((t - t0) * 1000), last_pts + 1)

@@ -153,3 +153,34 @@ def test_sparse_real_clip_is_whole_and_gets_keyframes_through_its_length(transne
     assert result.frames == 68 and result.duration == pytest.approx(29.6, abs=0.6)
     times = [kf.pts_time for kf in result.keyframes]
     assert len(times) >= 5 and times[-1] - times[0] > 20, times
+
+
+@needs_opencv_doc
+def test_indexing_real_footage_keeps_the_thread_count_flat(transnet):
+    """PyAV gives each frame its own scaler with a thread per core by default; the keyframe candidates held those
+    threads, 518 of them for vtest.avi on 2 cores, and thread creation failed on a 16-core machine. The count of
+    this process's threads (from /proc) must stay near where it started, whatever the number of cores."""
+    import os
+    import threading
+    import time
+
+    def count() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    peak, done = [0], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], count())
+            time.sleep(0.005)
+
+    start = count()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = process_video(OPENCV_DATA / "vtest.avi", transnet)
+    finally:
+        done.set()
+        watcher.join()
+    assert result.keyframes
+    assert peak[0] - start <= 8 + (os.cpu_count() or 1), (start, peak[0])

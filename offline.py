@@ -30,9 +30,12 @@ def _add_settings_args(p: argparse.ArgumentParser, *names: str, data_dir_help: s
 
 def _settings(args: argparse.Namespace):
     """The one settings object of this run."""
+    from app import milvus_store
     from app.settings import FIELDS, Settings
 
-    return Settings.load({f.name: getattr(args, f.name, None) for f in FIELDS})
+    settings = Settings.load({f.name: getattr(args, f.name, None) for f in FIELDS})
+    milvus_store.configure(settings)  # where vectors go (FAISS files unless Milvus is asked for or already used)
+    return settings
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -51,6 +54,8 @@ def _add_index_args(p: argparse.ArgumentParser, data_dir_help: str | None = None
                    help=f"FAISS index type (default: auto: exact below {EXACT_BELOW:,} vectors, IVF-Flat while "
                         f"float32 vectors fit 1 GB, IVF-PQ beyond; nprobe, efSearch and the IVF-PQ re-rank depth "
                         f"are tuned at build time to reach recall@100 0.95)")
+    for name in ("vectors", "milvus_uri", "milvus_index"):  # vectors in Milvus (app.milvus_store)
+        p.add_argument(f"--{name.replace('_', '-')}", default=None, help=help_text(name))
     p.add_argument("--retrain", action="store_true",
                    help="rebuild and retrain the index now (otherwise new vectors are added to the trained index, "
                         "and it is retrained once the collection has doubled since training)")
@@ -237,6 +242,9 @@ def cmd_index(args: argparse.Namespace, paths: list[Path]) -> int:
     register_model_configs(settings.model_config)
     layout = settings.layout
     layout.ensure()
+    from app.milvus_store import preflight
+
+    preflight(layout.index_dir)  # vectors in Milvus: unreachable is told before any work
     return _report(run_index(layout, paths, _options(args, settings),
                              open_database(settings.database_url, layout.data_dir)))
 

@@ -60,6 +60,9 @@ def create_app(config: dict | None = None, settings: Settings | None = None) -> 
                       INDEX_CHECK_SECONDS=settings.index_check_seconds)
     app.config.update(config)
     app.extensions["settings"] = settings
+    from app import milvus_store
+
+    milvus_store.configure(settings)  # the Milvus URI of vectors=milvus, from any of the settings' sources
     layout = settings.layout
     layout.ensure()
     if not app.config.get("SECRET_KEY"):

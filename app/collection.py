@@ -209,6 +209,12 @@ class Snapshot:
         wanted = [i for i, f in enumerate(self.folders) if f == folder or f.startswith(folder + "/")]
         return np.isin(self.cols.folder, wanted)
 
+    def folders_under(self, folder: str) -> tuple[str, ...]:
+        """The distinct source folders `folder` covers (itself and below): what a vector database that stores each
+        vector's folder filters on (app.milvus_store), the same rows as rows_in_folder."""
+        folder = folder.rstrip("/")
+        return tuple(str(f) for f in self.folders if f == folder or f.startswith(folder + "/"))
+
     def label_rows(self, key: tuple, load) -> np.ndarray:
         """Rows carrying a label, cached per (label, state of the boxes); `load` gives the refs on a miss."""
         rows = self._label_rows.get(key)

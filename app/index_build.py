@@ -6,6 +6,10 @@ new rows' feature files are read and their vectors added to the trained index; r
 IVF lists, become tombstones in HNSW graphs, and flat indexes close up over them. A rebuild (with training and a
 fresh recall measurement) happens when the type changes, when the index is missing or empty, when it has grown past
 RETRAIN_GROWTH times the size it was trained on, when tombstones pass TOMBSTONE_LIMIT, or when asked.
+
+With `--vectors milvus` (a `milvus_store.Target`) the same plans are carried out in a Milvus collection: a rebuild
+writes a new collection, an update appends rows and deletes removed ones in the current one, and the generation is
+published only once Milvus holds exactly its live rows (app.milvus_store).
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app import vectors
+from app import milvus_store, vectors
 from app.models import Image, Keyframe, Video
 from app.paths import DataLayout
 
@@ -49,6 +53,7 @@ class Catalogue:
     tags: np.ndarray  # (M,) int64: changes when a row's vector may have (an image file edited in place)
     load: Callable[[np.ndarray], np.ndarray]  # positions into ids -> (len, dim) float32 vectors
     signature: str = ""
+    fields: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None  # positions -> (video ids, folders)
 
 
 @dataclass
@@ -74,25 +79,45 @@ class Outcome:
 def refresh_index(session: Session, layout: DataLayout, identity: tuple[str, str], dim: int, wanted: str = "auto",
                   fingerprint: str | None = None, retrain: bool = False,
                   params: dict | None = None) -> tuple[int, bool]:
-    """Make the served index match the catalogue; returns (vectors in it, whether a new generation was written)."""
+    """Make the served index match the catalogue; returns (vectors in it, whether a new generation was written).
+    Where the vectors go (FAISS files or Milvus) follows the settings offline.py gave milvus_store.configure, else
+    the current generation."""
     signature = catalogue_signature(session)
-    current = load_for_update(layout.index_dir)
+    current = load_for_update(layout.index_dir, retrain)
+    target = milvus_store.target_for(current.meta if current is not None else None)
+    if target is not None:
+        wanted = "auto"  # --index is FAISS's; Milvus builds --milvus-index
     if current is not None and not retrain and current.meta.get("signature") == signature and (
-            wanted == "auto" or current.meta.get("params", {}).get("type") == wanted):
+            wanted == "auto" or current.meta.get("params", {}).get("type") == wanted) and \
+            _same_place(current.meta, target):
         return int(current.meta.get("count", current.size)), False
     catalogue = read_catalogue(session, layout, dim, signature)
-    outcome = sync_index(layout.index_dir, current, catalogue, dim, wanted, _identity(identity, dim, fingerprint),
-                         retrain=retrain, params=params)
+    try:
+        outcome = sync_index(layout.index_dir, current, catalogue, dim, wanted,
+                             _identity(identity, dim, fingerprint), retrain=retrain, params=params, target=target)
+    except (milvus_store.MilvusUnavailable, milvus_store.MilvusRefused) as exc:
+        raise type(exc)(f"{exc}. The served index was left as it was (the catalogue keeps what this run read): run "
+                        f"the same command again once Milvus answers") from None
     log.info("index: %s", outcome)
     return outcome.size, outcome.written
 
 
 def rebuild_index(session: Session, layout: DataLayout, identity: tuple[str, str], dim: int,
-                  index_type: str = "auto", params: dict | None = None, fingerprint: str | None = None) -> int:
-    """Build a FAISS generation afresh from the per-video and per-image feature files."""
+                  index_type: str = "auto", params: dict | None = None, fingerprint: str | None = None,
+                  target: milvus_store.Target | None = None) -> int:
+    """Build a generation afresh from the per-video and per-image feature files (into Milvus with a target)."""
     catalogue = read_catalogue(session, layout, dim, catalogue_signature(session))
     return build_generation(layout.index_dir, catalogue, dim, index_type, _identity(identity, dim, fingerprint),
-                            params, "rebuild asked for").size
+                            params, "rebuild asked for", target).size
+
+
+def _same_place(meta: dict, target: milvus_store.Target | None) -> bool:
+    """Whether a generation's vectors are where the settings want them: FAISS, or this Milvus with this index type."""
+    if target is None:
+        return meta.get("backend", "faiss") == "faiss"
+    held = meta.get("milvus", {})
+    return meta.get("backend") == "milvus" and held.get("uri") == target.public_uri and \
+        held.get("index") == target.index_type
 
 
 def _identity(identity: tuple[str, str], dim: int, fingerprint: str | None) -> dict:
@@ -122,6 +147,7 @@ def read_catalogue(session: Session, layout: DataLayout, dim: int, signature: st
     videos = {pk: (vid, chash) for pk, vid, chash in session.execute(select(Video.id, Video.video_id,
                                                                              Video.content_hash))}
     images = session.execute(select(Image.id, Image.content_hash).order_by(Image.id)).all()
+    kf_count = len(kf)
     pks, which, per_video = np.unique(kf[:, 1], return_inverse=True, return_counts=True)
     video_tags = np.array([_hash64(f"{videos[pk][0]}:{videos[pk][1]}") for pk in pks.tolist()], np.int64)
     tags = np.concatenate([_mix(video_tags[which], kf[:, 2], kf[:, 3]),
@@ -148,7 +174,27 @@ def read_catalogue(session: Session, layout: DataLayout, dim: int, signature: st
                           content_hash)[0]
         return out
 
-    return Catalogue(ids, tags, load, signature)
+    def fields(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Video id and source folder per position, as app.collection computes them (Milvus's scalar fields)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        video_rows = {pk: (vid, str(Path(path).parent)) for pk, vid, path in
+                      session.execute(select(Video.id, Video.video_id, Video.path))}
+        image_rows = dict(session.execute(select(Image.id, Image.path)).all())
+        video_of, folder_of = np.full(len(positions), "", object), np.full(len(positions), "", object)
+        for i, pos in enumerate(positions.tolist()):
+            if pos < kf_count:
+                video_of[i], folder_of[i] = video_rows[int(kf[pos, 1])]
+            else:
+                folder_of[i] = str(Path(image_rows[int(ids[pos, 1])]).parent)
+        return video_of, folder_of
+
+    return Catalogue(ids, tags, load, signature, fields)
+
+
+def _fields(catalogue: Catalogue, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if catalogue.fields is None:
+        return np.full(len(positions), "", object), np.full(len(positions), "", object)
+    return catalogue.fields(positions)
 
 
 def _fit(rows: np.ndarray, dim: int, name: str) -> np.ndarray:
@@ -172,11 +218,19 @@ def _mix(base: np.ndarray, *columns: np.ndarray) -> np.ndarray:
 
 
 # -- deciding and applying --------------------------------------------------------------------------
-def load_for_update(index_dir: Path) -> vectors.IndexBundle | None:
+def load_for_update(index_dir: Path, retrain: bool = False) -> vectors.IndexBundle | None:
     """The served generation, ready to be changed; None when there is none or none can be read (then it is
-    rebuilt from the catalogue)."""
+    rebuilt from the catalogue). Milvus unreachable stops the run (nothing is changed); a Milvus collection of
+    another model is refused unless `retrain` asks for a new one."""
     try:
         return vectors.load_current(index_dir, for_update=True)
+    except milvus_store.MilvusMismatch as exc:
+        if not retrain:
+            raise
+        log.warning("%s", exc)
+        return None
+    except (milvus_store.MilvusUnavailable, milvus_store.MilvusRefused):
+        raise
     except vectors.IndexDamaged as exc:
         log.warning("%s", exc)
         return None
@@ -184,30 +238,46 @@ def load_for_update(index_dir: Path) -> vectors.IndexBundle | None:
 
 def sync_index(index_dir: Path, current: vectors.IndexBundle | None, catalogue: Catalogue, dim: int,
                wanted: str = "auto", identity: dict | None = None, retrain: bool = False,
-               params: dict | None = None) -> Outcome:
-    """Publish a generation holding exactly the catalogue's vectors: the current one changed, or a rebuild."""
+               params: dict | None = None, target: milvus_store.Target | None = None) -> Outcome:
+    """Publish a generation holding exactly the catalogue's vectors: the current one changed, or a rebuild.
+    `target`: the Milvus to hold them (None: FAISS files)."""
     identity = identity or {"dim": dim}
-    plan = plan_update(current, catalogue, dim, wanted, identity, retrain)
+    plan = plan_update(current, catalogue, dim, wanted, identity, retrain, target)
+    if plan.rebuild is None and current is not None and current.remote is not None:
+        live = len(current.live_rows)
+        if not current.remote.holds(len(current.ids), live):  # a run stopped between Milvus writes and publishing
+            plan = Plan(f"Milvus collection {current.remote.name} does not hold the {live} vectors of generation "
+                        f"{current.generation}", "milvus", np.arange(len(catalogue.ids), dtype=np.int64))
     if plan.rebuild is not None:
         kept = current.meta.get("params", {}).get("recall_target") if current is not None else None
         params = {**({"recall_target": kept} if kept else {}), **(params or {})}  # a setting outlives rebuilds
-        return build_generation(index_dir, catalogue, dim, plan.kind, identity, params, plan.rebuild)
+        return build_generation(index_dir, catalogue, dim, plan.kind, identity, params, plan.rebuild, target)
     assert current is not None
     if not len(plan.add) and not len(plan.remove):
         if current.meta.get("signature") == catalogue.signature:
             return Outcome(len(current.live_rows), False)
         meta = {**current.meta, "signature": catalogue.signature, "created": _now()}
         generation = vectors.relink_generation(index_dir, current.folder, meta)
+        _published(index_dir)
         return Outcome(len(current.live_rows), True, reason="catalogue changed, vectors did not",
                        generation=generation)
     return update_generation(index_dir, current, catalogue, plan, identity)
 
 
+def _published(index_dir: Path) -> None:
+    """After a generation became current: Milvus collections no kept generation names are dropped (nothing to do,
+    not even a connection, for an index that never used Milvus)."""
+    milvus_store.retire(index_dir)
+
+
 def plan_update(current: vectors.IndexBundle | None, catalogue: Catalogue, dim: int, wanted: str = "auto",
-                identity: dict | None = None, retrain: bool = False) -> Plan:
-    """What the next generation is: which rows come and go, or why it must be built afresh (and as which type)."""
+                identity: dict | None = None, retrain: bool = False,
+                target: milvus_store.Target | None = None) -> Plan:
+    """What the next generation is: which rows come and go, or why it must be built afresh (and as which type;
+    "milvus" with a target: Milvus builds the index type the target names)."""
     everything = np.arange(len(catalogue.ids), dtype=np.int64)
-    fresh = vectors.choose_type(len(catalogue.ids), dim) if wanted == "auto" else wanted
+    fresh = "milvus" if target is not None else \
+        vectors.choose_type(len(catalogue.ids), dim) if wanted == "auto" else wanted
     if current is None:
         return Plan("no index yet", fresh, everything)
     params = current.meta.get("params", {})
@@ -215,7 +285,8 @@ def plan_update(current: vectors.IndexBundle | None, catalogue: Catalogue, dim: 
     add, remove = diff(current, catalogue) if current.tags is not None else (everything, np.zeros(0, np.int64))
     live = len(current.live_rows)
     after = live - len(remove) + len(add)
-    wanted_kind = (kind if _auto_keeps(kind, after, dim) else fresh) if wanted == "auto" else wanted
+    wanted_kind = "milvus" if target is not None else \
+        (kind if _auto_keeps(kind, after, dim) else fresh) if wanted == "auto" else wanted
     rows_after = len(current.ids) + len(add)
     dead_after = 0 if kind == "flat" else int((current.ids[:, 0] < 0).sum()) + len(remove)
     trained = int(current.meta.get("trained_size", current.meta.get("count", live)))
@@ -225,6 +296,7 @@ def plan_update(current: vectors.IndexBundle | None, catalogue: Catalogue, dim: 
           if key in (identity or {}) and current.meta.get(key) != identity[key]],
         retrain and "retraining asked for",
         wanted_kind != kind and f"type {kind} -> {wanted_kind}",
+        *_milvus_moves(current.meta, target),
         live == 0 and after > 0 and "the index is empty",
         kind in ("ivf", "ivfpq") and after > RETRAIN_GROWTH * trained
         and f"{after} vectors, over {RETRAIN_GROWTH:g}x the {trained} it was trained on",
@@ -234,6 +306,15 @@ def plan_update(current: vectors.IndexBundle | None, catalogue: Catalogue, dim: 
     if reason:
         return Plan(reason, fresh, everything)
     return Plan(None, kind, add, remove)
+
+
+def _milvus_moves(meta: dict, target: milvus_store.Target | None) -> list[str]:
+    """Why a Milvus generation must be written afresh elsewhere: another Milvus, or another index type."""
+    held = meta.get("milvus", {})
+    if target is None or meta.get("backend") != "milvus":
+        return []
+    return [held.get("uri") != target.public_uri and f"Milvus {held.get('uri')} -> {target.public_uri}",
+            held.get("index") != target.index_type and f"Milvus index {held.get('index')} -> {target.index_type}"]
 
 
 def _auto_keeps(kind: str, n: int, dim: int) -> bool:
@@ -260,10 +341,13 @@ def _keys(ids: np.ndarray) -> np.ndarray:
 
 
 def build_generation(index_dir: Path, catalogue: Catalogue, dim: int, kind: str = "auto", identity: dict | None = None,
-                     params: dict | None = None, reason: str = "") -> Outcome:
+                     params: dict | None = None, reason: str = "",
+                     target: milvus_store.Target | None = None) -> Outcome:
     """Train, fill and tune a new index from every vector of the catalogue, and publish it. The tuning queries are
     a random sample of the collection held out of the index until the knobs are chosen (then added as its last
-    rows), so they are measured as unseen queries are, HNSW included."""
+    rows), so they are measured as unseen queries are, HNSW included. With a target: a new Milvus collection."""
+    if target is not None:
+        return _build_milvus(index_dir, catalogue, dim, identity or {"dim": dim}, params or {}, reason, target)
     n = len(catalogue.ids)
     kind = "flat" if n == 0 else vectors.choose_type(n, dim) if kind == "auto" else kind
     held = np.zeros(0, np.int64) if kind == "flat" or n < 40 else \
@@ -290,6 +374,7 @@ def build_generation(index_dir: Path, catalogue: Catalogue, dim: int, kind: str 
             "reason": reason}
     del matrix
     generation = vectors.save_generation(index_dir, index, ids, meta, rerank=rerank, tags=tags)
+    _published(index_dir)
     return Outcome(n, True, True, n, 0, reason, generation)
 
 
@@ -298,6 +383,8 @@ def update_generation(index_dir: Path, current: vectors.IndexBundle, catalogue: 
     """The current generation with plan.remove gone and plan.add added, published as a new generation (the re-rank
     store's existing segments are linked, not copied)."""
     assert current.tags is not None and current.folder is not None
+    if current.remote is not None:
+        return _update_milvus(index_dir, current, catalogue, plan, identity)
     index, ids, tags = current.index, current.ids.copy(), current.tags.copy()
     kind = current.meta["params"]["type"]
     new = catalogue.load(plan.add) if len(plan.add) else np.zeros((0, index.d), np.float32)
@@ -326,6 +413,97 @@ def update_generation(index_dir: Path, current: vectors.IndexBundle, catalogue: 
         store = None if current.rerank is None else vectors.Segments([current.rerank, new16])
         meta["tuning"] = _retune(vectors.IndexBundle(index, ids, {"params": params}, "new", store))
     generation = vectors.save_generation(index_dir, index, ids, meta, rerank=rerank, tags=tags)
+    _published(index_dir)
+    return Outcome(live, True, False, len(plan.add), len(plan.remove), meta["reason"], generation)
+
+
+# -- the same in Milvus ---------------------------------------------------------------------------------------------
+def _milvus_knob(index_type: str) -> str | None:
+    """The query knob tuned for a Milvus index type (efSearch is sent as ef), None where there is none to tune."""
+    if index_type in milvus_store.EF_KNOBS:
+        return "efSearch"
+    return "nprobe" if index_type in milvus_store.NPROBE_KNOBS else None
+
+
+def _build_milvus(index_dir: Path, catalogue: Catalogue, dim: int, identity: dict, params: dict, reason: str,
+                  target: milvus_store.Target) -> Outcome:
+    """A new Milvus collection holding every vector of the catalogue as rows 0..n-1, its query knob tuned as FAISS's
+    are (held-out rows written last), published once Milvus holds all of them; the one it replaces is dropped a
+    generation later (milvus_store.retire)."""
+    n = len(catalogue.ids)
+    knob = _milvus_knob(target.index_type)
+    held = np.zeros(0, np.int64) if knob is None or n < 40 else \
+        np.random.default_rng(0).choice(n, min(TUNE_QUERIES, n // 4), replace=False)
+    order = np.concatenate([np.setdiff1d(np.arange(n), held), np.sort(held)]).astype(np.int64)
+    indexed = n - len(held)
+    matrix = catalogue.load(order) if n else np.zeros((0, dim), np.float32)
+    ids, tags = catalogue.ids[order], catalogue.tags[order]
+    videos, folders = _fields(catalogue, order)
+    built = milvus_store.build_params(target.index_type, n, params)
+    used = {"type": "milvus", "index": target.index_type, **built,
+            "recall_target": params.get("recall_target", RECALL_TARGET)}
+    remote = milvus_store.create(index_dir, target, identity, dim, built)
+    rows = np.arange(n, dtype=np.int64)
+    remote.upsert(rows[:indexed], matrix[:indexed], ids[:indexed, 0], videos[:indexed], folders[:indexed])
+    remote.settle(indexed, indexed, reload=True)
+    exact = target.index_type in ("FLAT", "BRUTE_FORCE")
+    tuning = {"target": used["recall_target"], "size": n,
+              **({"recall": 1.0, "exact": True} if exact else
+                 {"skipped": "under 40 vectors" if knob else f"no knob of Milvus {target.index_type} is tuned here"})}
+    if len(held):
+        k = min(TUNE_K, indexed - 1)
+        _, truth = faiss.knn(matrix[indexed:], matrix[:indexed], k, metric=faiss.METRIC_INNER_PRODUCT)
+        bundle = vectors.IndexBundle(None, ids, {"params": used, "dim": dim}, "new", remote=remote)
+        fixed = {key: v for key, v in params.items() if key == knob}
+        tuning = {**tune(bundle, matrix[indexed:], truth, used["recall_target"], fixed), "size": n}
+        remote.upsert(rows[indexed:], matrix[indexed:], ids[indexed:, 0], videos[indexed:], folders[indexed:])
+        remote.settle(n, n)
+    now = _now()
+    meta = {**identity, "count": n, "rows": n, "tombstones": 0, "trained_size": n, "params": used, "tuning": tuning,
+            "signature": catalogue.signature, "created": now, "built": now, "updates": 0, "reason": reason,
+            **milvus_store.meta_of(remote, built)}
+    rerank = matrix.astype(np.float16)
+    del matrix
+    generation = vectors.save_generation(index_dir, None, ids, meta, rerank=rerank, tags=tags)
+    _published(index_dir)
+    return Outcome(n, True, True, n, 0, reason, generation)
+
+
+def _update_milvus(index_dir: Path, current: vectors.IndexBundle, catalogue: Catalogue, plan: Plan,
+                   identity: dict | None) -> Outcome:
+    """The current Milvus generation changed in its own collection: rows an unfinished earlier update left are
+    trimmed, removed rows deleted (tombstones in ids.npy: rows are never renumbered), new rows upserted after the
+    last one; published once Milvus holds exactly the new generation's live rows."""
+    assert current.tags is not None and current.remote is not None
+    remote = current.remote
+    ids, tags = current.ids.copy(), current.tags.copy()
+    first = len(ids)
+    new = catalogue.load(plan.add) if len(plan.add) else np.zeros((0, current.dim), np.float32)
+    videos, folders = _fields(catalogue, plan.add)
+    remote.trim(first)
+    if len(plan.remove):
+        remote.delete(plan.remove)
+        ids[plan.remove, 0] = vectors.KIND_REMOVED
+    remote.upsert(np.arange(first, first + len(plan.add), dtype=np.int64), new, catalogue.ids[plan.add, 0], videos,
+                  folders)
+    ids = np.concatenate([ids, catalogue.ids[plan.add]])
+    tags = np.concatenate([tags, catalogue.tags[plan.add]])
+    live = int((ids[:, 0] >= 0).sum())
+    remote.settle(len(ids), live)
+    new16 = new.astype(np.float16)
+    rerank = vectors.appended_segments(vectors.segment_paths(current), new16)
+    params = dict(current.meta["params"])
+    meta = {**current.meta, **(identity or {}), "count": live, "rows": len(ids),
+            "tombstones": int((ids[:, 0] < 0).sum()), "signature": catalogue.signature, "created": _now(),
+            "updates": int(current.meta.get("updates", 0)) + 1, "params": params,
+            "reason": f"{len(plan.add)} added, {len(plan.remove)} removed"}
+    measured = int(current.meta.get("tuning", {}).get("size", live) or 1)
+    if _milvus_knob(params.get("index", "")) and live > 1 and not 1 / RETUNE_DRIFT <= live / measured <= RETUNE_DRIFT:
+        store = vectors.Segments([current.rerank, new16])
+        meta["tuning"] = _retune(vectors.IndexBundle(None, ids, {"params": params, "dim": current.dim}, "new", store,
+                                                     remote=remote))
+    generation = vectors.save_generation(index_dir, None, ids, meta, rerank=rerank, tags=tags)
+    _published(index_dir)
     return Outcome(live, True, False, len(plan.add), len(plan.remove), meta["reason"], generation)
 
 
@@ -360,6 +538,8 @@ def tune(bundle: vectors.IndexBundle, queries: np.ndarray, truth: np.ndarray, ta
     A setting reaches the target when the sample's mean minus two standard errors does."""
     params = bundle.meta["params"]
     kind, k = params["type"], truth.shape[1]
+    if kind == "milvus":  # Milvus HNSW is tuned as HNSW (ef), its IVF types as IVF (nprobe)
+        kind = {"efSearch": "hnsw", "nprobe": "ivf"}[_milvus_knob(params["index"])]
     start = time.perf_counter()
     q = np.ascontiguousarray(queries, dtype=np.float32)
     own = np.full(len(q), -2, np.int64) if own is None else np.asarray(own, dtype=np.int64)

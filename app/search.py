@@ -200,10 +200,15 @@ class Searcher:
             labelled = np.zeros(snap.size, dtype=bool)
             labelled[self.collection.labelled_rows(snap, opts.label)] = True
             mask &= labelled
+        remote = snap.bundle.remote is not None  # Milvus filters video and folder itself, on fields of each vector
+        listed = np.flatnonzero(mask) if remote and (opts.objects or opts.person or opts.label) else None
         if opts.video:
             mask &= snap.rows_of_video(opts.video)
         if opts.folder:
             mask &= snap.rows_in_folder(opts.folder)
+        if remote:
+            return vectors.Filter(np.flatnonzero(mask).astype(np.int64), opts.video or None,
+                                  snap.folders_under(opts.folder) if opts.folder else None, listed)
         return np.flatnonzero(mask).astype(np.int64)
 
     def search(self, query: np.ndarray, opts: Options, outcome: Outcome) -> Outcome:

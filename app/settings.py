@@ -55,6 +55,16 @@ FIELDS: tuple[Field, ...] = (
           "most space uploaded files may take in the data dir, in MB (0: the disk is the limit)", (0, 1_000_000_000)),
     Field("asr_language", "FRAMEFINDER_ASR_LANGUAGE", "en", str,
           "language spoken in the videos, for speech recognition (en, vi, ...; auto: Whisper guesses)"),
+    # -- vectors in Milvus (app.milvus_store) --
+    Field("vectors", "FRAMEFINDER_VECTORS", None, str,
+          "where keyframe and image vectors are searched: faiss (index files in the data dir) or milvus (a Milvus "
+          "collection at milvus_uri); default: where the collection's index already is, faiss for a new one"),
+    Field("milvus_uri", "MILVUS_URI", None, str,
+          "the Milvus that holds the vectors with vectors=milvus: http://[user:password@]host:19530, or a Milvus Lite "
+          "file ending in .db (one process at a time)"),
+    Field("milvus_index", "FRAMEFINDER_MILVUS_INDEX", None, str,
+          "Milvus index type with vectors=milvus: FLAT, HNSW, IVF_FLAT, ... as the Milvus offers (it refuses types it "
+          "lacks); default: the collection's, HNSW for a new one"),
 )
 _BY_NAME = {f.name: f for f in FIELDS}
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -142,6 +152,9 @@ class Settings:
     upload_max_files: int = 1000
     upload_quota_mb: int = 0
     asr_language: str = "en"
+    vectors: str | None = None  # vectors in Milvus (app.milvus_store)
+    milvus_uri: str | None = None
+    milvus_index: str | None = None
     source: dict[str, str] = field(default_factory=dict, compare=False)  # where each value came from
     extra: dict[str, object] = field(default_factory=dict, compare=False)  # other Flask keys of the instance file
 
@@ -189,6 +202,8 @@ class Settings:
             _check_database(str(values["database_url"]), source["database_url"])
         if "device" in values:
             _check_device(str(values["device"]), source["device"])
+        if values.get("vectors") not in (None, "faiss", "milvus"):  # vectors in Milvus (app.milvus_store)
+            raise SettingsError(f"vectors from {source['vectors']} must be faiss or milvus, not {values['vectors']!r}")
         known = {f.name.upper() for f in FIELDS}
         extra = {k: v for k, v in instance.items() if k.isupper() and k not in known}
         return cls(**values, source=source, extra=extra)

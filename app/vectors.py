@@ -5,6 +5,8 @@ for IVF-PQ, float16 re-rank segments) and becomes current only when the pointer 
 replaced, so a reader never sees a half-written index and a crash keeps the previous one.
 ids.npy row i = (kind, database id) for FAISS id i; kind 0 is a keyframe, 1 an image, -1 a removed row (gone from
 IVF lists; a tombstone that searches skip in flat and HNSW indexes, which cannot remove in place).
+With `--vectors milvus` a generation has no index.faiss: its meta.json names a Milvus collection whose primary key is
+the row (app.milvus_store), and `search` goes there; everything else here is the same.
 Re-rank segments are never written twice: a generation made from another hard-links the segments it keeps, so
 adding 1,000 vectors to a million writes 1,000 float16 rows, not the whole gigabyte.
 """
@@ -65,9 +67,29 @@ class Segments:
         return out
 
 
+@dataclass(frozen=True)
+class Filter:
+    """A search filter in the two forms a backend may want. `rows`: every row it keeps, what FAISS takes and what
+    np.asarray gives (so code written for row arrays keeps working). The same filter as a vector database applies it
+    itself: conditions on fields stored with each vector (`video`, `folders`: the exact folder values a folder filter
+    covers) and the rows of the conditions only the catalogue answers (`listed`: labels, people, objects, which change
+    without a re-index; None when there are none)."""
+
+    rows: np.ndarray
+    video: str | None = None
+    folders: tuple[str, ...] | None = None
+    listed: np.ndarray | None = None
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self.rows if dtype is None else self.rows.astype(dtype)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 @dataclass
 class IndexBundle:
-    index: faiss.Index
+    index: faiss.Index | None  # None: the vectors are in Milvus (`remote`)
     ids: np.ndarray  # (N, 2) int64: kind, database id
     meta: dict
     generation: str
@@ -76,14 +98,24 @@ class IndexBundle:
     tags: np.ndarray | None = None  # (N,) int64: what each row's vector was made from (index_build's diff)
     folder: Path | None = None
     live: faiss.IDSelector | None = field(default=None, repr=False)  # skips tombstones still in the index
+    remote: object | None = None  # app.milvus_store.Remote: the Milvus collection holding the vectors (index is None)
 
     def __post_init__(self) -> None:
-        if self.live is None:
+        if self.live is None and self.index is not None:
             self.live = _live_selector(self.index, self.ids)
 
     @property
     def size(self) -> int:
-        return int(self.index.ntotal)
+        """Rows a search may return: the index's vectors; for Milvus every row (tombstones are not in Milvus)."""
+        return int(self.index.ntotal) if self.index is not None else len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d) if self.index is not None else int(self.meta["dim"])
+
+    @property
+    def backend(self) -> str:
+        return "faiss" if self.remote is None else "milvus"
 
     @property
     def live_rows(self) -> np.ndarray:
@@ -270,12 +302,14 @@ def _write_segment(path: Path, pieces: list) -> int:
 
 
 # -- generations ---------------------------------------------------------------------------------
-def save_generation(index_dir: Path, index: faiss.Index, ids: np.ndarray, meta: dict,
+def save_generation(index_dir: Path, index: faiss.Index | None, ids: np.ndarray, meta: dict,
                     rerank: np.ndarray | list | None = None, tags: np.ndarray | None = None) -> str:
     """Write a new generation and switch CURRENT to it; older generations but one are removed.
-    `rerank` (for IVF-PQ): the vectors (kept as float16), or a list of segments from appended_segments."""
+    `rerank` (for IVF-PQ): the vectors (kept as float16), or a list of segments from appended_segments.
+    `index` None: the vectors are in Milvus (meta names the collection), none is written here."""
     generation, tmp = _new_folder(index_dir)
-    faiss.write_index(index, str(tmp / "index.faiss"))
+    if index is not None:
+        faiss.write_index(index, str(tmp / "index.faiss"))
     np.save(tmp / "ids.npy", np.asarray(ids, dtype=np.int64).reshape(-1, 2))
     if tags is not None:
         np.save(tmp / TAGS_FILE, np.asarray(tags, dtype=np.int64))
@@ -390,6 +424,10 @@ def _load_rerank(folder: Path, meta: dict) -> np.ndarray | Segments | None:
 
 
 def _load_generation(folder: Path, use_gpu: bool | None, direct_map: bool = True) -> IndexBundle:
+    if not (folder / "index.faiss").exists() and (folder / "meta.json").is_file():
+        meta = _read(folder / "meta.json", lambda p: json.loads(p.read_text()))
+        if meta.get("backend") == "milvus":
+            return _load_remote(folder, meta)
     index = _read(folder / "index.faiss", lambda p: faiss.read_index(str(p)))
     ids = _read(folder / "ids.npy", lambda p: np.load(p, allow_pickle=False))
     meta = _read(folder / "meta.json", lambda p: json.loads(p.read_text()))
@@ -418,6 +456,25 @@ def _load_generation(folder: Path, use_gpu: bool | None, direct_map: bool = True
     return IndexBundle(index, ids, meta, folder.name, rerank, gpu, tags, folder)
 
 
+def _load_remote(folder: Path, meta: dict) -> IndexBundle:
+    """A generation whose vectors are in Milvus: rows, tags and the float16 copy from the folder, the collection
+    checked (app.milvus_store.open_remote; Milvus unreachable or holding another model's vectors raise)."""
+    from app import milvus_store
+
+    ids = _read(folder / "ids.npy", lambda p: np.load(p, allow_pickle=False))
+    if ids.ndim != 2 or ids.shape[1] != 2:
+        raise ValueError(f"ids.npy holds {ids.shape}, not (rows, 2)")
+    tags = _read(folder / TAGS_FILE, lambda p: np.load(p, allow_pickle=False))
+    if tags.shape != (len(ids),):
+        raise ValueError(f"{TAGS_FILE} holds {tags.shape} for {len(ids)} rows")
+    rerank = _load_rerank(folder, meta)
+    if rerank is None or len(rerank) != len(ids):
+        raise ValueError(f"the float16 store holds {0 if rerank is None else len(rerank)} rows for {len(ids)} rows "
+                         f"of ids.npy")
+    return IndexBundle(None, ids, meta, folder.name, rerank, None, tags, folder,
+                       remote=milvus_store.open_remote(meta))
+
+
 def load_current(index_dir: Path, use_gpu: bool | None = None, for_update: bool = False) -> IndexBundle | None:
     """The generation CURRENT names or, if it is missing or damaged, the newest intact one (a warning says
     which). None when there is no generation at all; IndexDamaged when none can be read.
@@ -427,6 +484,8 @@ def load_current(index_dir: Path, use_gpu: bool | None = None, for_update: bool 
     for name in _generations(index_dir, current):
         try:
             bundle = _load_generation(index_dir / name, False if for_update else use_gpu, not for_update)
+        except IndexDamaged:  # Milvus unreachable or holding other vectors: every generation would fail alike
+            raise
         except (RuntimeError, ValueError, OSError, EOFError) as exc:
             problems.append(f"{index_dir / name}/{str(exc).splitlines()[0][:300]}")
             continue
@@ -496,7 +555,10 @@ def search(bundle: IndexBundle, queries: np.ndarray, k: int, allowed: np.ndarray
 
     `allowed`: FAISS ids a filter keeps (applied inside the search). `params`: per-query
     overrides of nprobe, efSearch and rerank (IVF-PQ candidates re-scored exactly from float16).
+    A Milvus generation is searched there (app.milvus_store.Remote.search), with the same answer shape.
     """
+    if bundle.remote is not None:
+        return bundle.remote.search(bundle, queries, k, allowed, params)
     queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, bundle.index.d)
     if bundle.size == 0 or k <= 0:
         return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)

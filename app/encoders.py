@@ -12,10 +12,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    from app.text_onnx import Search, TextEngine
+    from app.vectors import IndexBundle
 
 DEFAULT_MODEL = "ViT-B-32"
 RANDOM_WEIGHTS_SEED = 20261125  # `--pretrained none` builds this one network in every process
@@ -121,8 +126,14 @@ class ClipEncoder:
     """An open_clip model and its preprocessing; fp16 on CUDA, fp32 on CPU."""
 
     def __init__(self, model: str = DEFAULT_MODEL, pretrained: str | None = None, device: str = "auto",
-                 batch_size: int = 32, precision: str = "auto") -> None:
+                 batch_size: int = 32, precision: str = "auto", text_engine: str = "torch") -> None:
+        """`text_engine`: auto, torch, onnx or onnx-int8 (app.text_onnx); torch by default, so only a caller that
+        serves queries pays for an ONNX export."""
         import open_clip
+
+        from app.text_onnx import check_engine
+
+        check_engine(text_engine)  # a bad name fails before minutes of loading
 
         if model not in open_clip.list_models():
             raise ValueError(f"unknown open_clip model '{model}' (see open_clip.list_models(), "
@@ -161,6 +172,30 @@ class ClipEncoder:
         self.tokenizer = open_clip.get_tokenizer(model)
         self.context_length = int(getattr(self.model, "context_length", 77) or 77)
         self.dim = int(open_clip.get_model_config(model)["embed_dim"])
+        self.int8_overlap: float | None = None  # onnx-int8's measured top-10 overlap with fp32, once checked
+        self.text = self.torch_text()
+        self.use_text_engine(text_engine)
+
+    def torch_text(self, full_length: bool = False) -> TextEngine:
+        """The torch text path: on the tokens up to end-of-text where that is exact (app.text_onnx)."""
+        from app.text_onnx import TorchText, short_text_reason
+
+        short = not full_length and short_text_reason(self.model) is None
+        return TorchText(self.model, self.device, self._autocast, short)
+
+    def use_text_engine(self, engine: str, search: Search | None = None, cache_dir: Path | None = None) -> str:
+        """Encode text with `engine` (auto, torch, onnx, onnx-int8) from now on, or with the best that loads
+        (a logged sentence says why); the ONNX session is made here, warm, not on a query. `search` over the
+        collection's index is what onnx-int8's ranking check needs. Returns the engine in use."""
+        from app.text_onnx import choose
+
+        self.text, self.int8_overlap = choose(self, engine, self.torch_text(), search, cache_dir)
+        return self.text.name
+
+    @property
+    def text_engine(self) -> str:
+        """The engine text goes through now: torch, torch-full, onnx or onnx-int8."""
+        return self.text.name
 
     def _autocast(self):
         """On CUDA, fp16 autocast: open_clip's fp16 weights convert only the matrix and convolution weights (the class
@@ -187,14 +222,14 @@ class ClipEncoder:
                                         self.device, self.batch_size, self.dim)
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
-        tokens = self.tokenizer(list(texts)).to(self.device)
-        with torch.inference_mode(), self._autocast():
-            feats = self.model.encode_text(tokens)
-        return normalise_rows(feats)
+        """Texts -> float32 (N, D) unit vectors, through the engine chosen (use_text_engine)."""
+        return self.text.encode(self.tokenizer(list(texts)))
 
 
-def encoder_for_index(meta: dict, device: str = "auto") -> ClipEncoder:
-    """The encoder an index was built with (model, weights, and the very same network)."""
+def encoder_for_index(meta: dict, device: str = "auto", text_engine: str = "torch",
+                      index: IndexBundle | None = None) -> ClipEncoder:
+    """The encoder an index was built with (model, weights, and the very same network), its text going through
+    `text_engine` (onnx-int8 is checked against fp32's rankings over `index`, and refused when they differ)."""
     encoder = ClipEncoder(meta["model"], meta["pretrained"], device)
     recorded = meta.get("weights_fingerprint")
     if not recorded and encoder.pretrained.lower() == "none":
@@ -207,6 +242,14 @@ def encoder_for_index(meta: dict, device: str = "auto") -> ClipEncoder:
             f"{recorded}, but this process loaded weights with fingerprint {encoder.fingerprint} (the checkpoint "
             f"file changed, or another open_clip/torch version drew other random weights); re-index into a new "
             f"--data-dir, or restore the original weights file.")
+    if text_engine != "torch":  # after the fingerprint check: no export for weights that will be refused
+        search = None
+        if index is not None:
+            from app import vectors
+
+            def search(queries: np.ndarray, k: int) -> np.ndarray:
+                return vectors.search(index, queries, k)[1]
+        encoder.use_text_engine(text_engine, search)
     return encoder
 
 

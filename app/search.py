@@ -143,6 +143,8 @@ class Searcher:
 
     # -- encoding -----------------------------------------------------------------------------
     def encode_text(self, text: str, notices: list[str]) -> np.ndarray:
+        """The query's unit vector (1, D), from the per-text cache or the encoder's warm text engine (ONNX Runtime
+        or torch, app.text_onnx)."""
         text = (text or "").strip()
         if not text:
             raise QueryError("the query is empty")
@@ -152,11 +154,13 @@ class Searcher:
         if hasattr(tokenizer, "encode") and len(tokenizer.encode(text)) + 2 > self.encoder.context_length:
             notices.append(f"The query is longer than the model's {self.encoder.context_length} tokens; "
                            f"only its beginning was used.")
-        if text not in self._text_cache:
+        vec = self._text_cache.get(text)
+        if vec is None:  # held in a local: another request thread may clear the cache meanwhile
+            vec = self.encoder.encode_text([text])
             if len(self._text_cache) > 512:
                 self._text_cache.clear()
-            self._text_cache[text] = self.encoder.encode_text([text])
-        return self._text_cache[text]
+            self._text_cache[text] = vec
+        return vec
 
     def encode_image(self, image: Image.Image, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
         if box is not None:

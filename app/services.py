@@ -40,7 +40,8 @@ def load_encoder_for_index(app: Flask):
 
         raise QueryError("the collection has no index yet: run `python offline.py index PATH` first")
     meta = snap.bundle.meta
-    return encoder_for_index(meta, app.config.get("DEVICE", "auto"))
+    return encoder_for_index(meta, app.config.get("DEVICE", "auto"), app.extensions["settings"].text_engine,
+                             snap.bundle)
 
 
 def face_searcher():

@@ -65,6 +65,9 @@ FIELDS: tuple[Field, ...] = (
     Field("milvus_index", "FRAMEFINDER_MILVUS_INDEX", None, str,
           "Milvus index type with vectors=milvus: FLAT, HNSW, IVF_FLAT, ... as the Milvus offers (it refuses types it "
           "lacks); default: the collection's, HNSW for a new one"),
+    Field("text_engine", "FRAMEFINDER_TEXT_ENGINE", "auto", str,
+          "how text queries are encoded: auto (ONNX Runtime fp32 on the CPU when it loads, else torch), torch, "
+          "onnx, or onnx-int8 (used only if its top-10 agrees with fp32's on 99% over the collection)"),
 )
 _BY_NAME = {f.name: f for f in FIELDS}
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -155,6 +158,7 @@ class Settings:
     vectors: str | None = None  # vectors in Milvus (app.milvus_store)
     milvus_uri: str | None = None
     milvus_index: str | None = None
+    text_engine: str = "auto"  # app.text_onnx
     source: dict[str, str] = field(default_factory=dict, compare=False)  # where each value came from
     extra: dict[str, object] = field(default_factory=dict, compare=False)  # other Flask keys of the instance file
 
@@ -204,6 +208,14 @@ class Settings:
             _check_device(str(values["device"]), source["device"])
         if values.get("vectors") not in (None, "faiss", "milvus"):  # vectors in Milvus (app.milvus_store)
             raise SettingsError(f"vectors from {source['vectors']} must be faiss or milvus, not {values['vectors']!r}")
+        if "text_engine" in values:  # app.text_onnx: a typo must not quietly mean another engine
+            from app.text_onnx import ENGINES
+
+            engine = str(values["text_engine"]).strip().lower()
+            if engine not in ENGINES:
+                raise SettingsError(f"text_engine from {source['text_engine']} must be one of {', '.join(ENGINES)}, "
+                                    f"not {str(values['text_engine'])[:80]!r}")
+            values["text_engine"] = engine
         known = {f.name.upper() for f in FIELDS}
         extra = {k: v for k, v in instance.items() if k.isupper() and k not in known}
         return cls(**values, source=source, extra=extra)

@@ -40,7 +40,9 @@ def run(settings: Settings, query: TerminalQuery, sessions) -> tuple[Outcome, Co
         raise QueryError("give a text query, --image FILE, or both")
     if query.box and query.image is None:
         raise QueryError("--box is a region of --image: give the image too")
-    searcher = Searcher(collection, encoder_for_index(snap.bundle.meta, settings.device))
+    # one query: auto means torch here (an ONNX session costs more to open than the query it would speed up)
+    engine = "torch" if settings.text_engine == "auto" else settings.text_engine
+    searcher = Searcher(collection, encoder_for_index(snap.bundle.meta, settings.device, engine, snap.bundle))
     outcome = Outcome()
     from app import weights_notice
 

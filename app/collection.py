@@ -7,7 +7,9 @@ the `Entry` a page shows is made from them for the hits only.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -22,7 +24,7 @@ from app import vectors
 from app.items import ItemRef
 from app.models import Annotation, Image, Keyframe, Video, display_name
 from app.paths import DataLayout
-from app.store import files_match
+from app.store import MarkerCache
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,11 @@ class Snapshot:
     @property
     def size(self) -> int:
         return len(self.cols.kind)
+
+    @functools.cached_property
+    def content_hashes(self) -> dict[str, str]:
+        """Each video's content hash in this generation (what its files on disk must say they were made from)."""
+        return {v.video_id: v.content_hash for v in self.videos}
 
     @property
     def entries(self) -> EntryView:
@@ -281,6 +288,7 @@ class Collection:
 
     def __init__(self, layout: DataLayout, sessions: sessionmaker, check_every_s: float = 1.0) -> None:
         self.layout = layout
+        self._markers = MarkerCache(layout)  # the settled check of every search (files_match, cached by lstat)
         self.sessions = sessions
         self.check_every_s = check_every_s
         self._lock = threading.Lock()  # one loader at a time
@@ -372,10 +380,13 @@ class Collection:
         """Those of `video_ids` whose files on disk are the revision `snap` was built from, with no re-index
         switching them: a staged revision, or keyframes of another revision, means the catalogue may already
         name other frames. Two small file checks per video, no database query (a search calls this)."""
-        staging = self.layout.data_dir / ".staging"
-        known = {v.video_id: v.content_hash for v in snap.videos}
-        return {vid for vid in video_ids if vid in known and not (staging / vid).exists()
-                and files_match(self.layout, vid, known[vid])}
+        try:
+            staged = set(os.listdir(self.layout.data_dir / ".staging"))
+        except OSError:
+            staged = set()
+        known = snap.content_hashes
+        return {vid for vid in video_ids if vid in known and vid not in staged
+                and self._markers.matches(vid, known[vid])}
 
     def boxes_state(self) -> tuple:
         """Changes whenever a box is added, edited or removed (by any process): the label cache's key."""

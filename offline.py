@@ -214,13 +214,16 @@ def _options(args: argparse.Namespace, settings):
                         object_threshold=args.object_threshold, hierarchy=args.hierarchy,
                         ocr=args.ocr, ocr_model=args.ocr_model, asr=args.asr, asr_model=args.asr_model,
                         asr_language=settings.asr_language, progress=False if args.no_progress else None,
-                        ray=getattr(args, "ray", None), ray_workers=_positive(getattr(args, "ray_workers", None)),
+                        ray=getattr(args, "ray", None),
+                        ray_workers=_positive(getattr(args, "ray_workers", None), getattr(args, "ray", None)),
                         model_config=settings.model_config)
 
 
-def _positive(value: int | None) -> int | None:
+def _positive(value: int | None, ray: str | None = None) -> int | None:
     if value is not None and not 1 <= value <= 10_000:
         raise ValueError(f"--ray-workers takes 1 to 10000, not {value}")
+    if value is not None and not ray:
+        raise ValueError("--ray-workers counts videos decoded at once on Ray: give --ray auto or --ray HOST:PORT too")
     return value
 
 

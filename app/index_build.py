@@ -83,7 +83,15 @@ def refresh_index(session: Session, layout: DataLayout, identity: tuple[str, str
     Where the vectors go (FAISS files or Milvus) follows the settings offline.py gave milvus_store.configure, else
     the current generation."""
     signature = catalogue_signature(session)
-    current = load_for_update(layout.index_dir, retrain)
+    try:
+        current = load_for_update(layout.index_dir, retrain)
+    except milvus_store.MilvusUnavailable:
+        meta = milvus_store.current_meta(layout.index_dir)
+        if meta is None or _same_place(meta, milvus_store.target_for(meta)):
+            raise
+        # moving to another Milvus (or to FAISS): the old one is not needed, the catalogue rebuilds it all
+        log.warning("the served index's Milvus cannot be reached; the index is built afresh where the settings say")
+        current = None
     target = milvus_store.target_for(current.meta if current is not None else None)
     if target is not None:
         wanted = "auto"  # --index is FAISS's; Milvus builds --milvus-index

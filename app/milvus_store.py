@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKENDS = ("faiss", "milvus")
+INDEX_TYPES = ("AUTOINDEX", "FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "IVF_RABITQ", "HNSW", "HNSW_SQ", "HNSW_PQ",
+               "HNSW_PRQ", "DISKANN", "SCANN", "GPU_CAGRA", "GPU_IVF_FLAT", "GPU_IVF_PQ", "GPU_BRUTE_FORCE")
+URI_SCHEMES = ("http", "https", "tcp", "unix", "grpc")
 DEFAULT_INDEX = "HNSW"
 LEDGER = "milvus.json"  # in the index folder: the collections this data dir created and has not dropped yet
 IDENTITY_KEY = "framefinder.identity"  # collection property: the model (and dimension) its vectors come from
@@ -112,8 +115,28 @@ def configure(settings: object | None) -> None:
     if backend not in (None, *BACKENDS):
         raise ValueError(f"vectors must be faiss or milvus, not {backend!r}")
     index_type = getattr(settings, "milvus_index", None)
-    _choice = Choice(backend, getattr(settings, "milvus_uri", None) or None,
-                     index_type.strip().upper() if index_type else None)
+    index_type = check_index_type(index_type) if index_type else None
+    uri = getattr(settings, "milvus_uri", None) or None
+    if uri is not None:
+        check_uri(uri)
+    _choice = Choice(backend, uri, index_type)
+
+
+def check_index_type(index_type: str) -> str:
+    """The index type in Milvus's spelling, or a sentence naming the setting and the types Milvus has."""
+    found = index_type.strip().upper()
+    if found not in INDEX_TYPES:
+        raise ValueError(f"milvus_index (--milvus-index, FRAMEFINDER_MILVUS_INDEX) names no Milvus index type: "
+                         f"{found[:60]!r}; Milvus has {', '.join(INDEX_TYPES)} (each Milvus builds some of them)")
+    return found
+
+
+def check_uri(uri: str) -> None:
+    """A Milvus URL or a Milvus Lite file, else a sentence (pymilvus would call a typo 'unreachable')."""
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ("unix" if uri.startswith("unix:") else None)
+    if scheme not in URI_SCHEMES and not (scheme is None and uri.endswith(".db")):
+        raise ValueError(f"MILVUS_URI / --milvus-uri takes a Milvus URL (http://host:19530, https://..., tcp://..., "
+                         f"unix:...) or a Milvus Lite file ending in .db, not {uri.rsplit('@', 1)[-1][:200]!r}")
 
 
 def choice() -> Choice:
@@ -214,14 +237,13 @@ def client(uri: str) -> MilvusClient:
     found = _clients.get(uri)
     if found is not None:
         return found
-    for name in ("pymilvus", "milvus_lite"):  # their failures become one sentence here; their logs only repeat it
-        logging.getLogger(name).setLevel(logging.CRITICAL)
     if uri.endswith(".db") and not Path(uri).expanduser().parent.is_dir():
         raise MilvusUnavailable(f"the Milvus Lite file {public_uri(uri)} ({SETTING}) cannot be made: its folder "
                                 f"does not exist")
     try:
         from pymilvus import MilvusClient
 
+        quiet_logs()
         made = MilvusClient(uri=os.path.expanduser(uri) if uri.endswith(".db") else uri, timeout=CALL_TIMEOUT_S,
                             dedicated=True,  # its own channel: closing it lets a fresh one connect at once
                             grpc_options=GRPC_OPTIONS)
@@ -232,6 +254,14 @@ def client(uri: str) -> MilvusClient:
                                 f"{_lite_hint(uri)}") from None
     _clients[uri] = made
     return made
+
+
+def quiet_logs() -> None:
+    """pymilvus logs each failed call with its traceback (and configures its loggers when imported, so this comes
+    after the import), and Milvus Lite's embedded gRPC server logs a traceback for a call it does not implement on
+    every first write: the failures become one sentence here (_guard), their logs only repeat or confuse it."""
+    for name in ("pymilvus", "milvus_lite", "grpc._server"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def reset() -> None:

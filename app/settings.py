@@ -208,6 +208,16 @@ class Settings:
             _check_device(str(values["device"]), source["device"])
         if values.get("vectors") not in (None, "faiss", "milvus"):  # vectors in Milvus (app.milvus_store)
             raise SettingsError(f"vectors from {source['vectors']} must be faiss or milvus, not {values['vectors']!r}")
+        if values.get("milvus_uri") or values.get("milvus_index"):  # a typo is told here, not as "unreachable"
+            from app.milvus_store import check_index_type, check_uri
+
+            try:
+                if values.get("milvus_uri"):
+                    check_uri(str(values["milvus_uri"]))
+                if values.get("milvus_index"):
+                    check_index_type(str(values["milvus_index"]))
+            except ValueError as exc:
+                raise SettingsError(str(exc)) from None
         if "text_engine" in values:  # app.text_onnx: a typo must not quietly mean another engine
             from app.text_onnx import ENGINES
 

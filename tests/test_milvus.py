@@ -397,3 +397,20 @@ def test_the_api_answers_the_same_from_faiss_and_from_milvus(tmp_path, media_dir
     assert down.status_code == 503 and "MILVUS_URI / --milvus-uri" in down.get_json()["error"]
     server.start()
     assert [r["item"] for r in client.get(query).get_json()["results"]] == [i for i, _ in after[2]]
+
+
+def test_a_uri_or_index_type_milvus_cannot_have_is_refused_before_anything_starts(tmp_path):
+    """Typos are named as typos (pymilvus would call them unreachable), with the setting to change; credentials a
+    user typed without a scheme are not repeated back."""
+    from app.settings import Settings, SettingsError
+
+    for uri in ("milvus.example:19530", "user:secret@milvus:19530", "ftp://milvus:19530", "milvus.sqlite"):
+        with pytest.raises(SettingsError, match="MILVUS_URI / --milvus-uri takes a Milvus URL") as refused:
+            Settings.load({"data_dir": tmp_path, "milvus_uri": uri})
+        assert "secret" not in str(refused.value)
+    for uri in ("http://127.0.0.1:19530", "https://user:pw@milvus.example:443", "tcp://m:19530", "unix:/run/m.sock",
+                str(tmp_path / "m.db")):
+        Settings.load({"data_dir": tmp_path, "milvus_uri": uri})
+    with pytest.raises(SettingsError, match=r"milvus_index \(--milvus-index, FRAMEFINDER_MILVUS_INDEX\) names no"):
+        Settings.load({"data_dir": tmp_path, "milvus_index": "FOO; drop"})
+    assert Settings.load({"data_dir": tmp_path, "milvus_index": "hnsw"}).milvus_index == "hnsw"

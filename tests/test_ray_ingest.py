@@ -175,6 +175,8 @@ def test_an_unreachable_cluster_is_one_sentence_and_writes_nothing(media, tmp_pa
         assert bad.returncode == 2 and "--ray takes auto or HOST:PORT" in bad.stderr, bad.stderr
         zero = cli("index", str(media), "--data-dir", str(data), *ARGS, "--ray", "auto", "--ray-workers", "0")
         assert zero.returncode == 2 and "--ray-workers takes 1 to 10000" in zero.stderr, zero.stderr
+        alone = cli("index", str(media), "--data-dir", str(data), *ARGS, "--ray-workers", "2")
+        assert alone.returncode == 2 and "give --ray auto or --ray HOST:PORT too" in alone.stderr, alone.stderr
 
 
 def _start_head(port: int) -> None:

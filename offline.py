@@ -222,6 +222,8 @@ def _options(args: argparse.Namespace, settings):
 def _positive(value: int | None, ray: str | None = None) -> int | None:
     if value is not None and not 1 <= value <= 10_000:
         raise ValueError(f"--ray-workers takes 1 to 10000, not {value}")
+    if ray is not None and not ray.strip():
+        raise ValueError("--ray takes auto or HOST:PORT of a Ray cluster's head, not an empty value")
     if value is not None and not ray:
         raise ValueError("--ray-workers counts videos decoded at once on Ray: give --ray auto or --ray HOST:PORT too")
     return value

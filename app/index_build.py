@@ -92,10 +92,14 @@ def refresh_index(session: Session, layout: DataLayout, identity: tuple[str, str
         # moving to another Milvus (or to FAISS): the old one is not needed, the catalogue rebuilds it all
         log.warning("the served index's Milvus cannot be reached; the index is built afresh where the settings say")
         current = None
-    target = milvus_store.target_for(current.meta if current is not None else None)
+    # where the vectors go: the settings, else where the served generation keeps them, read from CURRENT's meta.json
+    # even when that generation cannot be loaded (a lost collection is rebuilt in Milvus, never moved to FAISS)
+    served_meta = current.meta if current is not None else milvus_store.current_meta(layout.index_dir)
+    target = milvus_store.target_for(served_meta)
     if target is not None:
         wanted = "auto"  # --index is FAISS's; Milvus builds --milvus-index
-    if current is not None and not retrain and current.meta.get("signature") == signature and (
+    served = current is not None and current.generation == vectors.pointer(layout.index_dir)  # else CURRENT's broke
+    if served and not retrain and current.meta.get("signature") == signature and (
             wanted == "auto" or current.meta.get("params", {}).get("type") == wanted) and \
             _same_place(current.meta, target):
         return int(current.meta.get("count", current.size)), False

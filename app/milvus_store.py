@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -51,6 +52,7 @@ URI_SCHEMES = ("http", "https", "tcp", "unix", "grpc")
 DEFAULT_INDEX = "HNSW"
 LEDGER = "milvus.json"  # in the index folder: the collections this data dir created and has not dropped yet
 IDENTITY_KEY = "framefinder.identity"  # collection property: the model (and dimension) its vectors come from
+OWNER_KEY = "framefinder.owner"  # collection property: the index folder that made it (and alone may drop it)
 IDENTITY_FIELDS = ("model", "pretrained", "weights_fingerprint", "dim")
 CALL_TIMEOUT_S = 60.0  # each Milvus call, retries included (pymilvus otherwise retries for minutes)
 BUILD_TIMEOUT_S = 3600.0  # flushing (index builds) and loading a collection: minutes for millions of vectors
@@ -134,7 +136,15 @@ def check_index_type(index_type: str) -> str:
 def check_uri(uri: str) -> None:
     """A Milvus URL or a Milvus Lite file, else a sentence (pymilvus would call a typo 'unreachable')."""
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ("unix" if uri.startswith("unix:") else None)
-    if scheme not in URI_SCHEMES and not (scheme is None and uri.endswith(".db")):
+    bad_port = False
+    if scheme in ("http", "https", "tcp", "grpc"):
+        try:
+            parts = urlsplit(uri)
+            bad_port = not parts.hostname or parts.port == 0
+        except ValueError:  # a port out of range or not a number, a broken IPv6 address
+            bad_port = True
+    if len(uri) > 2000 or bad_port or (
+            scheme not in URI_SCHEMES and not (scheme is None and uri.endswith(".db"))):
         raise ValueError(f"MILVUS_URI / --milvus-uri takes a Milvus URL (http://host:19530, https://..., tcp://..., "
                          f"unix:...) or a Milvus Lite file ending in .db, not {uri.rsplit('@', 1)[-1][:200]!r}")
 
@@ -227,8 +237,11 @@ def _lite_hint(uri: str) -> str:
 
 
 def _reason(exc: BaseException) -> str:
+    """pymilvus's own words, without the user, password or token of any URI they repeat."""
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return " ".join(str(text).split())[:300]
+    text = re.sub(r"(?<=://)[^/\s@]*@", "", str(text))
+    text = re.sub(r"([?&](?:token|password|secret)=)[^&\s]*", r"\1***", text, flags=re.IGNORECASE)
+    return " ".join(text.split())[:300]
 
 
 def client(uri: str) -> MilvusClient:
@@ -241,9 +254,7 @@ def client(uri: str) -> MilvusClient:
         raise MilvusUnavailable(f"the Milvus Lite file {public_uri(uri)} ({SETTING}) cannot be made: its folder "
                                 f"does not exist")
     try:
-        from pymilvus import MilvusClient
-
-        quiet_logs()
+        MilvusClient = _import_client()
         made = MilvusClient(uri=os.path.expanduser(uri) if uri.endswith(".db") else uri, timeout=CALL_TIMEOUT_S,
                             dedicated=True,  # its own channel: closing it lets a fresh one connect at once
                             grpc_options=GRPC_OPTIONS)
@@ -256,11 +267,25 @@ def client(uri: str) -> MilvusClient:
     return made
 
 
+def _import_client():
+    """pymilvus reads MILVUS_URI itself when imported and refuses a Milvus Lite path there; ours is read by the
+    settings, so pymilvus is imported without it."""
+    saved = os.environ.pop("MILVUS_URI", None)
+    try:
+        from pymilvus import MilvusClient
+    finally:
+        if saved is not None:
+            os.environ["MILVUS_URI"] = saved
+    quiet_logs()
+    return MilvusClient
+
+
 def quiet_logs() -> None:
     """pymilvus logs each failed call with its traceback (and configures its loggers when imported, so this comes
     after the import), and Milvus Lite's embedded gRPC server logs a traceback for a call it does not implement on
     every first write: the failures become one sentence here (_guard), their logs only repeat or confuse it."""
-    for name in ("pymilvus", "milvus_lite", "grpc._server"):
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in ("pymilvus", "milvus_lite")]
+    for name in ("pymilvus", "milvus_lite", "grpc._server", *names):  # children set their own levels
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
@@ -578,6 +603,12 @@ def build_params(index_type: str, n: int, params: dict | None) -> dict:
     return {**built, **params.get("milvus_build", {})}
 
 
+def owner(index_dir: Path) -> str:
+    """Who may drop a collection: the index folder that created it, by its absolute path. A copied data dir carries
+    the same ledger, and without this its next run dropped the original's served collection (found by the attack)."""
+    return str(index_dir.resolve())
+
+
 def create(index_dir: Path, target: Target, identity: dict, dim: int, built: dict) -> Remote:
     """A new, empty collection named with a build id, listed in the ledger first (so a killed run's collection is
     found and dropped later), carrying the model identity as a property and in its description."""
@@ -597,7 +628,8 @@ def create(index_dir: Path, target: Target, identity: dict, dim: int, built: dic
     index_params = made.prepare_index_params()
     index_params.add_index(field_name="vector", index_type=target.index_type, metric_type="IP", params=built)
     with _guard(target.uri, made, f"creating collection {name} with a {target.index_type} index", INDEX_HINT):
-        made.create_collection(name, schema=schema, index_params=index_params, properties={IDENTITY_KEY: stamp},
+        made.create_collection(name, schema=schema, index_params=index_params, properties={IDENTITY_KEY: stamp,
+                                                                                    OWNER_KEY: owner(index_dir)},
                                timeout=CALL_TIMEOUT_S)
     return Remote(target.uri, name, dim, target.index_type)
 
@@ -637,7 +669,7 @@ def retire(index_dir: Path) -> list[str]:
             named.add(json.loads(meta_file.read_text()).get("milvus", {}).get("collection"))
         except (OSError, ValueError):
             return []  # a generation that cannot be read may still name one: drop nothing this time
-    dropped = []
+    dropped, forgotten = [], False
     for name, public in sorted(listed.items()):
         if name in named:
             continue
@@ -645,13 +677,21 @@ def retire(index_dir: Path) -> list[str]:
         try:
             made = client(uri)
             with _guard(uri, made, f"dropping collection {name}"):
-                made.drop_collection(name, timeout=CALL_TIMEOUT_S)
+                if made.has_collection(name, timeout=CALL_TIMEOUT_S):
+                    made_by = (made.describe_collection(name, timeout=CALL_TIMEOUT_S).get("properties") or {}
+                               ).get(OWNER_KEY)
+                    if made_by is not None and made_by != owner(index_dir):
+                        log.warning("Milvus collection %s was made by %s, not this data dir: left to it", name,
+                                    made_by)
+                    else:
+                        made.drop_collection(name, timeout=CALL_TIMEOUT_S)
+                        dropped.append(name)
         except IndexDamaged as exc:
             log.warning("Milvus collection %s is no longer used but was not dropped: %s", name, exc)
             continue
-        dropped.append(name)
         listed.pop(name)
-    if dropped:
+        forgotten = True
+    if forgotten:
         _ledger_write(index_dir, listed)
     return dropped
 

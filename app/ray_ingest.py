@@ -43,18 +43,33 @@ class PreparedVideo:
 
 
 def _address_reachable(address: str) -> None:
-    """Fail in seconds with the setting's name, rather than Ray's own long retry loop."""
+    """Fail in seconds with the setting's name, rather than Ray's own long retry loop: the head's port must accept a
+    connection and speak gRPC (HTTP/2), as Ray's GCS does; another service on that port would keep Ray's client
+    retrying for minutes."""
     target = address.split("://", 1)[-1]
     host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1]:6379
+    shown = address[:200]
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or len(address) > 1000:
         raise RayUnavailable(f"--ray takes auto or HOST:PORT of a Ray cluster's head (e.g. 10.0.0.5:6379), "
-                             f"not '{address[:200]}'")
+                             f"not '{shown}'")
     try:
         with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
             pass
-    except OSError as exc:
-        raise RayUnavailable(f"cannot reach the Ray cluster at {address} (--ray): {exc.strerror or exc}. Start it "
+    except (OSError, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no such host"
+        raise RayUnavailable(f"cannot reach the Ray cluster at {shown} (--ray): {reason}. Start it "
                              f"with `ray start --head` there, or run without --ray.") from None
+    import grpc
+
+    channel = grpc.insecure_channel(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
+    except grpc.FutureTimeoutError:
+        raise RayUnavailable(f"{shown} answers, but not as a Ray cluster's head (--ray): give the port `ray start "
+                             f"--head` printed (6379 unless --port was given)") from None
+    finally:
+        channel.close()
 
 
 def _token_available() -> bool:

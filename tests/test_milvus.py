@@ -414,3 +414,53 @@ def test_a_uri_or_index_type_milvus_cannot_have_is_refused_before_anything_start
     with pytest.raises(SettingsError, match=r"milvus_index \(--milvus-index, FRAMEFINDER_MILVUS_INDEX\) names no"):
         Settings.load({"data_dir": tmp_path, "milvus_index": "FOO; drop"})
     assert Settings.load({"data_dir": tmp_path, "milvus_index": "hnsw"}).milvus_index == "hnsw"
+
+
+def _served_collection(data: Path) -> dict:
+    return milvus_store.current_meta(data / "feature" / "index").get("milvus") or {}
+
+
+def test_a_lost_collection_or_a_damaged_current_generation_is_rebuilt_in_milvus(tmp_path, media_dir, server):
+    """From the attack: a plain re-run after the served collection was lost (dropped by hand, or CURRENT's meta.json
+    naming none) rebuilt into FAISS, or kept the damaged generation because an older one still loaded. Both must
+    be rebuilt where the vectors were, in Milvus, and CURRENT must then name a collection that exists."""
+    from pymilvus import MilvusClient
+
+    data = tmp_path / "data"
+    args = ["--data-dir", str(data), *TINY_ARGS, "--pretrained", "none", "--no-faces", "--no-detector"]
+    first = cli("index", str(media_dir / "images"), *args, "--vectors", "milvus", "--milvus-uri", server.uri)
+    assert first.returncode == 0, first.stderr
+    made = MilvusClient(uri=server.uri)
+    made.drop_collection(_served_collection(data)["collection"])  # lost behind Framefinder's back
+    again = cli("index", str(media_dir / "images"), *args)
+    assert again.returncode == 0, again.stderr
+    meta = milvus_store.current_meta(data / "feature" / "index")
+    assert meta.get("backend") == "milvus" and made.has_collection(meta["milvus"]["collection"])
+    more = cli("index", str(media_dir), *args)  # a second generation, so an older one can load
+    assert more.returncode == 0, more.stderr
+    current = data / "feature" / "index" / (data / "feature" / "index" / "CURRENT").read_text().strip()
+    damaged = json.loads((current / "meta.json").read_text())
+    damaged["milvus"]["collection"] = "framefinder_gone"
+    (current / "meta.json").write_text(json.dumps(damaged))
+    repaired = cli("index", str(media_dir), *args)
+    assert repaired.returncode == 0, repaired.stderr
+    meta = milvus_store.current_meta(data / "feature" / "index")
+    assert meta.get("backend") == "milvus" and made.has_collection(meta["milvus"]["collection"])
+    made.close()
+
+
+def test_a_copied_data_dir_never_drops_the_originals_collection(tmp_path, server):
+    """From the attack: a copy carries the original's ledger of collections, and its rebuild dropped the collection
+    the original still serves. Only the index folder that made a collection may drop it."""
+    import shutil
+
+    target = milvus_store.Target(server.uri, "FLAT")
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    sync(original, catalogue(range(300)), target)
+    served = vectors.load_current(original).meta["milvus"]["collection"]
+    shutil.copytree(original, copy)
+    sync(copy, catalogue(range(300)), target, retrain=True)  # a new collection for the copy; the old one unnamed there
+    sync(copy, catalogue(range(310)), target, retrain=True)  # and again, so the copy retires what it no longer names
+    assert milvus_store.client(server.uri).has_collection(served)
+    _, top = rows_of(vectors.load_current(original), POOL[:5], k=1)
+    assert top[:, 0].tolist() == [0, 1, 2, 3, 4]

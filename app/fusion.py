@@ -89,8 +89,10 @@ def fused_hits(searcher: Searcher, query: WordsQuery, opts: Options, outcome: Ou
             scores = [float(vectors.vector_of(snap.bundle, int(r)) @ picture.reshape(-1)) for r in rows]
             ranked = sorted(zip(rows.tolist(), scores, strict=True), key=lambda rs: (-rs[1], rs[0]))
         else:
-            found, rows = vectors.search(snap.bundle, picture, min(snap.bundle.size, max(depth, PICTURE_DEPTH)),
-                                         allowed, opts.index_params)
+            # deep only when there are word matches to fuse with: alone, the picture's own top `depth` is the answer
+            want = max(depth, PICTURE_DEPTH) if words else depth
+            found, rows = vectors.search(snap.bundle, picture, min(snap.bundle.size, want), allowed,
+                                         opts.index_params)
             ranked = [(int(r), float(s)) for s, r in zip(found[0], rows[0], strict=True)
                       if r >= 0 and snap.visible(int(r))]
         outcome.timing_ms["search"] = (time.perf_counter() - t2) * 1000

@@ -183,11 +183,15 @@ class MarkerCache:
 
     def __init__(self, layout: DataLayout, limit: int = 100_000) -> None:
         self.layout, self.limit = layout, limit
+        self._root = str(layout.keyframes_dir)  # joined as text: pathlib cost more than the lstat itself
         self._known: dict[tuple, str | None] = {}
 
     def matches(self, video_id: str, content_hash: str) -> bool:
+        folder = os.path.join(self._root, video_id)
         try:
-            st = os.lstat(self.layout.keyframes_dir / video_id / SOURCE_MARKER)
+            st = os.lstat(os.path.join(folder, SOURCE_MARKER))
+        except FileNotFoundError:  # no marker (files_match's own answer, without its four opens)
+            return os.path.isdir(folder)
         except OSError:
             return files_match(self.layout, video_id, content_hash)
         key = (video_id, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -196,7 +200,7 @@ class MarkerCache:
                 self._known.clear()
             self._known[key] = marker_hash(self.layout, video_id)
         found = self._known[key]
-        return (self.layout.keyframes_dir / video_id).is_dir() if found is None else found == content_hash
+        return os.path.isdir(folder) if found is None else found == content_hash
 
 
 def replace_video_rows(session: Session, layout: DataLayout, existing: Video | None, video_id: str, path: str,

@@ -54,7 +54,8 @@ VIDEO_FILES = {"cuts_and_dissolve": "cuts_and_dissolve.mp4", "long_shot": "long_
 
 # The longest test files (measured: `pytest --durations`), run first: the parallel workers (scripts/test.sh) take
 # files in collection order, so a long file left for last would keep one worker busy while the other waits.
-LONGEST_FIRST = ("test_words.py", "test_jobs_processes.py", "test_first_hour_processes.py",
+LONGEST_FIRST = ("test_ray_ingest.py", "test_words.py", "test_milvus.py", "test_jobs_processes.py",
+                 "test_first_hour_processes.py",
                  "test_resume_and_aic_random_weights.py", "security/test_security_reindex.py",
                  "security/test_security_files.py", "test_faces.py", "test_browser_uploads.py", "test_people.py",
                  "test_concepts_random_weights.py", "test_shots.py", "test_objects_random_weights.py",

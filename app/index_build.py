@@ -416,10 +416,7 @@ def update_generation(index_dir: Path, current: vectors.IndexBundle, catalogue: 
     rerank = vectors.appended_segments(vectors.segment_paths(current), new16) if current.rerank is not None else None
     live = int((ids[:, 0] >= 0).sum())
     params = dict(current.meta["params"])
-    meta = {**current.meta, **(identity or {}), "count": live, "rows": len(ids),
-            "tombstones": int((ids[:, 0] < 0).sum()), "signature": catalogue.signature, "created": _now(),
-            "updates": int(current.meta.get("updates", 0)) + 1, "params": params,
-            "reason": f"{len(plan.add)} added, {len(plan.remove)} removed"}
+    meta = _updated_meta(current, catalogue, plan, identity, ids, live, params)
     measured = int(current.meta.get("tuning", {}).get("size", live) or 1)
     if kind != "flat" and live > 1 and not 1 / RETUNE_DRIFT <= live / measured <= RETUNE_DRIFT:
         store = None if current.rerank is None else vectors.Segments([current.rerank, new16])
@@ -505,10 +502,7 @@ def _update_milvus(index_dir: Path, current: vectors.IndexBundle, catalogue: Cat
     new16 = new.astype(np.float16)
     rerank = vectors.appended_segments(vectors.segment_paths(current), new16)
     params = dict(current.meta["params"])
-    meta = {**current.meta, **(identity or {}), "count": live, "rows": len(ids),
-            "tombstones": int((ids[:, 0] < 0).sum()), "signature": catalogue.signature, "created": _now(),
-            "updates": int(current.meta.get("updates", 0)) + 1, "params": params,
-            "reason": f"{len(plan.add)} added, {len(plan.remove)} removed"}
+    meta = _updated_meta(current, catalogue, plan, identity, ids, live, params)
     measured = int(current.meta.get("tuning", {}).get("size", live) or 1)
     if _milvus_knob(params.get("index", "")) and live > 1 and not 1 / RETUNE_DRIFT <= live / measured <= RETUNE_DRIFT:
         store = vectors.Segments([current.rerank, new16])
@@ -534,6 +528,15 @@ def _retune(bundle: vectors.IndexBundle) -> dict:
     params = bundle.meta["params"]
     return {**tune(bundle, queries, truth, params.get("recall_target", RECALL_TARGET), own=rows[pick]),
             "size": len(rows)}
+
+
+def _updated_meta(current: vectors.IndexBundle, catalogue: Catalogue, plan: Plan, identity: dict | None,
+                  ids: np.ndarray, live: int, params: dict) -> dict:
+    """meta.json of a generation made from `current` by adding and removing rows (FAISS and Milvus alike)."""
+    return {**current.meta, **(identity or {}), "count": live, "rows": len(ids),
+            "tombstones": int((ids[:, 0] < 0).sum()), "signature": catalogue.signature, "created": _now(),
+            "updates": int(current.meta.get("updates", 0)) + 1, "params": params,
+            "reason": f"{len(plan.add)} added, {len(plan.remove)} removed"}
 
 
 def _now() -> str:

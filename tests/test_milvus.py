@@ -23,22 +23,12 @@ from app import index_build, milvus_store, vectors  # noqa: E402
 from app.index_build import Catalogue, load_for_update, sync_index  # noqa: E402
 from tests.conftest import ROOT, TINY_MODEL  # noqa: E402
 from tests.processes import TINY_ARGS, cli, free_port, get, server_process  # noqa: E402
+from tests.test_index_build import DIM, POOL, clustered  # noqa: E402  (the vectors of FAISS's own tests)
 
-DIM = 32
 IDENTITY = {"model": "m", "pretrained": "p", "weights_fingerprint": "f0", "dim": DIM}
 VIDEOS = np.array(["v0", 'we"ird\\ name', "v2", "", "v4"], object)  # "" : an image
 FOLDERS = np.array(["/m/a", "/m/a/b", "/m/ab", "/m/c", "/m/a"], object)
 
-
-def clustered(n: int, seed: int, clusters: int = 40) -> np.ndarray:
-    centres = np.random.default_rng(99).normal(size=(clusters, DIM))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    rng = np.random.default_rng(seed)
-    x = centres[rng.integers(0, clusters, n)] + 0.9 * rng.normal(size=(n, DIM)) / np.sqrt(DIM)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-POOL = clustered(4000, seed=0)
 
 
 def catalogue(db_ids, tags=None) -> Catalogue:
